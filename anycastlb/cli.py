@@ -1,0 +1,137 @@
+"""The ``anycastlb`` command: lint, show, diff, schema (and render, check, roster, lab)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from . import __version__
+from .compiler import Fleet, compile_catalog
+from .errors import CatalogRefused
+
+#: Subcommand registrations contributed by other modules (render/check, lab ...).
+_EXTRA: list[str] = ["anycastlb.render_cli", "anycastlb.lab.cli"]
+
+
+def _compile(path: str, secrets: str | None = None) -> Fleet:
+    sec = None
+    if secrets:
+        from .secrets import load_secrets
+        sec = load_secrets(secrets)
+    return compile_catalog(path, secrets=sec)
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    """Validate a catalog: a one-line summary, or every error at once."""
+    fleet = _compile(args.catalog, args.secrets)
+    s = fleet.summary
+    roles = ", ".join(f"{n} {r}" for r, n in s["roles"].items())
+    print(f"ok: {args.catalog}: {s['services']} services, {s['vips']} VIPs, {s['nodes']} nodes ({roles}), "
+          f"{s['clusters']} clusters, {s['peers']} peers")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print one node's compiled model."""
+    fleet = _compile(args.catalog)
+    if args.node not in fleet.nodes:
+        print(f"error: node {args.node!r} is not in {args.catalog} (nodes: {', '.join(fleet.nodes)})",
+              file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(fleet.to_json(args.node))
+        return 0
+    m = fleet.nodes[args.node]
+    print(f"node {m['node']} ({m['address']}{', ' + m['address6'] if m['address6'] else ''}) state {m['state']}")
+    print(f"  roles: {', '.join(m['roles'])}")
+    if m["bgp"]:
+        b = m["bgp"]
+        print(f"  bgp: {b['role']}, asn {b['asn']}, bfd {b['bfd']['interval_ms']}ms x {b['bfd']['multiplier']}")
+        for nb in b["neighbors"]:
+            print(f"    neighbor {nb['name']} {nb['address']} ({nb['kind']}, asn {nb['asn']})")
+        print(f"    VIPs on lo: {', '.join(v['prefix'] for v in b['vips']) or '-'}")
+        print(f"    announces: {', '.join(b['announce']) or 'nothing'}")
+    if m["haproxy"]:
+        for f in m["haproxy"]["frontends"]:
+            extra = " tls" if f["tls"] else ""
+            extra += " redirect->https" if f["redirect_https"] else ""
+            print(f"  frontend {f['name']} {f['mode']} {', '.join(f['binds'])} :{f['port']}{extra} -> {f['backend']}")
+        for be in m["haproxy"]["backends"]:
+            servers = ", ".join(f"{s['name']}={s['address']}:{s['port']} w{s['weight']}"
+                                f"{' backup' if s['backup'] else ''}{'' if s['state'] == 'active' else ' ' + s['state']}"
+                                for s in be["servers"])
+            print(f"  backend {be['name']} {be['balance']} check {be['check']['type']}: {servers}")
+    if m["apache"]:
+        for v in m["apache"]["vhosts"]:
+            print(f"  apache vhost {v['server_name']}:{v['port']} ({v['service']})")
+    if m["monitoring"]:
+        print(f"  monitoring: {len(m['monitoring']['hosts'])} hosts, {len(m['monitoring']['checks'])} checks")
+    print(f"  firewall: default {m['firewall']['policy']}, {len(m['firewall']['rules'])} accept rules")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """The impact of changing catalog OLD into NEW."""
+    from .diff import diff_fleets, format_diff
+    report = diff_fleets(_compile(args.old), _compile(args.new))
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(format_diff(report))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the catalog's JSON Schema."""
+    from .schema import json_schema
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anycastlb", description=__doc__)
+    p.add_argument("--version", action="version", version=f"anycastlb {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("lint", help="validate a catalog (file or directory)")
+    s.add_argument("catalog")
+    s.add_argument("--secrets", help="secrets file: also check that every certificate and password exists")
+    s.set_defaults(func=cmd_lint)
+    s = sub.add_parser("show", help="one node's compiled model")
+    s.add_argument("catalog")
+    s.add_argument("node")
+    s.add_argument("--json", action="store_true", help="the whole model as JSON")
+    s.set_defaults(func=cmd_show)
+    s = sub.add_parser("diff", help="impact of a catalog change (nodes and services)")
+    s.add_argument("old")
+    s.add_argument("new")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_diff)
+    s = sub.add_parser("schema", help="JSON Schema of the catalog")
+    s.set_defaults(func=cmd_schema)
+    for modname in _EXTRA:
+        try:
+            mod = __import__(modname, fromlist=["register"])
+        except ImportError as exc:
+            if exc.name and modname.startswith(exc.name):
+                continue
+            raise
+        reg: Callable[[Any], None] = getattr(mod, "register")
+        reg(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CatalogRefused as exc:
+        for e in exc.errors:
+            print(f"error: {e}", file=sys.stderr)
+        print(f"refused: {len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,940 @@
+"""Catalog → fleet model: resolution, validation, refusals and the per-node slices.
+
+Pure Python: no Salt, no I/O beyond reading the catalog. ``compile_catalog``
+returns a :class:`Fleet` whose ``nodes`` map each node id to a plain,
+JSON-serialisable dict (the *node model*, see ``docs/model.md``) that holds all
+that node's daemons need. Every refusal is collected before raising, so a user
+sees every error at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from . import schema as S
+from .errors import CatalogError, CatalogRefused
+from .loader import Marked, MarkedList, file_of, line_of, load_catalog
+
+MODEL_VERSION = 1
+HAPROXY_STATS_PORT = 8404
+SSH_PORT = 22
+SALT_PORTS = (4505, 4506)
+BGP_PORT = 179
+BFD_PORTS = (3784, 3785)
+SECTION_KIND = {"nodes": "node", "peers": "peer", "clusters": "cluster", "templates": "template",
+                "services": "service"}
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ident(name: str) -> str:
+    """A name made safe for daemon identifiers (BIRD protocols, HAProxy sections, Icinga objects)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def family(addr: IP | Net) -> str:
+    return "ipv4" if addr.version == 4 else "ipv6"
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """Mappings merge deeply (``over`` wins), everything else (lists too) is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = Marked(file=getattr(over, "file", "") or getattr(base, "file", ""),
+                     line=getattr(over, "line", None) or getattr(base, "line", None))
+        for k, v in base.items():
+            out[k] = v
+            if isinstance(base, Marked) and k in base.marks:
+                out.marks[k] = base.marks[k]
+        out.key_files = dict(getattr(base, "key_files", {}))  # type: ignore[attr-defined]
+        for k in base:
+            out.key_files.setdefault(k, getattr(base, "file", ""))
+        for k, v in over.items():
+            out[k] = deep_merge(base[k], v) if k in base else v
+            if isinstance(over, Marked) and k in over.marks:
+                out.marks[k] = over.marks[k]
+            out.key_files[k] = getattr(over, "file", "")
+        return out
+    return over
+
+
+def _where(obj: Any, path: Iterable[Any]) -> tuple[str | None, int | None]:
+    """File and line of ``path`` inside a (possibly merged) marked object."""
+    path = list(path)
+    file, line = line_of(obj, path)
+    # In a merged mapping, a top key remembers the file of the layer that supplied it.
+    if path and isinstance(obj, Marked):
+        key_files = getattr(obj, "key_files", {})
+        if path[0] in key_files and key_files[path[0]]:
+            sub = obj.get(path[0])
+            file = getattr(sub, "file", None) or key_files[path[0]] or file
+    return file, line
+
+
+@dataclass
+class Fleet:
+    """A compiled catalog: the per-node models plus what the CLI's lint and diff show."""
+
+    catalog: str
+    nodes: dict[str, dict[str, Any]]
+    services: dict[str, dict[str, Any]]
+    summary: dict[str, Any]
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return self.nodes[node_id]
+
+    def to_json(self, node_id: str | None = None) -> str:
+        """Deterministic JSON of one node's model, or of the whole fleet."""
+        data = self.nodes[node_id] if node_id else {"nodes": self.nodes, "services": self.services}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+@dataclass
+class _Ctx:
+    """Compilation state: the raw catalog, validated objects, and collected errors."""
+
+    raw: Marked
+    name: str
+    errors: list[CatalogError] = field(default_factory=list)
+
+    def err(self, section: str, name: str, key: str, message: str, obj: Any = None,
+            path: Iterable[Any] = ()) -> None:
+        """Record an error on ``section[name]`` at ``key`` (``path`` locates the line)."""
+        sec = self.raw.get(section) if section in self.raw else None
+        file, line = None, None
+        if obj is not None:
+            file, line = _where(obj, list(path) or key.split(".") if key else [])
+        if file is None or line is None:
+            if isinstance(sec, Marked) and name in sec:
+                f2, l2 = line_of(sec, [name] + (list(path) if path else (key.split(".") if key else [])))
+                file = file or file_of(sec, name) or f2
+                line = line or l2
+            elif isinstance(sec, Marked):
+                file = file or sec.file
+                line = line or (self.raw.marks.get(section) if not key else line_of(sec, key.split("."))[1])
+        kind = SECTION_KIND.get(section, section)
+        self.errors.append(CatalogError(file or self.name, line, kind, name, key, message))
+
+
+def _pydantic(ctx: _Ctx, model: type[BaseModel], data: Any, section: str, name: str,
+              obj: Any = None, prefix: tuple[Any, ...] = ()) -> Any:
+    """Validate ``data`` with ``model``; turn pydantic errors into catalog errors."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        seen: set[tuple[Any, ...]] = set()
+        for e in exc.errors(include_url=False):
+            loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and ("[" in x or x.startswith("function-"))))
+            # Union branches repeat one location; keep the first message per location.
+            loc = tuple(x for x in loc if x not in ("int", "str", "list[str]", "is-instance[Port]"))
+            if loc in seen:
+                continue
+            seen.add(loc)
+            key = ".".join(str(x) for x in prefix + loc)
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = f"unknown key {str(loc[-1])!r}"
+            elif e["type"] == "missing":
+                msg = "required key is missing"
+            elif e["type"] == "literal_error":
+                msg = f"{e.get('input')!r} is not allowed: {msg.replace('Input should be ', 'expected ')}"
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            ctx.err(section, name, key, msg, obj if obj is not None else data, list(prefix + loc))
+        return None
+
+
+def _parse_net(text: str) -> Net | None:
+    try:
+        return ipaddress.ip_network(str(text), strict=True)
+    except ValueError:
+        return None
+
+
+def _parse_ip(text: Any) -> IP | None:
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        return None
+
+
+def _section(ctx: _Ctx, key: str) -> Marked:
+    value = ctx.raw.get(key)
+    if value is None:
+        return Marked(file=ctx.name)
+    if not isinstance(value, dict):
+        ctx.err("catalog", "", key, f"section {key!r} must be a mapping")
+        return Marked(file=ctx.name)
+    return value
+
+
+def _check_name(ctx: _Ctx, section: str, name: Any) -> bool:
+    if not isinstance(name, str) or not re.match(S.NAME_RE, name):
+        ctx.err(section, str(name), "", f"{name!r} is not a valid name (letters, digits, '.', '_', '-')")
+        return False
+    return True
+
+
+def _prefixes(ctx: _Ctx, key: str) -> list[Net]:
+    raw = ctx.raw.get(key) or []
+    if not isinstance(raw, list):
+        raw = MarkedList([raw], file=ctx.name)
+    out: list[Net] = []
+    for i, text in enumerate(raw):
+        net = _parse_net(text)
+        if net is None:
+            file, line = line_of(raw, [i])
+            ctx.errors.append(CatalogError(file or ctx.name, line, key, "", f"{key}[{i}]",
+                                           f"{text!r} is not a network prefix (host bits must be zero)"))
+        else:
+            out.append(net)
+    return out
+
+
+def _resolve(ctx: _Ctx, name: str, templates: Marked, defaults: Any, section: str,
+             body: Any) -> Marked | None:
+    """defaults < template chain < the object itself; refuses missing templates and cycles."""
+    chain: list[Any] = [body]
+    seen = [name] if section == "templates" else []
+    cur = body
+    while isinstance(cur, dict) and cur.get("extends") is not None:
+        parent = cur["extends"]
+        if not isinstance(parent, str) or parent not in templates:
+            where = "template" if isinstance(parent, str) and parent in _section(ctx, "services") else ""
+            hint = f" ({parent!r} is a service, not a template)" if where else ""
+            ctx.err(section, name, "extends", f"template {parent!r} does not exist{hint}", cur, ["extends"])
+            return None
+        if parent in seen:
+            cycle = " -> ".join(seen + [parent])
+            ctx.err(section, name, "extends", f"extends cycle: {cycle}", cur, ["extends"])
+            return None
+        seen.append(parent)
+        cur = templates[parent]
+        chain.append(cur)
+    merged: Any = defaults if isinstance(defaults, dict) else Marked()
+    for layer in reversed(chain):
+        if not isinstance(layer, dict):
+            ctx.err(section, name, "", "must be a mapping of keys")
+            return None
+        merged = deep_merge(merged, layer)
+    merged.pop("extends", None)
+    return merged
+
+
+@dataclass
+class _Svc:
+    """A resolved, validated service plus its normalised addresses."""
+
+    name: str
+    model: S.Service
+    raw: Marked
+    vips: list[IP]
+    ports: list[S.Port]
+
+
+def compile_catalog(path: str | os.PathLike[str], secrets: Mapping[str, Any] | None = None) -> Fleet:
+    """Load, validate and compile a catalog file or directory into a :class:`Fleet`.
+
+    ``secrets``, when given (deploy time), is the secrets store
+    (``{"certificates": {name: ...}, "bgp_passwords": {name: ...}}``): names the
+    catalog uses must exist there. Raises :class:`CatalogRefused` with every error.
+    """
+    raw = load_catalog(path)
+    return compile_raw(raw, str(path), secrets)
+
+
+def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any] | None = None) -> Fleet:
+    """Compile an already loaded (marked) catalog mapping."""
+    ctx = _Ctx(raw=raw if isinstance(raw, Marked) else Marked(raw, file=name), name=name)
+    if "bgp" not in ctx.raw:
+        ctx.err("catalog", "", "bgp", "required section 'bgp' (with 'asn') is missing")
+        bgp = None
+    else:
+        bgp = _pydantic(ctx, S.Bgp, ctx.raw["bgp"], "bgp", "", ctx.raw["bgp"])
+    pools = _prefixes(ctx, "vip_pools")
+    management = _prefixes(ctx, "management")
+
+    nodes: dict[str, S.Node] = {}
+    for nid, body in _section(ctx, "nodes").items():
+        if _check_name(ctx, "nodes", nid):
+            n = _pydantic(ctx, S.Node, body if body is not None else {}, "nodes", nid, body)
+            if n is not None:
+                nodes[nid] = n
+    peers: dict[str, S.Peer] = {}
+    for pid, body in _section(ctx, "peers").items():
+        if _check_name(ctx, "peers", pid):
+            p = _pydantic(ctx, S.Peer, body if body is not None else {}, "peers", pid, body)
+            if p is not None:
+                peers[pid] = p
+    _check_addresses(ctx, nodes, peers)
+
+    clusters: dict[str, S.Cluster] = {}
+    for cid, body in _section(ctx, "clusters").items():
+        if not _check_name(ctx, "clusters", cid):
+            continue
+        c = _pydantic(ctx, S.Cluster, body if body is not None else {}, "clusters", cid, body)
+        if c is None:
+            continue
+        for i, member in enumerate(c.nodes):
+            if member not in nodes and member not in _section(ctx, "nodes"):
+                ctx.err("clusters", cid, f"nodes[{i}]", f"node {member!r} does not exist", body, ["nodes", i])
+        clusters[cid] = c
+
+    templates = _section(ctx, "templates")
+    defaults = ctx.raw.get("defaults") or Marked(file=name)
+    if not isinstance(defaults, dict):
+        ctx.err("defaults", "", "", "section 'defaults' must be a mapping")
+        defaults = Marked(file=name)
+    elif "extends" in defaults:
+        ctx.err("defaults", "", "extends", "defaults may not extend a template", defaults, ["extends"])
+    else:
+        _pydantic(ctx, S.Service, defaults, "defaults", "", defaults)
+    for tname, body in templates.items():
+        if not _check_name(ctx, "templates", tname):
+            continue
+        resolved = _resolve(ctx, tname, templates, Marked(), "templates", body)
+        if resolved is not None:
+            _pydantic(ctx, S.Service, resolved, "templates", tname, resolved)
+
+    services: dict[str, _Svc] = {}
+    for sname, body in _section(ctx, "services").items():
+        if not _check_name(ctx, "services", sname):
+            continue
+        resolved = _resolve(ctx, sname, templates, defaults, "services", body if body is not None else Marked())
+        if resolved is None:
+            continue
+        m = _pydantic(ctx, S.Service, resolved, "services", sname, resolved)
+        if m is None:
+            continue
+        svc = _check_service(ctx, sname, m, resolved, pools, nodes, clusters)
+        if svc is not None:
+            services[sname] = svc
+
+    _check_conflicts(ctx, services, clusters, nodes)
+    if bgp is not None:
+        _check_routing(ctx, nodes, services, clusters)
+    if secrets is not None:
+        _check_secrets(ctx, services, bgp, peers, secrets)
+    if ctx.errors:
+        raise CatalogRefused(ctx.errors)
+    assert bgp is not None
+    return _build(name, bgp, pools, management, nodes, peers, clusters, services)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_addresses(ctx: _Ctx, nodes: dict[str, S.Node], peers: dict[str, S.Peer]) -> None:
+    owners: dict[IP, str] = {}
+    for section, objs in (("nodes", nodes), ("peers", peers)):
+        for oid, obj in objs.items():
+            body = _section(ctx, section).get(oid)
+            for key, want in (("address", 4), ("address6", 6)):
+                text = getattr(obj, key)
+                if text is None:
+                    continue
+                ip = _parse_ip(text)
+                if ip is None or ip.version != want:
+                    ctx.err(section, oid, key, f"{text!r} is not an IPv{want} address", body, [key])
+                    continue
+                if ip in owners:
+                    ctx.err(section, oid, key, f"address {ip} is also the address of {owners[ip]}", body, [key])
+                else:
+                    owners[ip] = f"{SECTION_KIND[section]} {oid!r}"
+
+
+def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[Net],
+                   nodes: dict[str, S.Node], clusters: dict[str, S.Cluster]) -> _Svc | None:
+    err = lambda key, msg, path=None: ctx.err("services", name, key, msg, raw, path or key.split("."))  # noqa: E731
+    ok = True
+    if m.mode is None:
+        err("mode", "required key is missing (http, tcp or anycast)")
+        return None
+    if not m.vip:
+        err("vip", "required key is missing: at least one VIP")
+        ok = False
+    if not m.ports:
+        err("ports", "required key is missing: at least one port")
+        ok = False
+    vips: list[IP] = []
+    for i, text in enumerate(m.vip):
+        ip = _parse_ip(text)
+        path = ["vip", i] if isinstance(raw.get("vip"), list) else ["vip"]
+        if ip is None:
+            err(f"vip[{i}]", f"{text!r} is not an IP address", path)
+            ok = False
+            continue
+        fam_pools = [p for p in pools if p.version == ip.version]
+        if not fam_pools:
+            err(f"vip[{i}]", f"VIP {ip} is IPv{ip.version} but vip_pools has no IPv{ip.version} prefix", path)
+            ok = False
+        elif not any(ip in p for p in fam_pools):
+            err(f"vip[{i}]", f"VIP {ip} is outside vip_pools ({', '.join(map(str, fam_pools))})", path)
+            ok = False
+        if ip in vips:
+            err(f"vip[{i}]", f"VIP {ip} is listed twice", path)
+        else:
+            vips.append(ip)
+    seen_ports: set[S.Port] = set()
+    for i, p in enumerate(m.ports):
+        if p in seen_ports:
+            err(f"ports[{i}]", f"port {p} is listed twice", ["ports", i])
+        seen_ports.add(p)
+        if p.protocol == "udp" and m.mode != "anycast":
+            err(f"ports[{i}]", f"udp port {p} needs mode anycast: HAProxy balances tcp only", ["ports", i])
+            ok = False
+    if m.mode in ("http", "tcp"):
+        if m.cluster is None:
+            err("cluster", f"required for mode {m.mode}: the HAProxy cluster that serves it")
+            ok = False
+        elif m.cluster not in clusters:
+            err("cluster", f"cluster {m.cluster!r} does not exist")
+            ok = False
+    elif m.cluster is not None:
+        err("cluster", "mode anycast has no cluster: its backends announce the VIP themselves")
+        ok = False
+    if not m.backends:
+        err("backends", "required key is missing: at least one backend")
+        ok = False
+    for bname, b in m.backends.items():
+        bpath = ["backends", bname] if isinstance(raw.get("backends"), dict) else ["backends"]
+        if bname not in nodes and b.address is None:
+            err(f"backends.{bname}", f"backend {bname!r} is not a node and has no address", bpath)
+            ok = False
+        if b.address is not None:
+            ip = _parse_ip(b.address)
+            if ip is None:
+                err(f"backends.{bname}.address", f"{b.address!r} is not an IP address", bpath + ["address"])
+                ok = False
+            elif m.mode == "anycast":
+                err(f"backends.{bname}.address", "an anycast backend must be a managed node (it announces the VIP)",
+                    bpath + ["address"])
+                ok = False
+    if m.mode == "anycast":
+        for key in ("tls", "apache"):
+            if getattr(m, key) is not None:
+                err(key, f"{key} needs mode http")
+                ok = False
+        if m.check.http is None and m.check.tcp is None and not any(p.protocol == "tcp" for p in m.ports):
+            err("check", "a udp-only anycast service needs check.tcp (with a port) or check.http")
+            ok = False
+    if m.check.http is not None and m.check.tcp is not None:
+        err("check", "check has both http and tcp: set the one you do not want to null")
+        ok = False
+    if m.mode == "tcp":
+        for key in ("tls", "apache"):
+            if getattr(m, key) is not None:
+                err(key, f"{key} needs mode http")
+                ok = False
+        if m.redirect_http:
+            err("redirect_http", "redirect_http needs mode http")
+    if m.mode == "http" and m.tls is not None and S.Port(port=443) not in m.ports:
+        err("tls", "tls terminates on port 443, which is not in ports")
+        ok = False
+    if m.redirect_http and m.mode == "http":
+        if m.tls is None:
+            err("redirect_http", "redirect_http sends clients to https, which needs tls")
+            ok = False
+        if S.Port(port=80) not in m.ports:
+            err("redirect_http", "redirect_http answers on port 80, which is not in ports")
+            ok = False
+    if m.apache is not None and not any(b in nodes for b in m.backends):
+        err("apache", "apache vhosts go on managed backends, and this service has none")
+    for i, a in enumerate(m.allow):
+        if a != "any" and _parse_net(a) is None and _parse_ip(a) is None:
+            path = ["allow", i] if isinstance(raw.get("allow"), list) else ["allow"]
+            err(f"allow[{i}]", f"{a!r} is neither 'any' nor a network prefix", path)
+            ok = False
+    return _Svc(name, m, raw, vips, list(m.ports)) if ok else None
+
+
+def _check_conflicts(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S.Cluster],
+                     nodes: dict[str, S.Node]) -> None:
+    used: dict[tuple[IP, S.Port], str] = {}
+    for sname in sorted(services):
+        svc = services[sname]
+        for ip in svc.vips:
+            for p in svc.ports:
+                other = used.get((ip, p))
+                if other is not None:
+                    ctx.err("services", sname, "ports",
+                            f"VIP {ip} port {p} is already used by service {other!r}", svc.raw, ["ports"])
+                else:
+                    used[(ip, p)] = sname
+    # A node must not both balance a VIP (as a cluster member) and announce it as an anycast backend.
+    lb_vips: dict[IP, dict[str, str]] = {}
+    for sname, svc in services.items():
+        if svc.model.mode in ("http", "tcp") and svc.model.cluster in clusters:
+            for ip in svc.vips:
+                for member in clusters[svc.model.cluster].nodes:
+                    lb_vips.setdefault(ip, {})[member] = sname
+    for sname, svc in services.items():
+        if svc.model.mode != "anycast":
+            continue
+        for bname in svc.model.backends:
+            for ip in svc.vips:
+                if bname in lb_vips.get(ip, {}):
+                    ctx.err("services", sname, f"backends.{bname}",
+                            f"node {bname!r} balances VIP {ip} in service {lb_vips[ip][bname]!r} "
+                            f"and cannot also announce it as an anycast backend", svc.raw, ["backends"])
+
+
+def _check_routing(ctx: _Ctx, nodes: dict[str, S.Node], services: dict[str, _Svc],
+                   clusters: dict[str, S.Cluster]) -> None:
+    speakers = any(s.model.mode == "anycast" for s in services.values()) or any(
+        c.nodes for c in clusters.values())
+    if speakers and not any("route-reflector" in n.roles for n in nodes.values()):
+        ctx.err("nodes", "", "roles", "the fleet announces VIPs but no node has the role route-reflector")
+
+
+def _check_secrets(ctx: _Ctx, services: dict[str, _Svc], bgp: S.Bgp | None, peers: dict[str, S.Peer],
+                   secrets: Mapping[str, Any]) -> None:
+    certs = secrets.get("certificates") or {}
+    for sname, svc in services.items():
+        if svc.model.tls is not None and svc.model.tls.certificate not in certs:
+            ctx.err("services", sname, "tls.certificate",
+                    f"certificate {svc.model.tls.certificate!r} is not in the secrets pillar", svc.raw,
+                    ["tls", "certificate"])
+    passwords = secrets.get("bgp_passwords") or {}
+    if bgp is not None and bgp.password and bgp.password not in passwords:
+        ctx.err("bgp", "", "password", f"BGP password {bgp.password!r} is not in the secrets pillar",
+                ctx.raw.get("bgp"), ["password"])
+    for pid, p in peers.items():
+        if p.password and p.password not in passwords:
+            ctx.err("peers", pid, "password", f"BGP password {p.password!r} is not in the secrets pillar")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _build(name: str, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes: dict[str, S.Node],
+           peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc]) -> Fleet:
+    """Compute every node's model from validated objects."""
+    b = _Builder(bgp, pools, management, nodes, peers, clusters, services)
+    models = {nid: b.node_model(nid) for nid in sorted(nodes)}
+    svc_summary = {sname: b.service_summary(sname) for sname in sorted(services)}
+    roles: dict[str, int] = {}
+    for m in models.values():
+        for r in m["roles"]:
+            roles[r] = roles.get(r, 0) + 1
+    vips = sorted({str(ip) for s in services.values() for ip in s.vips})
+    summary = {"services": len(services), "vips": len(vips), "nodes": len(nodes), "roles": dict(sorted(roles.items())),
+               "peers": len(peers), "clusters": len(clusters)}
+    return Fleet(catalog=name, nodes=models, services=svc_summary, summary=summary)
+
+
+class _Builder:
+    """Derives per-node models; indexes the fleet once so each node's slice is cheap."""
+
+    def __init__(self, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes: dict[str, S.Node],
+                 peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc]):
+        self.bgp, self.pools, self.management = bgp, pools, management
+        self.nodes, self.peers, self.clusters, self.services = nodes, peers, clusters, services
+        self.rrs = sorted(n for n, x in nodes.items() if "route-reflector" in x.roles)
+        self.monitors = sorted(n for n, x in nodes.items() if "monitoring" in x.roles)
+        self.masters = sorted(n for n, x in nodes.items() if "salt-master" in x.roles)
+        self.node_clusters: dict[str, list[str]] = {}
+        for cid in sorted(clusters):
+            for member in clusters[cid].nodes:
+                self.node_clusters.setdefault(member, []).append(cid)
+        self.cluster_services: dict[str, list[str]] = {c: [] for c in clusters}
+        self.anycast_of: dict[str, list[str]] = {}
+        self.backend_of: dict[str, list[str]] = {}
+        for sname in sorted(services):
+            m = services[sname].model
+            if m.mode == "anycast":
+                for bname in m.backends:
+                    self.anycast_of.setdefault(bname, []).append(sname)
+            else:
+                self.cluster_services[m.cluster].append(sname)  # type: ignore[index]
+                for bname in m.backends:
+                    if bname in nodes:
+                        self.backend_of.setdefault(bname, []).append(sname)
+        self.speakers = sorted(n for n in nodes if n in self.node_clusters or n in self.anycast_of)
+
+    # -- helpers
+    def addrs(self, nid: str) -> list[str]:
+        n = self.nodes[nid]
+        return [n.address] + ([n.address6] if n.address6 else [])
+
+    def announcers(self, sname: str) -> list[str]:
+        """Nodes that announce a service's VIPs when healthy and active."""
+        m = self.services[sname].model
+        members = self.clusters[m.cluster].nodes if m.mode != "anycast" else list(m.backends)  # type: ignore[index]
+        return sorted(x for x in members if x in self.nodes)
+
+    def server_port(self, svc: _Svc, port: S.Port) -> int:
+        return svc.model.backend_port or port.port
+
+    def backend_name(self, svc: _Svc, port: S.Port) -> str:
+        return f"{svc.name}-{self.server_port(svc, port)}"
+
+    def roles(self, nid: str) -> list[str]:
+        r = set(self.nodes[nid].roles)
+        if nid in self.node_clusters:
+            r.add("haproxy")
+        if nid in self.anycast_of:
+            r.add("anycast")
+        if nid in self.backend_of:
+            r.add("backend")
+            if any(self.services[s].model.apache is not None for s in self.backend_of[nid]):
+                r.add("apache")
+        if nid in self.node_clusters or nid in self.anycast_of or "route-reflector" in r or (
+                "monitoring" in r and self.rrs):
+            r.add("bird")
+        return sorted(r)
+
+    def check_model(self, svc: _Svc, default_port: int | None) -> dict[str, Any]:
+        c = svc.model.check
+        out: dict[str, Any] = {"interval_ms": c.interval, "rise": c.rise, "fall": c.fall,
+                               "timeout_ms": c.timeout or min(c.interval, 1000)}
+        if c.http is not None:
+            host = c.http.host or (svc.model.apache.server_name if svc.model.apache else None)
+            out.update(type="http", path=c.http.path, expect=str(c.http.expect), host=host,
+                       port=c.http.port or default_port)
+        else:
+            port = (c.tcp.port if c.tcp else None) or default_port
+            out.update(type="tcp", port=port)
+        return out
+
+    def node_vips(self, nid: str) -> list[tuple[IP, list[str]]]:
+        """(VIP, services) configured on this node's lo."""
+        vips: dict[IP, set[str]] = {}
+        for cid in self.node_clusters.get(nid, []):
+            for sname in self.cluster_services[cid]:
+                for ip in self.services[sname].vips:
+                    vips.setdefault(ip, set()).add(sname)
+        for sname in self.anycast_of.get(nid, []):
+            for ip in self.services[sname].vips:
+                vips.setdefault(ip, set()).add(sname)
+        return sorted(((ip, sorted(s)) for ip, s in vips.items()), key=lambda t: (t[0].version, t[0]))
+
+    # -- sections
+    def node_model(self, nid: str) -> dict[str, Any]:
+        n = self.nodes[nid]
+        roles = self.roles(nid)
+        model: dict[str, Any] = {
+            "version": MODEL_VERSION, "node": nid, "address": n.address, "address6": n.address6,
+            "state": n.state, "roles": roles,
+            "management": [str(p) for p in self.management],
+            "services": sorted(set(self.backend_of.get(nid, []) + self.anycast_of.get(nid, []) + [
+                s for c in self.node_clusters.get(nid, []) for s in self.cluster_services[c]])),
+            "bgp": self.bgp_model(nid, roles) if "bird" in roles else None,
+            "haproxy": self.haproxy_model(nid) if "haproxy" in roles else None,
+            "apache": self.apache_model(nid) if "apache" in roles else None,
+            "monitoring": self.monitoring_model() if "monitoring" in roles else None,
+            "salt_master": {"interface": n.address} if "salt-master" in roles else None,
+        }
+        model["health"] = self.health_model(nid, model)
+        model["firewall"] = self.firewall_model(nid, model)
+        model["secrets"] = self.secret_names(nid, model)
+        return model
+
+    def bgp_model(self, nid: str, roles: list[str]) -> dict[str, Any]:
+        n = self.nodes[nid]
+        bfd = {"interval_ms": self.bgp.bfd.interval, "multiplier": self.bgp.bfd.multiplier}
+        neighbors: list[dict[str, Any]] = []
+
+        def add(name: str, kind: str, addr: str | None, asn: int, password: str | None,
+                add_paths: str | None, local: str | None) -> None:
+            if addr is None or local is None:
+                return
+            fam = family(ipaddress.ip_address(addr))
+            neighbors.append({"name": name, "ident": ident(f"{kind[:4]}_{name}_{fam[-1]}"), "kind": kind,
+                              "address": addr, "family": fam, "local_address": local, "asn": asn,
+                              "password": password, "add_paths": add_paths, "bfd": True,
+                              "ebgp": asn != self.bgp.asn})
+
+        if "route-reflector" in roles:
+            role = "route-reflector"
+            for other in self.speakers:
+                o = self.nodes[other]
+                add(other, "client", o.address, self.bgp.asn, self.bgp.password, None, n.address)
+                add(other, "client", o.address6, self.bgp.asn, self.bgp.password, None, n.address6)
+            for mon in self.monitors:
+                if mon == nid:
+                    continue
+                o = self.nodes[mon]
+                add(mon, "listener", o.address, self.bgp.asn, self.bgp.password, "tx", n.address)
+                add(mon, "listener", o.address6, self.bgp.asn, self.bgp.password, "tx", n.address6)
+            for pid in sorted(self.peers):
+                p = self.peers[pid]
+                add(pid, "peer", p.address, p.asn, p.password, "tx", n.address)
+                add(pid, "peer", p.address6, p.asn, p.password, "tx", n.address6)
+        else:
+            role = "speaker" if ("haproxy" in roles or "anycast" in roles) else "listener"
+            for rr in self.rrs:
+                o = self.nodes[rr]
+                add(rr, "route-reflector", o.address, self.bgp.asn, self.bgp.password,
+                    "rx" if role == "listener" else None, n.address)
+                add(rr, "route-reflector", o.address6, self.bgp.asn, self.bgp.password,
+                    "rx" if role == "listener" else None, n.address6)
+        vips = self.node_vips(nid)
+        announce = [] if n.state != "active" else [
+            f"{ip}/{ip.max_prefixlen}" for ip, _ in vips]
+        return {
+            "asn": self.bgp.asn, "router_id": n.address, "role": role, "bfd": bfd,
+            "hold_ms": self.bgp.hold,
+            "vip_pools": {"ipv4": [str(p) for p in self.pools if p.version == 4],
+                          "ipv6": [str(p) for p in self.pools if p.version == 6]},
+            "neighbors": sorted(neighbors, key=lambda x: (x["kind"], x["name"], x["family"])),
+            "vips": [{"address": str(ip), "prefix": f"{ip}/{ip.max_prefixlen}", "family": family(ip),
+                      "services": svcs} for ip, svcs in vips],
+            "announce": announce,
+        }
+
+    def haproxy_model(self, nid: str) -> dict[str, Any]:
+        n = self.nodes[nid]
+        frontends: list[dict[str, Any]] = []
+        backends: dict[str, dict[str, Any]] = {}
+        certs: set[str] = set()
+        for cid in self.node_clusters[nid]:
+            for sname in self.cluster_services[cid]:
+                svc = self.services[sname]
+                m = svc.model
+                for port in svc.ports:
+                    bname = self.backend_name(svc, port)
+                    tls = m.tls is not None and port.port == 443 and m.mode == "http"
+                    redirect = bool(m.redirect_http and m.mode == "http" and port.port == 80)
+                    if tls:
+                        certs.add(m.tls.certificate)  # type: ignore[union-attr]
+                    frontends.append({
+                        "name": f"{sname}-{port.port}", "service": sname, "mode": m.mode, "port": port.port,
+                        "binds": [str(ip) for ip in svc.vips],
+                        "tls": {"certificate": m.tls.certificate} if tls else None,  # type: ignore[union-attr]
+                        "redirect_https": redirect,
+                        "allow": [] if "any" in m.allow else list(m.allow),
+                        "backend": bname,
+                    })
+                    if bname in backends:
+                        continue
+                    sport = self.server_port(svc, port)
+                    servers = []
+                    for bid in sorted(m.backends):
+                        be = m.backends[bid]
+                        addr = be.address or self.nodes[bid].address
+                        servers.append({"name": bid, "address": addr, "port": sport, "weight": be.weight,
+                                        "backup": be.backup, "state": be.state, "managed": bid in self.nodes})
+                    backends[bname] = {"name": bname, "service": sname, "mode": m.mode, "balance": m.balance,
+                                       "port": sport, "check": self.check_model(svc, None),
+                                       "servers": servers}
+        return {"clusters": self.node_clusters[nid],
+                "stats": {"address": n.address, "port": HAPROXY_STATS_PORT},
+                "frontends": sorted(frontends, key=lambda f: f["name"]),
+                "backends": [backends[k] for k in sorted(backends)],
+                "certificates": sorted(certs)}
+
+    def apache_model(self, nid: str) -> dict[str, Any]:
+        vhosts = []
+        for sname in self.backend_of.get(nid, []):
+            svc = self.services[sname]
+            m = svc.model
+            if m.apache is None:
+                continue
+            ports = sorted({self.server_port(svc, p) for p in svc.ports if not (
+                m.redirect_http and p.port == 80 and m.backend_port is None)})
+            for port in ports:
+                vhosts.append({"service": sname, "server_name": m.apache.server_name or sname,
+                               "aliases": list(m.apache.aliases), "port": port,
+                               "health_path": m.check.http.path if m.check.http else None,
+                               "document_root": f"/var/www/anycastlb/{sname}"})
+        return {"listen": sorted({v["port"] for v in vhosts}), "vhosts": vhosts}
+
+    def health_model(self, nid: str, model: dict[str, Any]) -> dict[str, Any]:
+        """What the node's health agent watches before it announces each VIP."""
+        anns: list[dict[str, Any]] = []
+        bgp = model["bgp"]
+        if bgp is None or bgp["role"] != "speaker":
+            return {"announcements": []}
+        haproxy = model["haproxy"]
+        for v in bgp["vips"]:
+            if v["prefix"] not in bgp["announce"]:
+                continue
+            lb_svcs = [s for s in v["services"] if self.services[s].model.mode != "anycast"]
+            if lb_svcs:
+                fes = [f for f in haproxy["frontends"] if f["service"] in lb_svcs and v["address"] in f["binds"]]
+                anns.append({"prefix": v["prefix"], "services": lb_svcs,
+                             "watch": {"type": "haproxy", "frontends": sorted(f["name"] for f in fes),
+                                       "backends": sorted({f["backend"] for f in fes})}})
+            for sname in v["services"]:
+                svc = self.services[sname]
+                if svc.model.mode != "anycast":
+                    continue
+                tcp_ports = [p.port for p in svc.ports if p.protocol == "tcp"]
+                check = self.check_model(svc, tcp_ports[0] if tcp_ports else None)
+                check["address"] = v["address"]
+                anns.append({"prefix": v["prefix"], "services": [sname], "watch": check})
+        return {"announcements": anns}
+
+    def firewall_model(self, nid: str, model: dict[str, Any]) -> dict[str, Any]:
+        """Default-deny input; every accept rule names why it exists."""
+        rules: list[dict[str, Any]] = []
+
+        def rule(comment: str, proto: str, ports: Iterable[int], sources: Iterable[str],
+                 destinations: Iterable[str] = ()) -> None:
+            srcs = sorted(set(sources), key=_addr_key)
+            if "any" in srcs:
+                srcs = []
+            rules.append({"comment": comment, "protocol": proto, "ports": sorted(set(ports)),
+                          "sources": srcs, "destinations": sorted(set(destinations), key=_addr_key)})
+
+        mgmt = [str(p) for p in self.management]
+        rule("ssh from management", "tcp", [SSH_PORT], mgmt or ["any"])
+        if "salt-master" in model["roles"]:
+            minions = [a for x in sorted(self.nodes) for a in self.addrs(x)]
+            rule("salt from management and minions", "tcp", SALT_PORTS, mgmt + minions)
+        bgp = model["bgp"]
+        if bgp is not None:
+            by_name: dict[tuple[str, str], list[str]] = {}
+            for nb in bgp["neighbors"]:
+                by_name.setdefault((nb["kind"], nb["name"]), []).append(nb["address"])
+            for (kind, name), addrs in by_name.items():
+                rule(f"bgp from {kind} {name}", "tcp", [BGP_PORT], addrs)
+                rule(f"bfd from {kind} {name}", "udp", BFD_PORTS, addrs)
+        monitors = [a for x in self.monitors for a in self.addrs(x)]
+        for v in (bgp["vips"] if bgp else []):
+            for sname in v["services"]:
+                svc = self.services[sname]
+                for proto in ("tcp", "udp"):
+                    ports = [p.port for p in svc.ports if p.protocol == proto]
+                    if ports:
+                        rule(f"service {sname} on its VIP", proto, ports, svc.model.allow + monitors,
+                             [v["address"]])
+        if model["haproxy"] is not None and monitors:
+            rule("haproxy stats for monitoring", "tcp", [HAPROXY_STATS_PORT], monitors + mgmt)
+        for sname in self.backend_of.get(nid, []):
+            svc = self.services[sname]
+            lbs = [a for x in self.clusters[svc.model.cluster].nodes if x in self.nodes  # type: ignore[index]
+                   for a in self.addrs(x)]
+            ports = {self.server_port(svc, p) for p in svc.ports}
+            rule(f"backend of {sname} from its LB nodes and monitoring", "tcp", ports, lbs + monitors)
+        for sname in self.anycast_of.get(nid, []):
+            svc = self.services[sname]
+            for proto in ("tcp", "udp"):
+                ports = [p.port for p in svc.ports if p.protocol == proto]
+                if ports and monitors:
+                    rule(f"monitoring of {sname} on the node", proto, ports, monitors, self.addrs(nid))
+        rules.sort(key=lambda r: (r["comment"], r["protocol"]))
+        return {"policy": "drop", "rules": rules}
+
+    def monitoring_model(self) -> dict[str, Any]:
+        """Hosts and checks for a monitoring node (identical on every monitoring node)."""
+        hosts: list[dict[str, Any]] = []
+        checks: list[dict[str, Any]] = []
+        for nid in sorted(self.nodes):
+            n = self.nodes[nid]
+            hosts.append({"name": nid, "address": n.address, "address6": n.address6, "managed": True,
+                          "roles": self.roles(nid), "state": n.state})
+        external: dict[str, str] = {}
+        for sname in sorted(self.services):
+            for bid, be in self.services[sname].model.backends.items():
+                if bid not in self.nodes and be.address:
+                    external.setdefault(bid, be.address)
+        for bid in sorted(external):
+            hosts.append({"name": bid, "address": external[bid], "address6": None, "managed": False,
+                          "roles": [], "state": "active"})
+        for sname in sorted(self.services):
+            svc = self.services[sname]
+            m = svc.model
+            notify = list(m.monitor.notify)
+            if not m.monitor.enabled:
+                continue
+            announcers = self.announcers(sname)
+            active = [x for x in announcers if self.nodes[x].state == "active"]
+            for ip in svc.vips:
+                prefix = f"{ip}/{ip.max_prefixlen}"
+                checks.append({"name": f"announcers {sname} {ip}", "host": None, "type": "announcers",
+                               "service": sname, "prefix": prefix, "expected": active, "notify": notify})
+                for port in svc.ports:
+                    c = self._service_check(svc, port, str(ip))
+                    checks.append({"name": f"vip {sname} {ip} {port}", "host": None, "service": sname,
+                                   "notify": notify, **c})
+            if m.mode in ("http", "tcp"):
+                for node in announcers:
+                    for port in svc.ports:
+                        checks.append({"name": f"frontend {sname}-{port.port} on {node}", "host": node,
+                                       "type": "haproxy-frontend", "service": sname,
+                                       "frontend": f"{sname}-{port.port}", "backend": self.backend_name(svc, port),
+                                       "address": self.nodes[node].address, "port": HAPROXY_STATS_PORT,
+                                       "notify": notify})
+                for bid in sorted(m.backends):
+                    be = m.backends[bid]
+                    addr = be.address or self.nodes[bid].address
+                    for sport in sorted({self.server_port(svc, p) for p in svc.ports}):
+                        c = self.check_model(svc, sport)
+                        c.pop("interval_ms", None)
+                        checks.append({"name": f"backend {sname} {bid}:{sport}", "host": bid, "service": sname,
+                                       "address": addr, "notify": notify, "backend_state": be.state,
+                                       **{k: v for k, v in c.items() if k in ("type", "path", "expect", "host",
+                                                                               "port")},
+                                       "http_host": c.get("host")})
+            else:
+                for node in announcers:
+                    for port in svc.ports:
+                        c = self._service_check(svc, port, self.nodes[node].address)
+                        checks.append({"name": f"anycast {sname} {port} on {node}", "host": node, "service": sname,
+                                       "notify": notify, **c})
+        for rr in self.rrs:
+            checks.append({"name": f"bgp sessions of {rr}", "host": rr, "type": "rr-sessions",
+                           "expected": [x for x in self.speakers if self.nodes[x].state == "active"],
+                           "notify": []})
+        for c in checks:
+            if c.get("host") is None:
+                c["host"] = c["service"] and f"vip-{c['service']}"
+        users = sorted({u for s in self.services.values() for u in s.model.monitor.notify})
+        vip_hosts = sorted({f"vip-{s}" for s in self.services if self.services[s].model.monitor.enabled})
+        return {"hosts": hosts, "vip_hosts": vip_hosts, "checks": sorted(checks, key=lambda c: c["name"]),
+                "users": users}
+
+    def _service_check(self, svc: _Svc, port: S.Port, address: str) -> dict[str, Any]:
+        m = svc.model
+        if port.protocol == "udp":
+            return {"type": "udp", "address": address, "port": port.port}
+        if m.mode == "http":
+            host = m.apache.server_name if m.apache and m.apache.server_name else None
+            tls = m.tls is not None and port.port == 443
+            redirect = bool(m.redirect_http and port.port == 80)
+            path = m.check.http.path if m.check.http else "/"
+            return {"type": "https" if tls else "http", "address": address, "port": port.port, "http_host": host,
+                    "path": path, "expect": "301" if redirect else None, "tls": tls}
+        return {"type": "tcp", "address": address, "port": port.port}
+
+    def secret_names(self, nid: str, model: dict[str, Any]) -> dict[str, list[str]]:
+        """Names of the secrets this node uses (the pillar fills in the values)."""
+        certs = sorted(model["haproxy"]["certificates"]) if model["haproxy"] else []
+        pw = sorted({nb["password"] for nb in (model["bgp"] or {}).get("neighbors", []) if nb["password"]})
+        return {"certificates": certs, "bgp_passwords": pw}
+
+    def service_summary(self, sname: str) -> dict[str, Any]:
+        """What a reviewer reads about one service in ``anycastlb diff``."""
+        svc = self.services[sname]
+        m = svc.model
+        return {
+            "mode": m.mode, "cluster": m.cluster, "vips": [str(ip) for ip in svc.vips],
+            "ports": [str(p) for p in svc.ports], "backend_port": m.backend_port, "balance": m.balance,
+            "allow": list(m.allow), "tls": m.tls.certificate if m.tls else None, "redirect_http": m.redirect_http,
+            "backends": {b: {"address": be.address or self.nodes[b].address, "weight": be.weight,
+                             "backup": be.backup, "state": be.state} for b, be in sorted(m.backends.items())},
+            "check": self.check_model(svc, None), "announcers": self.announcers(sname),
+            "apache": m.apache.model_dump() if m.apache else None, "notify": list(m.monitor.notify),
+        }
+
+
+def _addr_key(text: str) -> tuple[int, str]:
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+        return (net.version, f"{int(net.network_address):040d}/{net.prefixlen:03d}")
+    except ValueError:
+        return (0, text)
+
+
+def copy_model(model: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a node model (for callers that add secrets to it)."""
+    return copy.deepcopy(model)

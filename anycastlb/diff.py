@@ -1,0 +1,112 @@
+"""The impact of a catalog change: which services and which nodes change, and how."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .compiler import Fleet
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(map(str, v)) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def _dict_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human lines for what changed between two flat-ish mappings."""
+    lines: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(a, list) and isinstance(b, list) and all(not isinstance(x, (dict, list)) for x in a + b):
+            added = [x for x in b if x not in a]
+            removed = [x for x in a if x not in b]
+            parts = ([f"+{_fmt(added)}"] if added else []) + ([f"-{_fmt(removed)}"] if removed else [])
+            lines.append(f"{name}: {' '.join(parts) if parts else 'reordered'}")
+        elif isinstance(a, dict) and isinstance(b, dict) and key == "backends":
+            for be in sorted(set(a) | set(b)):
+                if be not in a:
+                    lines.append(f"backend {be} added ({_fmt(b[be])})")
+                elif be not in b:
+                    lines.append(f"backend {be} removed")
+                elif a[be] != b[be]:
+                    ch = [f"{k} {a[be].get(k)} -> {b[be].get(k)}" for k in sorted(set(a[be]) | set(b[be]))
+                          if a[be].get(k) != b[be].get(k)]
+                    lines.append(f"backend {be}: {', '.join(ch)}")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            lines.extend(_dict_changes(a, b, f"{name}."))
+        else:
+            lines.append(f"{name}: {_fmt(a)} -> {_fmt(b)}")
+    return lines
+
+
+def _node_sections(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def diff_fleets(old: Fleet, new: Fleet) -> dict[str, Any]:
+    """A structured impact report: services added/removed/changed, nodes changed per section."""
+    services: dict[str, Any] = {"added": [], "removed": [], "changed": {}}
+    for s in sorted(set(old.services) | set(new.services)):
+        if s not in old.services:
+            services["added"].append(s)
+        elif s not in new.services:
+            services["removed"].append(s)
+        elif old.services[s] != new.services[s]:
+            services["changed"][s] = _dict_changes(old.services[s], new.services[s])
+    nodes: dict[str, Any] = {"added": [], "removed": [], "changed": {}}
+    for n in sorted(set(old.nodes) | set(new.nodes)):
+        if n not in old.nodes:
+            nodes["added"].append(n)
+        elif n not in new.nodes:
+            nodes["removed"].append(n)
+        else:
+            a, b = old.nodes[n], new.nodes[n]
+            if a != b:
+                detail = []
+                if a["state"] != b["state"]:
+                    detail.append(f"state {a['state']} -> {b['state']}")
+                if a["roles"] != b["roles"]:
+                    detail.extend(_dict_changes({"roles": a["roles"]}, {"roles": b["roles"]}))
+                ann_a = (a.get("bgp") or {}).get("announce", [])
+                ann_b = (b.get("bgp") or {}).get("announce", [])
+                if ann_a != ann_b:
+                    detail.extend(_dict_changes({"announces": ann_a}, {"announces": ann_b}))
+                nodes["changed"][n] = {"sections": _node_sections(a, b), "detail": detail}
+    return {"services": services, "nodes": nodes}
+
+
+def format_diff(report: dict[str, Any]) -> str:
+    """The report as text for a pull-request comment."""
+    out: list[str] = []
+    s, n = report["services"], report["nodes"]
+    if not (s["added"] or s["removed"] or s["changed"] or n["added"] or n["removed"] or n["changed"]):
+        return "no change: every node's configuration stays as it is\n"
+    out.append("Services:")
+    for name in s["added"]:
+        out.append(f"  + {name} (new)")
+    for name in s["removed"]:
+        out.append(f"  - {name} (removed)")
+    for name, lines in s["changed"].items():
+        out.append(f"  ~ {name}")
+        out.extend(f"      {line}" for line in lines)
+    if not (s["added"] or s["removed"] or s["changed"]):
+        out.append("  (none)")
+    out.append("Nodes:")
+    for name in n["added"]:
+        out.append(f"  + {name} (new)")
+    for name in n["removed"]:
+        out.append(f"  - {name} (removed)")
+    for name, info in n["changed"].items():
+        out.append(f"  ~ {name}: {', '.join(info['sections'])}")
+        out.extend(f"      {line}" for line in info["detail"])
+    if not (n["added"] or n["removed"] or n["changed"]):
+        out.append("  (none)")
+    total = len(n["added"]) + len(n["removed"]) + len(n["changed"])
+    out.append(f"{total} node(s) change, {len(s['added']) + len(s['removed']) + len(s['changed'])} service(s) change")
+    return "\n".join(out) + "\n"

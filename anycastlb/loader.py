@@ -1,0 +1,235 @@
+"""Read a catalog (a file or a directory of YAML files) keeping where each key was written.
+
+Mappings and lists come back as :class:`Marked` and :class:`MarkedList`, plain
+``dict``/``list`` subclasses that also remember the file and line of each key or
+item, so that a refusal can say where the offending value stands.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import CatalogError, CatalogRefused
+
+#: Sections whose entries are named objects; a name defined in two files is an error.
+NAMED_SECTIONS = ("nodes", "peers", "clusters", "templates", "services")
+#: Sections that are mappings of settings; a key set in two files is an error.
+SETTING_SECTIONS = ("bgp", "defaults")
+#: Sections that are lists; the lists of several files are joined.
+LIST_SECTIONS = ("vip_pools", "management")
+SECTIONS = SETTING_SECTIONS + LIST_SECTIONS + NAMED_SECTIONS
+
+
+class Marked(dict):
+    """A mapping that remembers the file, and the line of each key."""
+
+    file: str = ""
+    line: int | None = None
+    marks: dict[Any, int]
+
+    def __init__(self, *args: Any, file: str = "", line: int | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.file = file
+        self.line = line
+        self.marks = {}
+
+
+class MarkedList(list):
+    """A list that remembers the file, and the line of each item."""
+
+    file: str = ""
+    line: int | None = None
+    marks: list[int | None]
+
+    def __init__(self, items: Iterable[Any] = (), file: str = "", line: int | None = None,
+                 marks: list[int | None] | None = None):
+        super().__init__(items)
+        self.file = file
+        self.line = line
+        self.marks = list(marks) if marks is not None else [None] * len(self)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that builds Marked containers and refuses duplicate keys."""
+
+    def __init__(self, stream: Any, filename: str):
+        super().__init__(stream)
+        self.filename = filename
+        self.duplicates: list[CatalogError] = []
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Marked:
+    loader.flatten_mapping(node)
+    out = Marked(file=loader.filename, line=node.start_mark.line + 1)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            key = str(key)
+        if key in out:
+            loader.duplicates.append(CatalogError(
+                loader.filename, key_node.start_mark.line + 1, "yaml", "", str(key),
+                f"key {key!r} is written twice in one mapping (first on line {out.marks[key]})"))
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.marks[key] = key_node.start_mark.line + 1
+    return out
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> MarkedList:
+    items = [loader.construct_object(child, deep=True) for child in node.value]
+    return MarkedList(items, file=loader.filename, line=node.start_mark.line + 1,
+                      marks=[child.start_mark.line + 1 for child in node.value])
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def load_file(path: str | os.PathLike[str], display: str | None = None) -> Marked:
+    """Parse one YAML file into a :class:`Marked` mapping (empty file → empty mapping)."""
+    name = display or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogRefused([CatalogError(name, None, "file", "", "", f"cannot read: {exc.strerror}")])
+    return load_text(text, name)
+
+
+def load_text(text: str, filename: str = "<catalog>") -> Marked:
+    """Parse YAML text into a :class:`Marked` mapping, refusing syntax errors with their line."""
+    loader = _Loader(text, filename)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise CatalogRefused([CatalogError(filename, line, "yaml", "", "", f"not valid YAML: {exc.problem}")])
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise CatalogRefused(loader.duplicates)
+    if data is None:
+        return Marked(file=filename, line=1)
+    if not isinstance(data, Marked):
+        raise CatalogRefused([CatalogError(filename, 1, "file", "", "", "the catalog must be a mapping of sections")])
+    return data
+
+
+def catalog_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The YAML files that make up a catalog: the file itself, or every *.yaml/*.yml below a directory."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in (".yaml", ".yml") and f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not files:
+            raise CatalogRefused([CatalogError(str(p), None, "file", "", "", "the directory holds no .yaml files")])
+        return files
+    if not p.exists():
+        raise CatalogRefused([CatalogError(str(p), None, "file", "", "", "no such file or directory")])
+    return [p]
+
+
+def merge_documents(docs: list[Marked]) -> Marked:
+    """Merge the sections of several files; a name or key defined twice is an error naming both files."""
+    errors: list[CatalogError] = []
+    merged = Marked(file=docs[0].file if docs else "<catalog>", line=1)
+    where: dict[tuple[str, Any], tuple[str, int | None]] = {}
+    for doc in docs:
+        for section, value in doc.items():
+            line = doc.marks.get(section)
+            if section not in SECTIONS:
+                errors.append(CatalogError(doc.file, line, "catalog", "", str(section),
+                                           f"unknown section {section!r} (known: {', '.join(SECTIONS)})"))
+                continue
+            if value is None:
+                continue
+            if section in LIST_SECTIONS:
+                if not isinstance(value, list):
+                    value = MarkedList([value], file=doc.file, line=line, marks=[line])
+                cur = merged.setdefault(section, MarkedList(file=doc.file, line=line))
+                merged.marks.setdefault(section, line)
+                cur.extend(value)
+                cur.marks.extend(getattr(value, "marks", [line] * len(value)))
+                continue
+            if not isinstance(value, dict):
+                errors.append(CatalogError(doc.file, line, "catalog", "", str(section),
+                                           f"section {section!r} must be a mapping"))
+                continue
+            kind = "key" if section in SETTING_SECTIONS else "name"
+            cur = merged.get(section)
+            if cur is None:
+                cur = merged[section] = Marked(file=doc.file, line=line)
+                merged.marks[section] = line
+            for name, item in value.items():
+                item_line = value.marks.get(name) if isinstance(value, Marked) else line
+                first = where.get((section, name))
+                if first is not None:
+                    errors.append(CatalogError(
+                        doc.file, item_line, section.rstrip("s") if section in NAMED_SECTIONS else section,
+                        str(name) if section in NAMED_SECTIONS else "", "" if section in NAMED_SECTIONS else str(name),
+                        f"{kind} {name!r} is defined twice: in {first[0]}:{first[1]} and in {doc.file}:{item_line}"))
+                    continue
+                where[(section, name)] = (doc.file, item_line)
+                cur[name] = item
+                cur.marks[name] = item_line
+                # Items of one section may come from several files: remember each item's file.
+                _item_files(cur)[name] = doc.file
+    if errors:
+        raise CatalogRefused(errors)
+    return merged
+
+
+def _item_files(m: Marked) -> dict[Any, str]:
+    files = getattr(m, "item_files", None)
+    if files is None:
+        files = {}
+        m.item_files = files  # type: ignore[attr-defined]
+    return files
+
+
+def file_of(section: Marked, name: Any) -> str:
+    """The file in which ``section[name]`` was written."""
+    files = getattr(section, "item_files", {})
+    value = section.get(name)
+    return files.get(name) or getattr(value, "file", "") or section.file
+
+
+def load_catalog(path: str | os.PathLike[str]) -> Marked:
+    """Load a catalog file or directory into one marked mapping of sections."""
+    files = catalog_files(path)
+    base = Path(path)
+    errors: list[CatalogError] = []
+    docs: list[Marked] = []
+    for f in files:
+        display = str(f) if not base.is_dir() else str(base / f.relative_to(base))
+        try:
+            docs.append(load_file(f, display))
+        except CatalogRefused as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise CatalogRefused(errors)
+    return merge_documents(docs)
+
+
+def line_of(root: Any, path: Iterable[Any]) -> tuple[str | None, int | None]:
+    """The file and line of the deepest key along ``path`` that has a mark."""
+    file = getattr(root, "file", None) or None
+    line = getattr(root, "line", None)
+    cur = root
+    for key in path:
+        if isinstance(cur, Marked) and key in cur:
+            line = cur.marks.get(key, line)
+            file = getattr(cur, "file", file) or file
+            cur = cur[key]
+            if getattr(cur, "file", None):
+                file = cur.file
+        elif isinstance(cur, MarkedList) and isinstance(key, int) and 0 <= key < len(cur):
+            line = cur.marks[key] or line
+            file = cur.file or file
+            cur = cur[key]
+        else:
+            break
+    return file, line

@@ -1,0 +1,259 @@
+"""Typed catalog sections (pydantic 2): unknown keys refused, values normalised.
+
+Each model validates one object (a node, a peer, a service after its template
+chain is resolved ...). Shorthands are normalised here: a single VIP becomes a
+list, ``88/udp`` becomes ``Port(88, "udp")``, a list of backends becomes a
+mapping, ``2s`` becomes 2000 (milliseconds). The JSON Schema of the catalog
+(``anycastlb schema``) is exported from these same models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
+                      field_validator)
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def parse_duration(value: Any) -> int:
+    """``100ms``, ``2s``, ``1.5s``, ``1m`` or a number of seconds → milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 2s or 100ms is expected")
+    if isinstance(value, (int, float)):
+        ms = value * 1000
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a duration such as 2s or 100ms")
+        number, unit = float(m.group(1)), m.group(2) or "s"
+        ms = number * {"ms": 1, "s": 1000, "m": 60000}[unit]
+    if ms < 1 or ms > 3_600_000:
+        raise ValueError(f"{value!r} is out of range (1ms .. 1h)")
+    return int(round(ms))
+
+
+def _as_list(value: Any) -> Any:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration),
+                     WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m)?$"},
+                                               {"type": "number"}]})]
+StrList = Annotated[list[str], BeforeValidator(_as_list),
+                    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Port(BaseModel):
+    """A port and its transport protocol."""
+
+    model_config = ConfigDict(frozen=True)
+    port: int
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+    def __str__(self) -> str:
+        return f"{self.port}/{self.protocol}"
+
+
+def _parse_port(value: Any) -> Any:
+    if isinstance(value, Port) or isinstance(value, dict):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a port such as 443, 88/udp or 88/tcp is expected")
+    if isinstance(value, int):
+        number, proto = value, "tcp"
+    else:
+        m = re.match(r"^\s*(\d+)\s*(?:/\s*(\w+))?\s*$", str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a port such as 443, 88/udp or 88/tcp")
+        number, proto = int(m.group(1)), (m.group(2) or "tcp").lower()
+        if proto not in ("tcp", "udp"):
+            raise ValueError(f"{value!r}: the protocol must be tcp or udp")
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port {number} is out of range (1-65535)")
+    return Port(port=number, protocol=proto)
+
+
+PortList = Annotated[list[Annotated[Port, BeforeValidator(_parse_port)]], BeforeValidator(_as_list),
+                     WithJsonSchema({"anyOf": [
+                         {"type": "integer", "minimum": 1, "maximum": 65535},
+                         {"type": "string", "pattern": r"^\d+(/(tcp|udp))?$"},
+                         {"type": "array", "items": {"anyOf": [
+                             {"type": "integer", "minimum": 1, "maximum": 65535},
+                             {"type": "string", "pattern": r"^\d+(/(tcp|udp))?$"}]}}]})]
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+State = Literal["active", "drain", "maintenance"]
+
+
+class Bfd(Strict):
+    """BFD timers for every BGP session of the fleet."""
+
+    interval: Duration = 100
+    multiplier: int = Field(3, ge=1, le=255)
+
+
+class Bgp(Strict):
+    """The iBGP domain."""
+
+    asn: int = Field(ge=1, le=4294967295)
+    bfd: Bfd = Bfd()
+    password: str | None = Field(None, description="name of a BGP password in the secrets pillar")
+    hold: Duration = Field(6000, description="BGP hold time")
+
+
+NodeRole = Literal["salt-master", "route-reflector", "monitoring"]
+
+
+class Node(Strict):
+    """A managed host, keyed by its Salt minion id."""
+
+    address: str
+    address6: str | None = None
+    roles: list[NodeRole] = []
+    state: State = "active"
+
+
+class Peer(Strict):
+    """A router outside the fleet that the route reflectors feed."""
+
+    address: str
+    address6: str | None = None
+    asn: int = Field(ge=1, le=4294967295)
+    password: str | None = None
+
+
+class Cluster(Strict):
+    """A named set of HAProxy nodes."""
+
+    nodes: list[str]
+
+
+class HttpCheck(Strict):
+    path: str = "/"
+    expect: int | str = 200
+    host: str | None = None
+    port: PortNumber | None = None
+
+
+class TcpCheck(Strict):
+    port: PortNumber | None = None
+
+
+class Check(Strict):
+    """A health check: http or tcp, with its timers."""
+
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    interval: Duration = 2000
+    rise: int = Field(2, ge=1, le=100)
+    fall: int = Field(3, ge=1, le=100)
+    timeout: Duration | None = None
+
+
+class Tls(Strict):
+    certificate: str = Field(description="name of a certificate in the secrets pillar")
+
+
+class Apache(Strict):
+    server_name: str | None = None
+    aliases: list[str] = []
+
+
+class Monitor(Strict):
+    notify: list[str] = []
+    enabled: bool = True
+
+
+class Backend(Strict):
+    """One backend of a service: a node, or a host Salt does not manage (with an address)."""
+
+    address: str | None = None
+    weight: int = Field(100, ge=0, le=256)
+    backup: bool = False
+    state: State = "active"
+
+
+def _backends(value: Any) -> Any:
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        out: dict[Any, Any] = {}
+        for item in value:
+            if isinstance(item, dict):
+                out.update(item)
+            else:
+                out[item] = {}
+        return out
+    if isinstance(value, dict):
+        return {k: ({} if v is None else v) for k, v in value.items()}
+    return value
+
+
+Backends = Annotated[dict[str, Backend], BeforeValidator(_backends),
+                     WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "string"}},
+                                               {"type": "object", "additionalProperties": Backend.model_json_schema()}]})]
+
+Balance = Literal["roundrobin", "static-rr", "leastconn", "first", "source", "uri", "url_param",
+                  "hdr", "random", "rdp-cookie"]
+
+
+class Service(Strict):
+    """A service or template; required keys are checked after the template chain resolves."""
+
+    extends: str | None = None
+    mode: Literal["http", "tcp", "anycast"] | None = None
+    vip: StrList = []
+    ports: PortList = []
+    backend_port: PortNumber | None = None
+    cluster: str | None = None
+    backends: Backends = {}
+    balance: Balance = "roundrobin"
+    check: Check = Check()
+    allow: StrList = ["any"]
+    tls: Tls | None = None
+    redirect_http: bool = False
+    apache: Apache | None = None
+    monitor: Monitor = Monitor()
+    description: str | None = None
+
+    @field_validator("allow")
+    @classmethod
+    def _allow_not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("allow may not be empty: write [any] to allow everyone")
+        return v
+
+
+class CatalogSchema(Strict):
+    """The whole catalog, for the JSON Schema export (the compiler validates object by object)."""
+
+    model_config = ConfigDict(extra="forbid", title="anycastlb service catalog")
+    bgp: Bgp
+    vip_pools: StrList = []
+    management: StrList = []
+    defaults: Service = Field(default_factory=Service)
+    nodes: dict[Annotated[str, Field(pattern=NAME_RE)], Node] = {}
+    peers: dict[Annotated[str, Field(pattern=NAME_RE)], Peer] = {}
+    clusters: dict[Annotated[str, Field(pattern=NAME_RE)], Cluster] = {}
+    templates: dict[Annotated[str, Field(pattern=NAME_RE)], Service] = {}
+    services: dict[Annotated[str, Field(pattern=NAME_RE)], Service] = {}
+
+
+def json_schema() -> dict[str, Any]:
+    """The catalog's JSON Schema (draft 2020-12), for editors and users' CI."""
+    schema = CatalogSchema.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
