@@ -1,0 +1,168 @@
+"""Render → stage → check → swap → reload: the one path every config takes to a host.
+
+A candidate that the daemon's own checker rejects never replaces a live file and
+nothing reloads. An unchanged config reports no change and reloads nothing.
+``test=True`` reports the diff and touches nothing. Used by the Salt state module
+and by the CLI alike.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from .render import DaemonSpec, RenderedFile, daemon, under
+
+
+@dataclass
+class ApplyResult:
+    """The outcome of applying one daemon's config; shaped like a Salt state result."""
+
+    name: str
+    result: bool | None
+    comment: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    reloaded: bool = False
+
+    def as_state(self) -> dict[str, Any]:
+        """A Salt state return (``skip_watch`` when a failure must not trigger reloads)."""
+        ret: dict[str, Any] = {"name": self.name, "result": self.result, "comment": self.comment,
+                               "changes": self.changes if self.result is not False else {}}
+        if self.result is False:
+            ret["skip_watch"] = True
+        return ret
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _mode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return None
+
+
+def plan(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any], root: str = "/"
+         ) -> tuple[list[RenderedFile], list[str], dict[str, str]]:
+    """What would change: (files to write, files to remove, unified diff per path)."""
+    files = spec.render(model, secrets, root)
+    rendered = {under(root, f.path) for f in files}
+    writes: list[RenderedFile] = []
+    diffs: dict[str, str] = {}
+    for f in files:
+        target = under(root, f.path)
+        old = _read(target)
+        if old == f.content and _mode(target) == f.mode:
+            continue
+        writes.append(f)
+        secret = f.mode & 0o077 == 0
+        if secret:
+            diffs[f.path] = "(secret file changed: diff hidden)"
+        else:
+            diffs[f.path] = "".join(difflib.unified_diff(
+                (old or "").splitlines(keepends=True), f.content.splitlines(keepends=True),
+                fromfile=f"{f.path} (live)" if old is not None else "/dev/null", tofile=f"{f.path} (new)"))
+    removes = []
+    for pattern in spec.owned:
+        for path in sorted(glob.glob(under(root, pattern))):
+            if path not in rendered:
+                removes.append(path)
+                diffs[path] = "(removed: no longer rendered)"
+    return writes, removes, diffs
+
+
+def stage_and_check(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any],
+                    root: str = "/") -> tuple[bool, str]:
+    """Render into a staging copy (with the daemon's whole tree) and run its checker there."""
+    with tempfile.TemporaryDirectory(prefix="aclb-stage-") as staging:
+        for tree in spec.tree:
+            src = under(root, tree)
+            if os.path.isdir(src):
+                shutil.copytree(src, under(staging, tree), symlinks=True, dirs_exist_ok=True)
+        for pattern in spec.owned:
+            for path in glob.glob(under(staging, pattern)):
+                os.remove(path)
+        files = spec.render(model, secrets, staging)
+        for f in files:
+            _write(under(staging, f.path), f.content, f.mode)
+        res = spec.check(staging, files)
+        return res.ok, f"{res.command}\n{res.output}".strip()
+
+
+def _write(path: str, content: str, mode: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".aclb-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | None = None, root: str = "/",
+                 test: bool = False, reload: bool = True, control: Any = None) -> ApplyResult:
+    """Apply one daemon's config on this host.
+
+    ``control`` is a :class:`anycastlb.service.ServiceControl` (default: the one
+    this host uses); it reloads (or starts) the daemon after a swap.
+    """
+    spec = daemon(name)
+    secrets = secrets or {"certificates": {}, "bgp_passwords": {}}
+    writes, removes, diffs = plan(spec, model, secrets, root)
+    if not writes and not removes:
+        if reload and not test and control is not None and not control.running(name):
+            control.start(name)
+            return ApplyResult(name, True, f"{name}: config unchanged; daemon was not running and is started",
+                               {"started": True}, reloaded=True)
+        return ApplyResult(name, True, f"{name}: config is in the desired state")
+    if test:
+        return ApplyResult(name, None, f"{name}: would change {len(diffs)} file(s)", {"diff": diffs})
+    ok, output = stage_and_check(spec, model, secrets, root)
+    if not ok:
+        return ApplyResult(name, False, f"{name}: the checker refused the new config; the live config is "
+                                        f"untouched and nothing was reloaded:\n{output}")
+    for f in writes:
+        _write(under(root, f.path), f.content, f.mode)
+    for path in removes:
+        os.remove(path)
+    changes: dict[str, Any] = {"diff": diffs}
+    if reload and control is not None:
+        out = control.reload_or_start(name)
+        changes["reload"] = out
+        return ApplyResult(name, True, f"{name}: {len(writes)} file(s) written, {len(removes)} removed; {out}",
+                           changes, reloaded=True)
+    return ApplyResult(name, True, f"{name}: {len(writes)} file(s) written, {len(removes)} removed", changes)
+
+
+def check_node(model: dict[str, Any], secrets: dict[str, Any] | None = None) -> dict[str, tuple[bool, str]]:
+    """Run every checker of this node's daemons on freshly rendered files (nothing live is touched)."""
+    from .render import daemons
+    secrets = secrets or {"certificates": {}, "bgp_passwords": {}}
+    out: dict[str, tuple[bool, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="aclb-check-") as empty_root:
+        for spec in daemons():
+            if spec.wanted(model):
+                out[spec.name] = stage_and_check(spec, model, secrets, root=_tree_root(spec, empty_root))
+    return out
+
+
+def _tree_root(spec: DaemonSpec, empty_root: str) -> str:
+    """Whole-tree daemons are checked against the host's packaged tree; others need nothing."""
+    return "/" if spec.tree else empty_root

@@ -1,0 +1,141 @@
+"""Model → config text, one renderer per daemon, one Jinja environment.
+
+Every renderer is a pure function ``render(model, secrets, root) -> list[RenderedFile]``:
+``model`` is one node's compiled model (``anycastlb show --json``), ``secrets``
+that node's secret values (``{"certificates": {name: {"cert", "key"}},
+"bgp_passwords": {name: str}}``) and ``root`` the directory the files will live
+under ("/" in production; a staging directory when a checker validates a
+candidate, so paths *inside* the configs point at the candidate files too).
+
+A :class:`DaemonSpec` ties a renderer to the daemon's checker, the files it owns
+and how it is reloaded; :data:`DAEMONS` lists them in the order they are applied.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import jinja2
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+HEADER = "managed by anycastlb: edit the catalog, not this file"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file a renderer produces: its production path, its text and its mode."""
+
+    path: str
+    content: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a daemon's own checker said about a candidate."""
+
+    ok: bool
+    command: str
+    output: str
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    """Everything the apply machinery needs to know about one daemon.
+
+    ``render`` makes the files; ``check(staging_root, files)`` runs the daemon's
+    own checker on candidates rendered under ``staging_root``; ``tree`` is a
+    directory copied whole into the staging root before the check (apache2 and
+    Icinga2 are validated as a whole tree); ``owned`` are glob patterns of files
+    this daemon's renderer owns — an owned file that is no longer rendered is
+    removed. ``wanted(model)`` says whether the node runs this daemon at all.
+    """
+
+    name: str
+    wanted: Callable[[dict[str, Any]], bool]
+    render: Callable[[dict[str, Any], dict[str, Any], str], list[RenderedFile]]
+    check: Callable[[str, list[RenderedFile]], CheckResult]
+    tree: tuple[str, ...] = ()
+    owned: tuple[str, ...] = ()
+    binary: str = ""
+    packages: tuple[str, ...] = field(default_factory=tuple)
+
+
+def under(root: str, path: str) -> str:
+    """``path`` (absolute, production) placed under ``root``."""
+    if root in ("", "/"):
+        return path
+    return os.path.join(root, path.lstrip("/"))
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """The one Jinja environment: StrictUndefined, no autoescape, trimmed blocks."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.globals["HEADER"] = HEADER
+    env.filters["under"] = lambda path, root: under(root, path)
+    return env
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Render ``templates/<name>`` with ``context``; a missing variable raises."""
+    return environment().get_template(name).render(**context)
+
+
+_REGISTRY: dict[str, DaemonSpec] = {}
+#: The order in which daemons are applied on a node (firewall first, monitoring last).
+ORDER = ("nftables", "apache2", "haproxy", "healthd", "bird", "icinga2")
+
+
+def register(spec: DaemonSpec) -> DaemonSpec:
+    """Add a daemon to the registry (called by each renderer module at import)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def daemons() -> list[DaemonSpec]:
+    """All registered daemons in apply order."""
+    _load_all()
+    return [_REGISTRY[n] for n in ORDER if n in _REGISTRY] + [
+        s for n, s in sorted(_REGISTRY.items()) if n not in ORDER]
+
+
+def daemon(name: str) -> DaemonSpec:
+    """One daemon's spec by name."""
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown daemon {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+
+
+def render_node(model: dict[str, Any], secrets: dict[str, Any] | None = None,
+                root: str = "/") -> dict[str, list[RenderedFile]]:
+    """Every file of every daemon this node runs, by daemon name."""
+    secrets = secrets or {"certificates": {}, "bgp_passwords": {}}
+    return {d.name: d.render(model, secrets, root) for d in daemons() if d.wanted(model)}
+
+
+_MODULES = ("haproxy", "bird", "healthd", "nftables", "apache2", "icinga2")
+
+
+@functools.lru_cache(maxsize=1)
+def _load_all() -> None:
+    import importlib
+    for mod in _MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{mod}":
+                raise
