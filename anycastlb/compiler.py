@@ -147,6 +147,8 @@ def _pydantic(ctx: _Ctx, model: type[BaseModel], data: Any, section: str, name: 
                 msg = f"{e.get('input')!r} is not allowed: {msg.replace('Input should be ', 'expected ')}"
             elif msg.startswith("Value error, "):
                 msg = msg[len("Value error, "):]
+            elif e["type"] in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
+                msg = f"{e.get('input')!r} is out of range: {msg[0].lower()}{msg[1:]}"
             ctx.err(section, name, key, msg, obj if obj is not None else data, list(prefix + loc))
         return None
 
@@ -309,6 +311,10 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
             continue
         resolved = _resolve(ctx, sname, templates, defaults, "services", body if body is not None else Marked())
         if resolved is None:
+            # The chain is broken; still report the service's own unknown keys and bad values.
+            if isinstance(body, dict):
+                _pydantic(ctx, S.Service, {k: v for k, v in body.items() if k != "extends"}, "services",
+                          sname, body)
             continue
         m = _pydantic(ctx, S.Service, resolved, "services", sname, resolved)
         if m is None:
@@ -323,12 +329,26 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     if secrets is not None:
         _check_secrets(ctx, services, bgp, peers, secrets)
     if ctx.errors:
-        raise CatalogRefused(ctx.errors)
+        raise CatalogRefused(_dedupe(ctx.errors))
     assert bgp is not None
     return _build(name, bgp, pools, management, nodes, peers, clusters, services)
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def _dedupe(errors: list[CatalogError]) -> list[CatalogError]:
+    """One error per place: a bad value in defaults or a template is reported once, where it is
+    written, not again for every service that inherits it (the first reporter, in the order
+    defaults, templates, services, is the owner)."""
+    seen: set[tuple[str, int | None, str, str]] = set()
+    out = []
+    for e in errors:
+        k = (e.file, e.line, e.key, e.message)
+        if k not in seen:
+            seen.add(k)
+            out.append(e)
+    return out
 
 
 def _check_addresses(ctx: _Ctx, nodes: dict[str, S.Node], peers: dict[str, S.Peer]) -> None:
@@ -447,11 +467,6 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             ok = False
     if m.apache is not None and not any(b in nodes for b in m.backends):
         err("apache", "apache vhosts go on managed backends, and this service has none")
-    for i, a in enumerate(m.allow):
-        if a != "any" and _parse_net(a) is None and _parse_ip(a) is None:
-            path = ["allow", i] if isinstance(raw.get("allow"), list) else ["allow"]
-            err(f"allow[{i}]", f"{a!r} is neither 'any' nor a network prefix", path)
-            ok = False
     return _Svc(name, m, raw, vips, list(m.ports)) if ok else None
 
 
@@ -799,14 +814,16 @@ class _Builder:
                 rule(f"bgp from {kind} {name}", "tcp", [BGP_PORT], addrs)
                 rule(f"bfd from {kind} {name}", "udp", BFD_PORTS, addrs)
         monitors = [a for x in self.monitors for a in self.addrs(x)]
+        vips_of: dict[str, list[str]] = {}
         for v in (bgp["vips"] if bgp else []):
             for sname in v["services"]:
-                svc = self.services[sname]
-                for proto in ("tcp", "udp"):
-                    ports = [p.port for p in svc.ports if p.protocol == proto]
-                    if ports:
-                        rule(f"service {sname} on its VIP", proto, ports, svc.model.allow + monitors,
-                             [v["address"]])
+                vips_of.setdefault(sname, []).append(v["address"])
+        for sname, addresses in sorted(vips_of.items()):
+            svc = self.services[sname]
+            for proto in ("tcp", "udp"):
+                ports = [p.port for p in svc.ports if p.protocol == proto]
+                if ports:
+                    rule(f"service {sname} on its VIPs", proto, ports, svc.model.allow + monitors, addresses)
         if model["haproxy"] is not None and monitors:
             rule("haproxy stats for monitoring", "tcp", [HAPROXY_STATS_PORT], monitors + mgmt)
         for sname in self.backend_of.get(nid, []):

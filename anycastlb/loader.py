@@ -100,9 +100,14 @@ def load_file(path: str | os.PathLike[str], display: str | None = None) -> Marke
 
 def load_text(text: str, filename: str = "<catalog>") -> Marked:
     """Parse YAML text into a :class:`Marked` mapping, refusing syntax errors with their line."""
-    loader = _Loader(text, filename)
+    try:
+        loader = _Loader(text, filename)
+    except yaml.YAMLError as exc:
+        raise CatalogRefused([CatalogError(filename, None, "yaml", "", "", f"not valid YAML: {exc}")])
     try:
         data = loader.get_single_data()
+    except yaml.reader.ReaderError as exc:
+        raise CatalogRefused([CatalogError(filename, None, "yaml", "", "", f"not valid YAML: {exc.reason}")])
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

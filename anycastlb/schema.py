@@ -9,6 +9,7 @@ mapping, ``2s`` becomes 2000 (milliseconds). The JSON Schema of the catalog
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -194,8 +195,10 @@ def _backends(value: Any) -> Any:
         for item in value:
             if isinstance(item, dict):
                 out.update(item)
-            else:
+            elif isinstance(item, str):
                 out[item] = {}
+            else:
+                raise ValueError(f"a backend is a node id or a mapping, not {item!r}")
         return out
     if isinstance(value, dict):
         return {k: ({} if v is None else v) for k, v in value.items()}
@@ -231,9 +234,16 @@ class Service(Strict):
 
     @field_validator("allow")
     @classmethod
-    def _allow_not_empty(cls, v: list[str]) -> list[str]:
+    def _allow_prefixes(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("allow may not be empty: write [any] to allow everyone")
+        for i, item in enumerate(v):
+            if item == "any":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=True)
+            except ValueError:
+                raise ValueError(f"allow[{i}]: {item!r} is neither 'any' nor a network prefix") from None
         return v
 
 

@@ -1,0 +1,595 @@
+"""The anycastlb-healthd daemon: watchers, route changes, signals, state file.
+
+Everything with side effects lives here; decisions come from
+:mod:`anycastlb.healthd`. One asyncio loop runs all watchers:
+
+- HAProxy watches are grouped by stats socket: one ``show stat`` query per
+  group and interval, whatever the number of VIPs. The HAProxy master's
+  pidfd is registered with the loop, so its death withdraws at once.
+- tcp/http watches are asyncio probes with rise/fall.
+- Every health change wakes the reconciler, which runs one ``ip -batch``
+  and re-reads the table (the kernel is the truth for "announced").
+
+Signals: SIGHUP reloads the config (a bad one is refused, the old one
+stays), SIGUSR1 re-reads the drain file, SIGTERM/SIGINT withdraw every
+route of ours and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Sequence
+
+from anycastlb.healthd import (
+    DEFAULT_CONFIG,
+    STAT_COMMAND,
+    Announcement,
+    Config,
+    ConfigError,
+    Decision,
+    HaproxyWatch,
+    HttpWatch,
+    RiseFall,
+    TcpWatch,
+    decide,
+    haproxy_verdict,
+    load_config,
+    parse_ip_routes,
+    parse_show_stat,
+    plan_routes,
+)
+
+log = logging.getLogger("anycastlb.healthd")
+
+DRAIN_POLL_S = 0.2  # the drain file is also re-read at once on SIGUSR1
+RESYNC_S = 30.0  # re-read the kernel table (repairs a flushed table)
+RETRY_S = 1.0  # a failed route change is retried this often
+
+# (prefix, ok, reason, hard)
+Result = tuple[str, bool, str, bool]
+Report = Callable[[list[Result]], None]
+
+
+# ----------------------------------------------------------------- kernel
+
+
+def ip_cmd(args: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``ip`` (in this process's network namespace)."""
+    return subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True, timeout=5, check=False)
+
+
+def read_table(table: int, proto: int) -> set[str]:
+    """Our prefixes currently in the kernel table."""
+    out: set[str] = set()
+    for fam, v6 in (("-4", False), ("-6", True)):
+        res = ip_cmd(["-j", fam, "route", "show", "table", str(table), "proto", str(proto)])
+        if res.returncode != 0 and "table does not exist" in res.stderr:
+            continue  # a table that never held a route (fresh boot or namespace)
+        if res.returncode != 0:
+            raise OSError(f"ip route show table {table}: {res.stderr.strip()}")
+        out |= parse_ip_routes(res.stdout, v6)
+    return out
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same directory."""
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".healthd.", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ----------------------------------------------------------------- probes
+
+
+async def _connect(sock: socket.socket, addr: object, timeout: float) -> None:
+    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, addr), timeout)
+
+
+async def tcp_probe(w: TcpWatch) -> tuple[bool, str, bool]:
+    """One TCP connect: ``(ok, reason, hard)``; refused is a hard failure."""
+    fam = socket.AF_INET6 if ":" in w.address else socket.AF_INET
+    target = f"tcp {w.address}:{w.port}"
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setblocking(False)
+        try:
+            await _connect(s, (w.address, w.port), w.timeout_ms / 1000)
+        except ConnectionRefusedError:
+            return False, f"{target}: connection refused", True
+        except asyncio.TimeoutError:
+            return False, f"{target}: no answer in {w.timeout_ms} ms", False
+        except OSError as exc:
+            return False, f"{target}: {exc.strerror or exc}", False
+    return True, f"{target} accepts", False
+
+
+async def http_probe(w: HttpWatch) -> tuple[bool, str, bool]:
+    """One HTTP/1.0 GET: ok iff the status is ``expect``."""
+    fam = socket.AF_INET6 if ":" in w.address else socket.AF_INET
+    loop = asyncio.get_running_loop()
+    target = f"http {w.address}:{w.port}{w.path}"
+    host = w.host or (f"[{w.address}]" if fam == socket.AF_INET6 else w.address)
+    req = f"GET {w.path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: anycastlb-healthd\r\nConnection: close\r\n\r\n"
+
+    async def exchange(s: socket.socket) -> bytes:
+        await loop.sock_connect(s, (w.address, w.port))
+        await loop.sock_sendall(s, req.encode())
+        buf = b""
+        while b"\r\n" not in buf and len(buf) < 4096:
+            chunk = await loop.sock_recv(s, 4096)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setblocking(False)
+        try:
+            head = await asyncio.wait_for(exchange(s), w.timeout_ms / 1000)
+        except ConnectionRefusedError:
+            return False, f"{target}: connection refused", True
+        except asyncio.TimeoutError:
+            return False, f"{target}: no answer in {w.timeout_ms} ms", False
+        except OSError as exc:
+            return False, f"{target}: {exc.strerror or exc}", False
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return False, f"{target}: not an HTTP answer", False
+    code = int(parts[1])
+    if code != w.expect:
+        return False, f"{target}: status {code}, expected {w.expect}", False
+    return True, f"{target}: status {code}", False
+
+
+async def stats_query(path: str, timeout: float) -> str:
+    """Send ``show stat`` to an HAProxy stats socket and read the answer."""
+    loop = asyncio.get_running_loop()
+
+    async def exchange(s: socket.socket) -> bytes:
+        await loop.sock_connect(s, path)
+        await loop.sock_sendall(s, STAT_COMMAND.encode())
+        chunks = []
+        while True:
+            chunk = await loop.sock_recv(s, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.setblocking(False)
+        return (await asyncio.wait_for(exchange(s), timeout)).decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------- watchers
+
+
+class ProbeWatcher:
+    """A tcp or http watch for one prefix."""
+
+    def __init__(self, ann: Announcement):
+        self.ann = ann
+        self.watch = ann.watch
+        assert isinstance(self.watch, (TcpWatch, HttpWatch))
+
+    async def probe(self) -> list[Result]:
+        """Run one check."""
+        fn = tcp_probe if isinstance(self.watch, TcpWatch) else http_probe
+        ok, reason, hard = await fn(self.watch)  # type: ignore[arg-type]
+        return [(self.ann.prefix, ok, reason, hard)]
+
+    async def run(self, report: Report) -> None:
+        """Check forever at ``interval_ms``."""
+        interval = self.watch.interval_ms / 1000
+        while True:
+            start = time.monotonic()
+            report(await self.probe())
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - start)))
+
+
+class HaproxyWatcher:
+    """All haproxy watches that share one stats socket and pidfile."""
+
+    def __init__(self, anns: list[Announcement]):
+        self.anns = anns
+        first = anns[0].watch
+        assert isinstance(first, HaproxyWatch)
+        self.pidfile = first.pidfile
+        self.socket = first.stats_socket
+        self.interval = min(a.watch.interval_ms for a in anns) / 1000  # type: ignore[union-attr]
+        self.timeout = min(a.watch.timeout_ms for a in anns) / 1000  # type: ignore[union-attr]
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.dead_reason: str | None = "haproxy pid not read yet"
+        self._pidfile_key: tuple[int, int] | None = None
+        self._pid_checked = False
+        self._report: Report | None = None
+
+    def _all(self, ok: bool, reason: str, hard: bool) -> list[Result]:
+        return [(a.prefix, ok, reason, hard) for a in self.anns]
+
+    def _read_pid(self) -> int | None:
+        try:
+            with open(self.pidfile, encoding="ascii") as f:
+                text = f.readline().strip()
+            return int(text) if text.isdigit() else None
+        except OSError:
+            return None
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def _on_exit(self) -> None:
+        """The pidfd became readable: the HAProxy master is gone."""
+        pid = self.pid
+        self._close_pidfd()
+        self.dead_reason = f"haproxy (pid {pid}) exited"
+        log.info("%s", self.dead_reason)
+        if self._report:
+            self._report(self._all(False, self.dead_reason, True))
+
+    def _track_pid(self) -> None:
+        """(Re)open the pidfd when the pidfile was rewritten (HAProxy restarted)."""
+        try:
+            st = os.stat(self.pidfile)
+            key: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            key = None
+        if key == self._pidfile_key and self._pid_checked:
+            return
+        self._pidfile_key, self._pid_checked = key, True
+        pid = self._read_pid() if key else None
+        if pid == self.pid and self.pidfd is not None:
+            return  # pidfile rewritten with the same, living pid
+        self._close_pidfd()
+        self.pid = pid
+        if pid is None:
+            self.dead_reason = f"no haproxy pid in {self.pidfile}"
+            return
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.dead_reason = f"haproxy pid {pid} from {self.pidfile} is not running"
+            return
+        asyncio.get_running_loop().add_reader(self.pidfd, self._on_exit)
+        self.dead_reason = None
+        log.info("watching haproxy pid %d (%s)", pid, self.pidfile)
+
+    async def probe(self) -> list[Result]:
+        """Check the pid and query the stats socket once."""
+        self._track_pid()
+        if self.dead_reason:
+            return self._all(False, self.dead_reason, True)
+        try:
+            rows = parse_show_stat(await stats_query(self.socket, self.timeout))
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            return self._all(False, f"stats socket {self.socket}: {exc.strerror}", True)
+        except asyncio.TimeoutError:
+            return self._all(False, f"stats socket {self.socket}: no answer in {self.timeout * 1000:.0f} ms", False)
+        except (OSError, ValueError) as exc:
+            return self._all(False, f"stats socket {self.socket}: {exc}", False)
+        if self.dead_reason:  # died while we were asking
+            return self._all(False, self.dead_reason, True)
+        out: list[Result] = []
+        for a in self.anns:
+            w = a.watch
+            assert isinstance(w, HaproxyWatch)
+            ok, reason = haproxy_verdict(rows, w.frontends, w.backends)
+            out.append((a.prefix, ok, reason, False))
+        return out
+
+    async def run(self, report: Report) -> None:
+        """Poll forever; the pidfd callback reports a death between polls."""
+        self._report = report
+        try:
+            while True:
+                start = time.monotonic()
+                report(await self.probe())
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - start)))
+        finally:
+            self._report = None
+            self._close_pidfd()
+
+
+def build_watchers(config: Config) -> list[HaproxyWatcher | ProbeWatcher]:
+    """One watcher per tcp/http prefix, one per HAProxy (pidfile, socket)."""
+    groups: dict[tuple[str, str], list[Announcement]] = {}
+    out: list[HaproxyWatcher | ProbeWatcher] = []
+    for ann in config.announcements:
+        w = ann.watch
+        if isinstance(w, HaproxyWatch):
+            groups.setdefault((w.pidfile, w.stats_socket), []).append(ann)
+        elif isinstance(w, (TcpWatch, HttpWatch)):
+            out.append(ProbeWatcher(ann))
+    out.extend(HaproxyWatcher(anns) for anns in groups.values())
+    return out
+
+
+# ------------------------------------------------------------------ agent
+
+
+class Agent:
+    """Keeps the kernel table equal to the set of healthy prefixes."""
+
+    def __init__(self, config_path: str):
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        self.installed: set[str] = set()
+        self.machines: dict[str, RiseFall] = {}
+        self.health: dict[str, tuple[bool, str]] = {}
+        self.drained = False
+        self.state: dict[str, dict[str, object]] = {}
+        self._last_state_text = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._last_failure = 0.0
+        self._last_sync = 0.0
+        self._hup = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+
+    # -- health bookkeeping
+    def _reset_machines(self) -> None:
+        """New state machines; a prefix already in the table starts healthy (no flap on restart)."""
+        machines: dict[str, RiseFall] = {}
+        for ann in self.config.announcements:
+            w = ann.watch
+            rise, fall = (getattr(w, "rise", 1), getattr(w, "fall", 1))
+            up = ann.prefix in self.installed
+            machines[ann.prefix] = RiseFall(rise, fall, healthy=up)
+            if w.type == "always":
+                self.health[ann.prefix] = (True, "always")
+                machines[ann.prefix].healthy = True
+            else:
+                self.health[ann.prefix] = (up, "announced before start, checking" if up else "checking")
+        self.machines = machines
+        for prefix in list(self.health):
+            if prefix not in machines:
+                del self.health[prefix]
+
+    def report(self, results: list[Result]) -> None:
+        """Feed check results into the state machines; wake the reconciler on change."""
+        changed = False
+        for prefix, ok, reason, hard in results:
+            m = self.machines.get(prefix)
+            if m is None:
+                continue
+            m.observe(ok, hard)
+            new = (m.healthy, m.describe(reason, ok))
+            if self.health.get(prefix) != new:
+                self.health[prefix] = new
+                changed = True
+        if changed:
+            self._wake.set()
+
+    def check_drain(self) -> None:
+        """Re-read the drain file; wake the reconciler on change."""
+        drained = os.path.exists(self.config.drain_file)
+        if drained != self.drained:
+            log.info("drain file %s %s", self.config.drain_file, "appeared: withdrawing all" if drained else "gone")
+            self.drained = drained
+            self._wake.set()
+
+    # -- kernel
+    def apply(self, stopping: bool = False) -> None:
+        """Make the table match the decision, then record the state."""
+        cfg = self.config
+        decisions = decide(cfg, self.health, self.drained)
+        wanted = set() if stopping else {p for p, d in decisions.items() if d.announce}
+        lines = plan_routes(wanted, self.installed, cfg.table, cfg.proto)
+        if lines:
+            res = ip_cmd(["-force", "-batch", "-"], "\n".join(lines) + "\n")
+            if res.returncode != 0:
+                log.warning("ip -batch: %s", res.stderr.strip())
+            try:
+                self.installed = read_table(cfg.table, cfg.proto)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.error("%s", exc)
+            if self.installed != wanted:
+                self._last_failure = time.monotonic()
+        self.write_state(decisions, stopping)
+
+    def write_state(self, decisions: dict[str, Decision], stopping: bool) -> None:
+        """Update the state file when an announcement, a reason or the drain changed."""
+        now = round(time.time(), 3)
+        state: dict[str, dict[str, object]] = {}
+        for ann in self.config.announcements:
+            d = decisions[ann.prefix]
+            announced = ann.prefix in self.installed
+            reason = "stopped" if stopping else d.reason
+            if d.announce and not announced and not stopping:
+                reason = f"route install failed ({reason})"
+            old = self.state.get(ann.prefix)
+            since = old["since"] if old and old["announced"] == announced else now
+            if not old or old["announced"] != announced:
+                log.info("%s (%s): %s: %s", ann.prefix, ann.service, "announced" if announced else "withdrawn", reason)
+            state[ann.prefix] = {"service": ann.service, "announced": announced, "reason": reason, "since": since}
+        self.state = state
+        doc = {"pid": os.getpid(), "drained": self.drained, "table": self.config.table, "prefixes": state}
+        text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+        if text != self._last_state_text:
+            try:
+                write_atomic(self.config.state_file, text)
+                self._last_state_text = text
+            except OSError as exc:
+                log.error("state file %s: %s", self.config.state_file, exc)
+
+    # -- lifecycle
+    def _start_watchers(self) -> None:
+        for watcher in build_watchers(self.config):
+            self._tasks.append(asyncio.create_task(watcher.run(self.report)))
+
+    async def _stop_watchers(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def reload(self) -> None:
+        """SIGHUP: take a new config if it is valid; watchers restart without a flap."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        await self._stop_watchers()
+        old_table = (self.config.table, self.config.proto)
+        if (new.table, new.proto) != old_table:
+            self.apply(stopping=True)  # withdraw from the old table first
+        self.config = new
+        self.installed = read_table(new.table, new.proto)
+        self._reset_machines()
+        self.check_drain()
+        self._start_watchers()
+        log.info("config reloaded: %d announcement(s)", len(new.announcements))
+        self._wake.set()
+
+    async def once(self) -> int:
+        """One check round, applied without rise/fall; routes stay as decided."""
+        self.installed = read_table(self.config.table, self.config.proto)
+        self._reset_machines()
+        self.check_drain()
+        results = await asyncio.gather(*(w.probe() for w in build_watchers(self.config)))
+        for batch in results:
+            for prefix, ok, reason, _hard in batch:
+                self.health[prefix] = (ok, reason)
+        self.apply()
+        print(json.dumps(self.state, indent=1, sort_keys=True))
+        return 0
+
+    def _tick(self) -> None:
+        """Every DRAIN_POLL_S: drain file, failed-change retry, periodic table re-read."""
+        loop = asyncio.get_running_loop()
+        self._tick_handle = loop.call_later(DRAIN_POLL_S, self._tick)
+        self.check_drain()
+        now = time.monotonic()
+        if now - self._last_sync >= RESYNC_S or (self._last_failure and now - self._last_failure >= RETRY_S):
+            self._last_failure = 0.0
+            self._last_sync = now
+            try:
+                self.installed = read_table(self.config.table, self.config.proto)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.error("%s", exc)
+            self._wake.set()
+
+    def _signal(self, which: str) -> None:
+        if which == "hup":
+            self._hup = True
+        else:
+            self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> int:
+        """The daemon: reconcile, watch, react to signals, withdraw on exit."""
+        loop = asyncio.get_running_loop()
+        self.installed = read_table(self.config.table, self.config.proto)
+        self._reset_machines()
+        self.check_drain()
+        self.apply()  # removes stale routes of ours that the config does not want
+        loop.add_signal_handler(signal.SIGHUP, self._signal, "hup")
+        loop.add_signal_handler(signal.SIGUSR1, self.check_drain)
+        loop.add_signal_handler(signal.SIGTERM, self._signal, "stop")
+        loop.add_signal_handler(signal.SIGINT, self._signal, "stop")
+        self._start_watchers()
+        self._last_sync = time.monotonic()
+        self._tick_handle = loop.call_later(DRAIN_POLL_S, self._tick)
+        log.info("running: table %d proto %d, %d announcement(s)", self.config.table, self.config.proto,
+                 len(self.config.announcements))
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                if self._hup:
+                    self._hup = False
+                    await self.reload()
+                self.apply()
+        finally:
+            if self._tick_handle:
+                self._tick_handle.cancel()
+            await self._stop_watchers()
+            self.apply(stopping=True)
+            log.info("stopped: withdrew every route of table %d proto %d", self.config.table, self.config.proto)
+        return 0
+
+
+# -------------------------------------------------------------------- cli
+
+
+def print_status(state_file: str) -> int:
+    """``--status``: the state file as a table; 1 if it is missing or stale."""
+    try:
+        with open(state_file, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        print(f"no state: {state_file}: {exc}", file=sys.stderr)
+        return 1
+    pid = doc.get("pid")
+    alive = isinstance(pid, int) and os.path.exists(f"/proc/{pid}")
+    print(f"healthd pid {pid} {'running' if alive else 'NOT running'}; drained: {doc.get('drained')}")
+    for prefix, p in sorted(doc.get("prefixes", {}).items()):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.get("since", 0)))
+        mark = "ANNOUNCED" if p.get("announced") else "withdrawn"
+        print(f"{prefix:<24} {p.get('service', ''):<16} {mark:<10} since {since}  {p.get('reason', '')}")
+    return 0 if alive else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``anycastlb-healthd [--config F] [--once | --status]``."""
+    ap = argparse.ArgumentParser(prog="anycastlb-healthd", description="Announce VIPs only while they are healthy.")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"healthd.json (default {DEFAULT_CONFIG})")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="one check round, apply, print the state, exit")
+    mode.add_argument("--status", action="store_true", help="print the state file and exit")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log every check transition")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s anycastlb-healthd: %(message)s")
+    try:
+        agent_config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"anycastlb-healthd: {exc}", file=sys.stderr)
+        return 2
+    if args.status:
+        return print_status(agent_config.state_file)
+    try:
+        return asyncio.run(_amain(args.config, args.once))
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            print("anycastlb-healthd: needs CAP_NET_ADMIN (root)", file=sys.stderr)
+        else:
+            print(f"anycastlb-healthd: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _amain(config_path: str, once: bool) -> int:
+    agent = Agent(config_path)
+    return await (agent.once() if once else agent.run())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
