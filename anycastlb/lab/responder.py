@@ -1,0 +1,121 @@
+"""A tiny, bounded TCP/UDP responder standing in for software the catalog does not manage.
+
+TCP: accept, send ``<name> <port>\\n``, then echo what the client sends until it closes
+(or stays idle for ``--idle`` seconds). UDP: answer every datagram with the same banner.
+It listens on ``0.0.0.0`` and ``::`` (so VIPs on ``lo`` answer too), is single-threaded
+(one ``selectors`` loop, at most ``--max-conns`` open connections) and exits when the
+``--watch`` path disappears (the lab's state dir) besides being killed by PID at teardown.
+
+Run as a script: ``python responder.py --name kdc1 --tcp 88 464 --udp 88 464 --watch DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .core import Lab
+
+
+def _listeners(tcp: list[int], udp: list[int]) -> list[tuple[socket.socket, str, int]]:
+    out = []
+    for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        for kind, ports in ((socket.SOCK_STREAM, tcp), (socket.SOCK_DGRAM, udp)):
+            for port in ports:
+                s = socket.socket(fam, kind)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if fam == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind((addr, port))
+                if kind == socket.SOCK_STREAM:
+                    s.listen(64)
+                s.setblocking(False)
+                out.append((s, "tcp" if kind == socket.SOCK_STREAM else "udp", port))
+    return out
+
+
+def serve(name: str, tcp: list[int], udp: list[int], watch: Path | None = None,
+          max_conns: int = 256, idle: float = 10.0) -> None:
+    """Answer on the given ports until ``watch`` disappears (or forever if None)."""
+    sel = selectors.DefaultSelector()
+    for s, kind, port in _listeners(tcp, udp):
+        sel.register(s, selectors.EVENT_READ, (kind, port, None))
+    conns: dict[socket.socket, float] = {}
+    print(f"responder {name}: tcp {tcp} udp {udp}", flush=True)
+    next_watch = 0.0
+    while True:
+        now = time.monotonic()
+        if watch is not None and now >= next_watch:
+            if not watch.exists():
+                return
+            next_watch = now + 1.0
+        for key, _ in sel.select(timeout=1.0):
+            kind, port, _ = key.data
+            sock = key.fileobj
+            banner = f"{name} {port}\n".encode()
+            try:
+                if kind == "udp":
+                    _data, peer = sock.recvfrom(2048)
+                    sock.sendto(banner, peer)
+                elif kind == "tcp":
+                    c, _ = sock.accept()
+                    if len(conns) >= max_conns:
+                        c.close()
+                        continue
+                    c.setblocking(False)
+                    c.send(banner)
+                    conns[c] = time.monotonic()
+                    sel.register(c, selectors.EVENT_READ, ("conn", port, None))
+                else:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise ConnectionResetError
+                    sock.send(data)
+                    conns[sock] = time.monotonic()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                if kind == "conn":
+                    sel.unregister(sock)
+                    conns.pop(sock, None)
+                    sock.close()
+        cutoff = time.monotonic() - idle
+        for c in [c for c, t in conns.items() if t < cutoff]:
+            sel.unregister(c)
+            del conns[c]
+            c.close()
+
+
+def start_responder(lab: "Lab", host: str, tcp: list[int], udp: list[int], name: str | None = None) -> int:
+    """Run a responder in lab host ``host`` (banner name defaults to the host); return its PID."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--name", name or host,
+            "--watch", str(lab.statedir)]
+    if tcp:
+        argv += ["--tcp", *map(str, tcp)]
+    if udp:
+        argv += ["--udp", *map(str, udp)]
+    return lab.spawn(host, argv, "responder")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--tcp", type=int, nargs="*", default=[])
+    ap.add_argument("--udp", type=int, nargs="*", default=[])
+    ap.add_argument("--watch", type=Path)
+    ap.add_argument("--max-conns", type=int, default=256)
+    ap.add_argument("--idle", type=float, default=10.0)
+    a = ap.parse_args(argv)
+    os.nice(5)
+    serve(a.name, a.tcp, a.udp, a.watch, a.max_conns, a.idle)
+
+
+if __name__ == "__main__":
+    main()
