@@ -10,6 +10,7 @@ sees every error at once.
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import json
 import os
@@ -78,21 +79,52 @@ def _where(obj: Any, path: Iterable[Any]) -> tuple[str | None, int | None]:
     return file, line
 
 
+class NodeModels(Mapping[str, dict[str, Any]]):
+    """Node id → model, each computed on first access (a minion's slice costs one node's work)."""
+
+    def __init__(self, ids: list[str], build: Any):
+        self._ids = ids
+        self._build = build
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, node_id: str) -> dict[str, Any]:
+        m = self._cache.get(node_id)
+        if m is None:
+            if node_id not in self._ids_set:
+                raise KeyError(node_id)
+            m = self._cache[node_id] = self._build(node_id)
+        return m
+
+    @functools.cached_property
+    def _ids_set(self) -> frozenset[str]:
+        return frozenset(self._ids)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._ids_set
+
+
 @dataclass
 class Fleet:
     """A compiled catalog: the per-node models plus what the CLI's lint and diff show."""
 
     catalog: str
-    nodes: dict[str, dict[str, Any]]
+    nodes: Mapping[str, dict[str, Any]]
     services: dict[str, dict[str, Any]]
     summary: dict[str, Any]
 
-    def node(self, node_id: str) -> dict[str, Any]:
-        return self.nodes[node_id]
+    def slice(self, node_id: str) -> dict[str, Any] | None:
+        """One node's model, or None for a node the catalog does not name."""
+        return self.nodes[node_id] if node_id in self.nodes else None
 
     def to_json(self, node_id: str | None = None) -> str:
         """Deterministic JSON of one node's model, or of the whole fleet."""
-        data = self.nodes[node_id] if node_id else {"nodes": self.nodes, "services": self.services}
+        data = self.nodes[node_id] if node_id else {"nodes": dict(self.nodes), "services": self.services}
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -533,11 +565,11 @@ def _build(name: str, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes
            peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc]) -> Fleet:
     """Compute every node's model from validated objects."""
     b = _Builder(bgp, pools, management, nodes, peers, clusters, services)
-    models = {nid: b.node_model(nid) for nid in sorted(nodes)}
+    models = NodeModels(sorted(nodes), b.node_model)
     svc_summary = {sname: b.service_summary(sname) for sname in sorted(services)}
     roles: dict[str, int] = {}
-    for m in models.values():
-        for r in m["roles"]:
+    for nid in nodes:
+        for r in b.roles(nid):
             roles[r] = roles.get(r, 0) + 1
     vips = sorted({str(ip) for s in services.values() for ip in s.vips})
     summary = {"services": len(services), "vips": len(vips), "nodes": len(nodes), "roles": dict(sorted(roles.items())),
@@ -944,6 +976,7 @@ class _Builder:
         }
 
 
+@functools.lru_cache(maxsize=65536)
 def _addr_key(text: str) -> tuple[int, str]:
     try:
         net = ipaddress.ip_network(text, strict=False)

@@ -53,8 +53,11 @@ class MarkedList(list):
         self.marks = list(marks) if marks is not None else [None] * len(self)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that builds Marked containers and refuses duplicate keys."""
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """SafeLoader (libyaml's where available) that builds Marked containers and refuses duplicate keys."""
 
     def __init__(self, stream: Any, filename: str):
         super().__init__(stream)
