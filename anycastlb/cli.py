@@ -90,6 +90,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_roster(args: argparse.Namespace) -> int:
+    """Print a salt-ssh roster for the catalog's nodes."""
+    from .roster import roster_yaml
+    fleet = _compile(args.catalog)
+    unknown = [n for n in args.node if n not in fleet.nodes]
+    if unknown:
+        print(f"error: not in the catalog: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    sys.stdout.write(roster_yaml(fleet, user=args.user, priv=args.priv, port=args.port, nodes=args.node or None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anycastlb", description=__doc__)
     p.add_argument("--version", action="version", version=f"anycastlb {__version__}")
@@ -110,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_diff)
     s = sub.add_parser("schema", help="JSON Schema of the catalog")
     s.set_defaults(func=cmd_schema)
+    s = sub.add_parser("roster", help="salt-ssh roster of the catalog's nodes (for bootstrapping)")
+    s.add_argument("catalog")
+    s.add_argument("node", nargs="*", help="only these nodes (default: all)")
+    s.add_argument("--user", default="root")
+    s.add_argument("--priv", help="ssh private key for salt-ssh")
+    s.add_argument("--port", type=int, default=22)
+    s.set_defaults(func=cmd_roster)
     for modname in _EXTRA:
         try:
             mod = __import__(modname, fromlist=["register"])

@@ -94,3 +94,15 @@ def test_schema_accepts_the_campus_catalog_and_refuses_unknown_keys():
     doc["services"]["www"]["colour"] = "blue"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, schema)
+
+
+def test_roster_from_catalog():
+    r = run("roster", str(CAMPUS), "lb1", "web2", "--priv", "/etc/salt/pki/ssh/salt-ssh.rsa")
+    assert r.returncode == 0, r.stderr
+    data = yaml.safe_load(r.stdout)
+    assert data == {
+        "lb1": {"host": "198.51.100.21", "user": "root", "port": 22, "priv": "/etc/salt/pki/ssh/salt-ssh.rsa",
+                "minion_opts": {"id": "lb1"}},
+        "web2": {"host": "198.51.100.32", "user": "root", "port": 22, "priv": "/etc/salt/pki/ssh/salt-ssh.rsa",
+                 "minion_opts": {"id": "web2"}}}
+    assert run("roster", str(CAMPUS), "nosuch").returncode == 2
