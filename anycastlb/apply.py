@@ -121,34 +121,73 @@ def apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | Non
     """Apply one daemon's config on this host.
 
     ``control`` is a :class:`anycastlb.service.ServiceControl` (default: the one
-    this host uses); it reloads (or starts) the daemon after a swap.
+    this host uses); it reloads (or starts) the daemon after a swap, and
+    converges the host state that goes with the daemon (the VIPs on ``lo`` for
+    ``healthd``). A reload the daemon refuses puts the previous files back (the
+    running daemon kept them) and fails.
     """
+    from .render import RenderError
+    from .service import ServiceError
+
     spec = daemon(name)
     secrets = secrets or {"certificates": {}, "bgp_passwords": {}}
-    writes, removes, diffs = plan(spec, model, secrets, root)
+    try:
+        writes, removes, diffs = plan(spec, model, secrets, root)
+    except RenderError as exc:
+        return ApplyResult(name, False, f"{name}: cannot render: {exc}; nothing was changed")
+    host: dict[str, Any] = {}
+    if control is not None and reload and hasattr(control, "converge"):
+        try:
+            host = control.converge(name, model, test=test) or {}
+        except ServiceError as exc:
+            return ApplyResult(name, False, f"{name}: {exc}")
     if not writes and not removes:
         if reload and not test and control is not None and not control.running(name):
-            control.start(name)
-            return ApplyResult(name, True, f"{name}: config unchanged; daemon was not running and is started",
-                               {"started": True}, reloaded=True)
+            try:
+                out = control.start(name)
+            except ServiceError as exc:
+                return ApplyResult(name, False, f"{name}: config unchanged; the daemon is not running and "
+                                                f"could not be started: {exc}")
+            return ApplyResult(name, True, f"{name}: config unchanged; daemon was not running: {out}",
+                               {"started": True, **host}, reloaded=True)
+        if host:
+            return ApplyResult(name, None if test else True, f"{name}: config is in the desired state; "
+                               f"host state {'would change' if test else 'changed'}", host)
         return ApplyResult(name, True, f"{name}: config is in the desired state")
     if test:
-        return ApplyResult(name, None, f"{name}: would change {len(diffs)} file(s)", {"diff": diffs})
+        return ApplyResult(name, None, f"{name}: would change {len(diffs)} file(s)", {"diff": diffs, **host})
     ok, output = stage_and_check(spec, model, secrets, root)
     if not ok:
         return ApplyResult(name, False, f"{name}: the checker refused the new config; the live config is "
                                         f"untouched and nothing was reloaded:\n{output}")
+    backup = {under(root, f.path): (_read(under(root, f.path)), _mode(under(root, f.path))) for f in writes}
+    backup.update({path: (_read(path), _mode(path)) for path in removes})
     for f in writes:
         _write(under(root, f.path), f.content, f.mode)
     for path in removes:
         os.remove(path)
-    changes: dict[str, Any] = {"diff": diffs}
+    changes: dict[str, Any] = {"diff": diffs, **host}
     if reload and control is not None:
-        out = control.reload_or_start(name)
+        try:
+            out = control.reload_or_start(name)
+        except ServiceError as exc:
+            _restore(backup)
+            return ApplyResult(name, False, f"{name}: the daemon refused the new config; the previous files "
+                                            f"are restored (the running daemon still uses them): {exc}")
         changes["reload"] = out
         return ApplyResult(name, True, f"{name}: {len(writes)} file(s) written, {len(removes)} removed; {out}",
                            changes, reloaded=True)
     return ApplyResult(name, True, f"{name}: {len(writes)} file(s) written, {len(removes)} removed", changes)
+
+
+def _restore(backup: dict[str, tuple[str | None, int | None]]) -> None:
+    """Put files back as they were (a file that did not exist is removed)."""
+    for path, (content, mode) in backup.items():
+        if content is None:
+            if os.path.exists(path):
+                os.remove(path)
+        else:
+            _write(path, content, mode if mode is not None else 0o644)
 
 
 def check_node(model: dict[str, Any], secrets: dict[str, Any] | None = None) -> dict[str, tuple[bool, str]]:
@@ -156,10 +195,14 @@ def check_node(model: dict[str, Any], secrets: dict[str, Any] | None = None) -> 
     from .render import daemons
     secrets = secrets or {"certificates": {}, "bgp_passwords": {}}
     out: dict[str, tuple[bool, str]] = {}
+    from .render import RenderError
     with tempfile.TemporaryDirectory(prefix="aclb-check-") as empty_root:
         for spec in daemons():
             if spec.wanted(model):
-                out[spec.name] = stage_and_check(spec, model, secrets, root=_tree_root(spec, empty_root))
+                try:
+                    out[spec.name] = stage_and_check(spec, model, secrets, root=_tree_root(spec, empty_root))
+                except RenderError as exc:
+                    out[spec.name] = (False, f"cannot render: {exc}")
     return out
 
 

@@ -5,11 +5,39 @@ lab's network namespaces) run the daemons as direct processes with their
 ordinary pidfiles. The mode is chosen in one place, :func:`detect_mode`, and can
 be forced with the pillar key ``anycastlb:service_mode`` or the environment
 variable ``ANYCASTLB_SERVICE_MODE`` (``systemd`` or ``direct``).
+
+Each daemon is one :class:`Service` entry in :data:`SERVICES` (its systemd unit,
+its direct-mode command, pidfile and reload method); renderer modules add theirs
+with :func:`register_service`. A reload is *confirmed*, never assumed:
+
+- HAProxy (master-worker): the server states are dumped to the state file, the
+  master gets SIGUSR2, and the master CLI (``show proc``) must show a new worker
+  and no new failed reload;
+- BIRD: ``birdc configure`` succeeds only if its output says so (its exit code
+  can be 0 on a refused config);
+- anycastlb-healthd: SIGHUP (it keeps its old config if the new one is bad).
+
+Besides daemons, a node has one piece of state that is not a file: its VIPs on
+``lo`` (:func:`sync_vips`, run with the ``healthd`` step).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .render import under
 
 
 class ServiceError(RuntimeError):
@@ -26,20 +54,459 @@ def detect_mode(forced: str | None = None) -> str:
     return "systemd" if os.path.isdir("/run/systemd/system") else "direct"
 
 
+@dataclass(frozen=True)
+class Service:
+    """How one daemon is run.
+
+    ``command`` is the direct-mode argv (production paths; :class:`ServiceControl`
+    places them under its root); ``daemonizes`` says whether the program forks
+    into the background itself and writes ``pidfile`` (else anycastlb detaches
+    it and writes the pidfile); ``reload`` is ``"birdc"``, ``"haproxy"`` or a
+    signal name; ``ready`` is a path that exists once the daemon serves;
+    ``dirs`` are created before the start.
+    """
+
+    name: str
+    unit: str
+    command: tuple[str, ...]
+    pidfile: str
+    reload: str = "SIGHUP"
+    daemonizes: bool = True
+    ready: str = ""
+    dirs: tuple[str, ...] = ()
+    log: str = ""
+    paths: tuple[str, ...] = field(default=())  # argv items that are paths (placed under root)
+
+
+SERVICES: dict[str, Service] = {}
+
+
+def register_service(service: Service) -> Service:
+    """Add (or replace) a daemon's entry; renderer modules call this at import."""
+    SERVICES[service.name] = service
+    return service
+
+
+def _healthd_argv() -> tuple[str, ...]:
+    exe = shutil.which("anycastlb-healthd")
+    return (exe,) if exe else (sys.executable, "-m", "anycastlb.healthd")
+
+
+register_service(Service(
+    name="haproxy", unit="haproxy",
+    command=("haproxy", "-W", "-D", "-f", "/etc/haproxy/haproxy.cfg", "-p", "/run/haproxy/haproxy.pid",
+             "-S", "/run/haproxy/master.sock"),
+    paths=("/etc/haproxy/haproxy.cfg", "/run/haproxy/haproxy.pid", "/run/haproxy/master.sock"),
+    pidfile="/run/haproxy/haproxy.pid", reload="haproxy", ready="/run/haproxy/master.sock",
+    dirs=("/run/haproxy", "/var/lib/haproxy")))
+register_service(Service(
+    name="bird", unit="bird",
+    command=("bird", "-c", "/etc/bird/bird.conf", "-s", "/run/bird/bird.ctl", "-P", "/run/bird/bird.pid"),
+    paths=("/etc/bird/bird.conf", "/run/bird/bird.ctl", "/run/bird/bird.pid"),
+    pidfile="/run/bird/bird.pid", reload="birdc", ready="/run/bird/bird.ctl", dirs=("/run/bird",)))
+register_service(Service(
+    name="healthd", unit="anycastlb-healthd",
+    command=("--config", "/etc/anycastlb/healthd.json"), paths=("/etc/anycastlb/healthd.json",),
+    pidfile="/run/anycastlb/healthd.pid", reload="SIGHUP", daemonizes=False,
+    dirs=("/run/anycastlb", "/var/lib/anycastlb", "/var/log/anycastlb"),
+    log="/var/log/anycastlb/healthd.log"))
+
+#: ``birdc configure`` output that means success (anything else is a failure).
+BIRD_OK = ("Reconfigured", "Reconfiguration in progress", "Nothing to do")
+START_TIMEOUT_S = 10.0
+RELOAD_TIMEOUT_S = 10.0
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def unix_query(path: str, command: str, timeout: float = 2.0) -> str:
+    """Send ``command`` to a HAProxy CLI socket and read the answer to the end."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(command.encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)  # the master CLI answers once it sees the end of input
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """The HAProxy master's ``show proc``: its reload and failure counts, its workers."""
+
+    master_pid: int
+    reloads: int
+    failed: int
+    workers: tuple[tuple[int, int], ...]  # current workers: (pid, reloads survived)
+    old_workers: tuple[int, ...]
+
+
+def parse_show_proc(text: str) -> ProcInfo:
+    """Parse HAProxy 2.6 master CLI ``show proc`` output."""
+    master = reloads = failed = -1
+    workers: list[tuple[int, int]] = []
+    old: list[int] = []
+    section = "master"
+    for line in text.splitlines():
+        if line.startswith("#"):
+            low = line.lower()
+            if "old workers" in low:
+                section = "old"
+            elif "workers" in low:
+                section = "workers"
+            elif "programs" in low:
+                section = "programs"
+            continue
+        fields = line.split()
+        if len(fields) < 3 or not fields[0].isdigit():
+            continue
+        if fields[1] == "master":
+            master, reloads = int(fields[0]), int(fields[2])
+            m = re.search(r"failed:\s*(\d+)", line)
+            failed = int(m.group(1)) if m else 0
+        elif fields[1] == "worker" and section == "workers":
+            workers.append((int(fields[0]), int(fields[2])))
+        elif fields[1] == "worker" and section == "old":
+            old.append(int(fields[0]))
+    if master < 0:
+        raise ValueError(f"not a show proc answer: {text.strip()[:200]!r}")
+    return ProcInfo(master, reloads, failed, tuple(workers), tuple(old))
+
+
+def bind_addresses(config: str) -> set[tuple[str, int]]:
+    """``(address, port)`` of every ``bind`` line of a HAProxy config."""
+    out: set[tuple[str, int]] = set()
+    for m in re.finditer(r"^\s*bind\s+(?:\[([^\]]+)\]|([^\s\[]*?)):(\d+)(?=\s|$)", config, re.M):
+        out.add((m.group(1) or m.group(2) or "*", int(m.group(3))))
+    return out
+
+
+def foreign_listeners(ss_output: str, binds: set[tuple[str, int]]) -> list[tuple[str, int, str]]:
+    """Binds held by a listening socket that is not HAProxy's, from ``ss -Htlnp`` output."""
+    wild = {"*", "0.0.0.0", "::"}
+    found = []
+    for line in ss_output.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        local = fields[3]
+        addr, _, port = local.rpartition(":")
+        addr = addr.strip("[]").split("%")[0]
+        if not port.isdigit():
+            continue
+        owner = " ".join(fields[5:]) if len(fields) > 5 else "an unknown process"
+        if "haproxy" in owner:
+            continue
+        for baddr, bport in binds:
+            if bport == int(port) and (addr == baddr or addr in wild or baddr in wild):
+                found.append((baddr, bport, owner))
+    return found
+
+
+def bird_configure_ok(output: str) -> bool:
+    """Whether ``birdc configure`` output reports success."""
+    return any(ok in output for ok in BIRD_OK)
+
+
 class ServiceControl:
-    """Start / reload / stop the daemons anycastlb manages (implementation in progress)."""
+    """Start / reload / stop the daemons anycastlb manages.
 
-    def __init__(self, mode: str | None = None):
+    ``root`` places every path (configs, pidfiles, sockets) under a directory
+    (``/`` in production); ``prefix`` is prepended to every command, e.g.
+    ``["ip", "netns", "exec", "lab-lb1"]`` to run a node's daemons in its
+    network namespace. ``run`` is the command runner (tests replace it).
+    """
+
+    def __init__(self, mode: str | None = None, root: str = "/", prefix: Sequence[str] = (),
+                 run: Callable[..., subprocess.CompletedProcess[str]] | None = None):
         self.mode = detect_mode(mode)
+        self.root = root
+        self.prefix = list(prefix)
+        self._run = run or self._subprocess
 
-    def running(self, daemon: str) -> bool:  # pragma: no cover - filled in by the traffic-path work
-        raise NotImplementedError
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _subprocess(argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
-    def start(self, daemon: str) -> str:  # pragma: no cover
-        raise NotImplementedError
+    def _service(self, daemon: str) -> Service:
+        try:
+            return SERVICES[daemon]
+        except KeyError:
+            raise ServiceError(f"unknown daemon {daemon!r} (known: {', '.join(sorted(SERVICES))})") from None
 
-    def reload_or_start(self, daemon: str) -> str:  # pragma: no cover
-        raise NotImplementedError
+    def path(self, path: str) -> str:
+        """A production path placed under this control's root."""
+        return under(self.root, path)
 
-    def stop(self, daemon: str) -> str:  # pragma: no cover
-        raise NotImplementedError
+    def argv(self, daemon: str) -> list[str]:
+        """The direct-mode command line of ``daemon`` (root and prefix applied)."""
+        svc = self._service(daemon)
+        argv = [self.path(a) if a in svc.paths else a for a in svc.command]
+        if daemon == "healthd":
+            argv = list(_healthd_argv()) + argv
+        return self.prefix + argv
+
+    def systemctl(self, verb: str, daemon: str) -> list[str]:
+        """The systemd-mode command for ``verb`` on ``daemon``."""
+        return ["systemctl", verb, self._service(daemon).unit]
+
+    def pid(self, daemon: str) -> int | None:
+        """The pid in the daemon's pidfile, if that process runs."""
+        try:
+            with open(self.path(self._service(daemon).pidfile), encoding="ascii") as fh:
+                text = fh.readline().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() and _pid_alive(int(text)) else None
+
+    def _check(self, argv: list[str], what: str) -> str:
+        proc = self._run(argv)
+        out = ((proc.stdout or "") + (proc.stderr or "")).strip()
+        if proc.returncode != 0:
+            raise ServiceError(f"{what} failed ({shlex.join(argv)}): {out or f'exit {proc.returncode}'}")
+        return out
+
+    # ---------------------------------------------------------------- interface
+    def running(self, daemon: str) -> bool:
+        """Whether the daemon runs."""
+        if self.mode == "systemd":
+            return self._run(self.systemctl("is-active", daemon) + ["--quiet"]).returncode == 0
+        return self.pid(daemon) is not None
+
+    def start(self, daemon: str) -> str:
+        """Start the daemon (no-op if it runs); raise :class:`ServiceError` if it does not come up."""
+        if self.mode == "systemd":
+            self._check(self.systemctl("start", daemon), f"start {daemon}")
+            return f"{daemon} started (systemd)"
+        if self.running(daemon):
+            return f"{daemon} already running (pid {self.pid(daemon)})"
+        svc = self._service(daemon)
+        for d in svc.dirs:
+            os.makedirs(self.path(d), exist_ok=True)
+        argv = self.argv(daemon)
+        if svc.ready and os.path.exists(self.path(svc.ready)) and not os.path.isdir(self.path(svc.ready)):
+            os.remove(self.path(svc.ready))  # a stale socket of a dead daemon
+        if svc.daemonizes:
+            self._check(argv, f"start {daemon}")
+        else:
+            self._spawn_detached(daemon, argv)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.pid(daemon) is not None and (not svc.ready or os.path.exists(self.path(svc.ready))):
+                return f"{daemon} started (pid {self.pid(daemon)})"
+            time.sleep(0.05)
+        raise ServiceError(f"{daemon} did not come up within {START_TIMEOUT_S:.0f} s ({shlex.join(argv)})"
+                           + self._log_tail(daemon))
+
+    def _spawn_detached(self, daemon: str, argv: list[str]) -> None:
+        """Run a foreground program in the background, in its own session; write its pidfile."""
+        svc = self._service(daemon)
+        log = self.path(svc.log) if svc.log else os.devnull
+        # sh exits at once: the daemon is re-parented and never becomes our zombie.
+        script = f"setsid {shlex.join(argv)} </dev/null >>{shlex.quote(log)} 2>&1 & echo $!"
+        proc = self._run(["sh", "-c", script])
+        pid = (proc.stdout or "").strip()
+        if proc.returncode != 0 or not pid.isdigit():
+            raise ServiceError(f"start {daemon} failed: {proc.stderr or proc.stdout}")
+        pidfile = self.path(svc.pidfile)
+        tmp = f"{pidfile}.tmp"
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(f"{pid}\n")
+        os.replace(tmp, pidfile)
+
+    def _log_tail(self, daemon: str) -> str:
+        svc = self._service(daemon)
+        if not svc.log:
+            return ""
+        try:
+            with open(self.path(svc.log), encoding="utf-8", errors="replace") as fh:
+                return "\n" + "".join(fh.readlines()[-10:])
+        except OSError:
+            return ""
+
+    def reload_or_start(self, daemon: str) -> str:
+        """Reload a running daemon (confirmed) or start a stopped one."""
+        if self.mode == "systemd":
+            self._check(self.systemctl("reload-or-restart", daemon), f"reload {daemon}")
+            return f"{daemon} reloaded (systemd)"
+        if not self.running(daemon):
+            return self.start(daemon)
+        svc = self._service(daemon)
+        if svc.reload == "haproxy":
+            return self._reload_haproxy()
+        if svc.reload == "birdc":
+            return self._reload_bird()
+        pid = self.pid(daemon)
+        assert pid is not None
+        os.kill(pid, getattr(signal, svc.reload))
+        time.sleep(0.2)
+        if not _pid_alive(pid):
+            raise ServiceError(f"{daemon} (pid {pid}) exited after {svc.reload}" + self._log_tail(daemon))
+        return f"{daemon} reloaded ({svc.reload} to pid {pid})"
+
+    def stop(self, daemon: str) -> str:
+        """Stop the daemon (SIGTERM to the pid in its pidfile) and wait for it."""
+        if self.mode == "systemd":
+            self._check(self.systemctl("stop", daemon), f"stop {daemon}")
+            return f"{daemon} stopped (systemd)"
+        pid = self.pid(daemon)
+        if pid is None:
+            return f"{daemon} was not running"
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            raise ServiceError(f"{daemon} (pid {pid}) did not stop on SIGTERM")
+        return f"{daemon} stopped (pid {pid})"
+
+    # ---------------------------------------------------------------- reloads
+    def _master_proc(self) -> ProcInfo:
+        return parse_show_proc(unix_query(self.path("/run/haproxy/master.sock"), "show proc"))
+
+    def _haproxy_preflight(self) -> None:
+        """Refuse a reload whose binds another program holds.
+
+        HAProxy 2.6 answers such a reload by pausing the running workers' listeners
+        while it retries the bind, then gives up: measured here, about 2 s of refused
+        connections. ``haproxy -c`` does not bind, so this is checked before SIGUSR2.
+        """
+        try:
+            with open(self.path("/etc/haproxy/haproxy.cfg"), encoding="utf-8") as fh:
+                binds = bind_addresses(fh.read())
+        except OSError:
+            return
+        proc = self._run(self.prefix + ["ss", "-Htlnp"])
+        if proc.returncode != 0:
+            return
+        for addr, port, owner in foreign_listeners(proc.stdout, binds):
+            raise ServiceError(f"haproxy reload not attempted: {addr}:{port} is already in use by {owner} "
+                               "(a reload that cannot bind would pause the running listeners)")
+
+    def _reload_haproxy(self) -> str:
+        """Save server states, SIGUSR2 the master, confirm a new worker took the config."""
+        self._haproxy_preflight()
+        saved = self.save_haproxy_state()
+        before = self._master_proc()
+        os.kill(before.master_pid, signal.SIGUSR2)
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        last = ""
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:
+                now = self._master_proc()
+            except (OSError, ValueError) as exc:  # the master re-executes: its socket is briefly gone
+                last = str(exc)
+                continue
+            if now.failed > before.failed:
+                raise ServiceError(f"haproxy refused the new config at reload (master {before.master_pid}: failed "
+                                   f"reloads {before.failed} -> {now.failed}); the running worker(s) "
+                                   f"{', '.join(str(p) for p, _ in now.workers)} keep serving the old one")
+            if now.reloads > before.reloads:
+                new = [pid for pid, _ in now.workers if pid not in {p for p, _ in before.workers}]
+                if new:
+                    return (f"haproxy reloaded: new worker {new[0]}, {len(now.old_workers)} old worker(s) "
+                            f"finishing; {saved}")
+                last = "master reloaded, no new worker yet"
+        raise ServiceError(f"haproxy reload not confirmed within {RELOAD_TIMEOUT_S:.0f} s ({last})")
+
+    def save_haproxy_state(self) -> str:
+        """Dump ``show servers state`` to the server-state file (read by the next worker)."""
+        path = self.path("/var/lib/haproxy/server-state")
+        try:
+            text = unix_query(self.path("/run/haproxy/admin.sock"), "show servers state")
+        except OSError as exc:
+            return f"server states not saved ({exc})"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+        return "server states saved"
+
+    def _reload_bird(self) -> str:
+        argv = self.prefix + ["birdc", "-s", self.path("/run/bird/bird.ctl"), "configure"]
+        proc = self._run(argv)
+        out = ((proc.stdout or "") + (proc.stderr or "")).strip()
+        if not bird_configure_ok(out):
+            raise ServiceError(f"bird refused the new config and keeps the old one ({shlex.join(argv)}): {out}")
+        return "bird " + next(ok for ok in BIRD_OK if ok in out).lower()
+
+    # ---------------------------------------------------------------- host state
+    def converge(self, daemon: str, model: dict[str, Any], test: bool = False) -> dict[str, Any]:
+        """Host state that goes with a daemon's step and is not a file: the VIPs on ``lo`` (``healthd``)."""
+        if daemon != "healthd":
+            return {}
+        return sync_vips(model, test=test, run=self._run, prefix=self.prefix)
+
+
+# -------------------------------------------------------------------- VIPs on lo
+
+
+def vip_plan(model: dict[str, Any], present: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(addresses to add, addresses to remove) on ``lo``; ``present`` are ``addr/len`` strings.
+
+    Only host addresses inside the node's ``vip_pools`` are ever removed.
+    """
+    bgp = model.get("bgp") or {}
+    wanted = [f"{v['address']}/{ipaddress.ip_address(v['address']).max_prefixlen}" for v in bgp.get("vips", [])]
+    pools = [ipaddress.ip_network(p) for fam in (bgp.get("vip_pools") or {}).values() for p in fam]
+    have = {str(ipaddress.ip_interface(p)) for p in present}
+    add = [w for w in wanted if str(ipaddress.ip_interface(w)) not in have]
+    remove = []
+    for p in sorted(have):
+        iface = ipaddress.ip_interface(p)
+        if iface.network.prefixlen != iface.max_prefixlen or p in {str(ipaddress.ip_interface(w)) for w in wanted}:
+            continue
+        if any(iface.ip.version == net.version and iface.ip in net for net in pools):
+            remove.append(p)
+    return add, remove
+
+
+def lo_addresses(run: Callable[..., subprocess.CompletedProcess[str]], prefix: Sequence[str] = ()) -> list[str]:
+    """Addresses on ``lo`` as ``addr/len``."""
+    proc = run(list(prefix) + ["ip", "-j", "addr", "show", "dev", "lo"])
+    if proc.returncode != 0:
+        raise ServiceError(f"ip addr show dev lo: {proc.stderr}")
+    out = []
+    for link in json.loads(proc.stdout or "[]"):
+        for a in link.get("addr_info", []):
+            out.append(f"{a['local']}/{a['prefixlen']}")
+    return out
+
+
+def sync_vips(model: dict[str, Any], test: bool = False,
+              run: Callable[..., subprocess.CompletedProcess[str]] | None = None,
+              prefix: Sequence[str] = ()) -> dict[str, Any]:
+    """Put every VIP of the node on ``lo`` (``ip addr replace``), remove VIPs it no longer has.
+
+    Returns ``{"vips": {"added": [...], "removed": [...]}}`` or ``{}`` when nothing changes;
+    with ``test`` nothing is done.
+    """
+    run = run or ServiceControl._subprocess
+    add, remove = vip_plan(model, lo_addresses(run, prefix))
+    if not add and not remove:
+        return {}
+    if not test:
+        for a in add:
+            proc = run(list(prefix) + ["ip", "addr", "replace", a, "dev", "lo"])
+            if proc.returncode != 0:
+                raise ServiceError(f"ip addr replace {a} dev lo: {proc.stderr.strip()}")
+        for r in remove:
+            proc = run(list(prefix) + ["ip", "addr", "del", r, "dev", "lo"])
+            if proc.returncode != 0:
+                raise ServiceError(f"ip addr del {r} dev lo: {proc.stderr.strip()}")
+    return {"vips": {"added": add, "removed": remove}}

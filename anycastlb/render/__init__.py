@@ -25,6 +25,15 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 HEADER = "managed by anycastlb: edit the catalog, not this file"
 
 
+class RenderError(ValueError):
+    """The model and secrets cannot make a config (e.g. a certificate's value is missing)."""
+
+
+def hostport(address: str, port: int | str) -> str:
+    """``192.0.2.1:80`` or ``[2001:db8::1]:80``."""
+    return f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+
+
 @dataclass(frozen=True)
 class RenderedFile:
     """One file a renderer produces: its production path, its text and its mode."""
@@ -85,6 +94,7 @@ def environment() -> jinja2.Environment:
     )
     env.globals["HEADER"] = HEADER
     env.filters["under"] = lambda path, root: under(root, path)
+    env.filters["hostport"] = hostport
     return env
 
 

@@ -1,0 +1,112 @@
+"""BIRD 2: ``/etc/bird/bird.conf`` from ``model["bgp"]``, for speakers, route reflectors and listeners.
+
+- speaker: exports a VIP only if the catalog lets it announce the VIP *and*
+  anycastlb-healthd has put the VIP's route into kernel table 4242 (learned by
+  the ``healthd4``/``healthd6`` kernel protocols, see :mod:`anycastlb.healthd`);
+  imports nothing.
+- route reflector: accepts from its clients only host routes inside
+  ``vip_pools``; hands every path (ADD-PATH tx) to the peers (``next hop keep``:
+  their ECMP goes straight to the LB nodes) and to the listeners; nothing goes
+  into its own kernel.
+- listener (monitoring): receives every path (ADD-PATH rx) and keeps them in
+  BIRD only, so ``birdc show route for P all`` counts the announcers.
+
+Checked with ``bird -p -c``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import subprocess
+from typing import Any
+
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, under
+
+CONFIG = "/etc/bird/bird.conf"
+CONTROL_SOCKET = "/run/bird/bird.ctl"
+PIDFILE = "/run/bird/bird.pid"
+#: Must match healthd.json (``table``/``proto``); :mod:`anycastlb.render.healthd` uses the same numbers.
+HEALTH_TABLE = 4242
+HEALTH_PROTO = 252
+
+
+def _quote(value: str) -> str:
+    """A BIRD string literal body (passwords may hold quotes or backslashes)."""
+    if "\n" in value or "\r" in value:
+        raise RenderError("bird: a BGP password may not contain a line break")
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _same_segment(nb: dict[str, Any], management: list[str]) -> bool:
+    """Whether neighbour and local address share a management prefix (a directly connected segment).
+
+    The model does not say how a neighbour is reached; the management prefixes
+    are the best evidence available (see docs/traffic.md).
+    """
+    local = ipaddress.ip_address(nb["local_address"])
+    peer = ipaddress.ip_address(nb["address"])
+    for text in management:
+        net = ipaddress.ip_network(text)
+        if net.version == local.version and local in net and peer in net:
+            return True
+    return False
+
+
+def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
+    """bird.conf (mode 0600 when it holds a BGP password)."""
+    bgp = model["bgp"]
+    passwords = secrets.get("bgp_passwords") or {}
+    neighbors = []
+    secret = False
+    for nb in bgp["neighbors"]:
+        nb = dict(nb)
+        if nb.get("password"):
+            if nb["password"] not in passwords:
+                raise RenderError(f"bird: BGP password {nb['password']!r} (neighbour {nb['name']}) "
+                                  "is not in the secrets")
+            nb["password_value"] = _quote(str(passwords[nb["password"]]))
+            secret = True
+        else:
+            nb["password_value"] = None
+        nb["direct"] = _same_segment(nb, model.get("management") or [])
+        neighbors.append(nb)
+    announce: dict[str, list[str]] = {"ipv4": [], "ipv6": []}
+    for prefix in bgp["announce"]:
+        announce["ipv4" if ipaddress.ip_network(prefix).version == 4 else "ipv6"].append(prefix)
+    hold_s = max(3, math.ceil(bgp["hold_ms"] / 1000))
+    text = render_template(
+        "bird/bird.conf.j2",
+        node=model["node"],
+        state=model["state"],
+        bgp=bgp,
+        pools=bgp["vip_pools"],
+        announce=announce,
+        neighbors=neighbors,
+        bfd=bgp["bfd"] if any(nb["bfd"] for nb in neighbors) else None,
+        multihop=any(nb["bfd"] and not nb["direct"] for nb in neighbors),
+        hold_s=hold_s,
+        keepalive_s=max(1, hold_s // 3),
+        health={"table": HEALTH_TABLE, "proto": HEALTH_PROTO},
+    )
+    return [RenderedFile(CONFIG, text, 0o600 if secret else 0o644)]
+
+
+def check(staging: str, files: list[RenderedFile]) -> CheckResult:
+    """``bird -p -c`` on the staged config."""
+    cmd = ["bird", "-p", "-c", under(staging, CONFIG)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return CheckResult(False, " ".join(cmd), "bird is not installed")
+    return CheckResult(proc.returncode == 0, " ".join(cmd), (proc.stdout + proc.stderr).strip())
+
+
+SPEC = register(DaemonSpec(
+    name="bird",
+    wanted=lambda m: m.get("bgp") is not None,
+    render=render,
+    check=check,
+    binary="bird",
+    packages=("bird2",),
+))

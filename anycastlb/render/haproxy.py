@@ -1,0 +1,83 @@
+"""HAProxy 2.6: ``/etc/haproxy/haproxy.cfg`` and the TLS bundles, from ``model["haproxy"]``.
+
+One frontend per (service, port) binding every VIP of the service (``transparent``
+so the bind works before the VIP is on ``lo``), one backend per (service, server
+port). Catalog backend states are written into the config: ``drain`` is
+``weight 0`` (HAProxy 2.6 has no ``drain`` server keyword; a weight-0 server
+gets no new sessions and keeps its running ones), ``maintenance`` is
+``disabled``. Checked with ``haproxy -c -f``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, under
+
+CONFIG = "/etc/haproxy/haproxy.cfg"
+CERT_DIR = "/etc/haproxy/certs"
+ADMIN_SOCKET = "/run/haproxy/admin.sock"
+MASTER_SOCKET = "/run/haproxy/master.sock"
+PIDFILE = "/run/haproxy/haproxy.pid"
+STATE_FILE = "/var/lib/haproxy/server-state"
+
+
+def cert_path(name: str) -> str:
+    """Production path of the PEM bundle (certificate + key) of certificate ``name``."""
+    return f"{CERT_DIR}/anycastlb-{name}.pem"
+
+
+def _pem(name: str, secrets: dict[str, Any]) -> str:
+    """The bundle text: certificate (and chain) then key, each ending in a newline."""
+    entry = (secrets.get("certificates") or {}).get(name)
+    if not isinstance(entry, dict) or not entry.get("cert") or not entry.get("key"):
+        raise RenderError(f"haproxy: certificate {name!r} needs 'cert' and 'key' in the secrets")
+    parts = [str(entry["cert"]).strip(), str(entry["key"]).strip()]
+    return "\n".join(parts) + "\n"
+
+
+def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
+    """haproxy.cfg plus one 0600 PEM bundle per certificate the node terminates."""
+    hap = model["haproxy"]
+    frontends = []
+    for fe in hap["frontends"]:
+        fe = dict(fe)
+        if fe["tls"]:
+            fe["tls"] = {**fe["tls"], "pem": under(root, cert_path(fe["tls"]["certificate"]))}
+        frontends.append(fe)
+    stats = hap["stats"]
+    text = render_template(
+        "haproxy/haproxy.cfg.j2",
+        node=model["node"],
+        paths={"admin_socket": under(root, ADMIN_SOCKET), "state_file": under(root, STATE_FILE)},
+        stats_bind=f"[{stats['address']}]:{stats['port']}" if ":" in stats["address"]
+        else f"{stats['address']}:{stats['port']}",
+        frontends=frontends,
+        backends=hap["backends"],
+    )
+    files = [RenderedFile(CONFIG, text)]
+    for name in hap["certificates"]:
+        files.append(RenderedFile(cert_path(name), _pem(name, secrets), 0o600))
+    return files
+
+
+def check(staging: str, files: list[RenderedFile]) -> CheckResult:
+    """``haproxy -c -f`` on the staged config (which points at the staged bundles)."""
+    cmd = ["haproxy", "-c", "-f", under(staging, CONFIG)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return CheckResult(False, " ".join(cmd), "haproxy is not installed")
+    return CheckResult(proc.returncode == 0, " ".join(cmd), (proc.stdout + proc.stderr).strip())
+
+
+SPEC = register(DaemonSpec(
+    name="haproxy",
+    wanted=lambda m: m.get("haproxy") is not None,
+    render=render,
+    check=check,
+    owned=(f"{CERT_DIR}/anycastlb-*.pem",),
+    binary="haproxy",
+    packages=("haproxy",),
+))

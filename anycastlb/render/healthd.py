@@ -1,0 +1,87 @@
+"""anycastlb-healthd: ``/etc/anycastlb/healthd.json`` from ``model["health"]``.
+
+One entry per announced prefix (the contract of :mod:`anycastlb.healthd`):
+an HAProxy-served VIP watches the HAProxy master (pidfd) and its stats socket;
+an anycast VIP watches its own tcp/http check. The kernel table and route
+protocol are the ones the BIRD config learns (:mod:`anycastlb.render.bird`).
+Checked with healthd's own config parser.
+
+JSON has no comments and healthd refuses unknown keys, so this file carries no
+managed-by header (see docs/traffic.md).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, under
+from .bird import HEALTH_PROTO, HEALTH_TABLE
+from .haproxy import ADMIN_SOCKET, PIDFILE as HAPROXY_PIDFILE
+
+CONFIG = "/etc/anycastlb/healthd.json"
+PIDFILE = "/run/anycastlb/healthd.pid"
+STATE_FILE = "/run/anycastlb/healthd.state.json"
+DRAIN_FILE = "/var/lib/anycastlb/drain"
+LOG_FILE = "/var/log/anycastlb/healthd.log"
+HAPROXY_INTERVAL_MS = 100
+
+_PROBE_KEYS = {"tcp": ("address", "port", "interval_ms", "timeout_ms", "rise", "fall"),
+               "http": ("address", "port", "path", "host", "expect", "interval_ms", "timeout_ms", "rise", "fall")}
+
+
+def _watch(prefix: str, watch: dict[str, Any], root: str) -> dict[str, Any]:
+    """A model watch in healthd's contract."""
+    kind = watch["type"]
+    if kind == "haproxy":
+        return {"type": "haproxy", "pidfile": under(root, HAPROXY_PIDFILE),
+                "stats_socket": under(root, ADMIN_SOCKET), "frontends": list(watch["frontends"]),
+                "backends": list(watch["backends"]), "interval_ms": HAPROXY_INTERVAL_MS}
+    if kind not in _PROBE_KEYS:
+        raise RenderError(f"healthd: {prefix}: unknown watch type {kind!r}")
+    if not watch.get("port"):
+        raise RenderError(f"healthd: {prefix}: a {kind} check needs a port")
+    out: dict[str, Any] = {"type": kind}
+    for key in _PROBE_KEYS[kind]:
+        value = watch.get(key)
+        if value is None:
+            continue
+        out[key] = int(value) if key == "expect" else value
+    return out
+
+
+def config(model: dict[str, Any], root: str = "/") -> dict[str, Any]:
+    """The healthd.json document (a plain dict)."""
+    anns = []
+    for ann in model["health"]["announcements"]:
+        anns.append({"prefix": ann["prefix"], "service": ",".join(ann["services"]),
+                     "watch": _watch(ann["prefix"], ann["watch"], root)})
+    return {"table": HEALTH_TABLE, "proto": HEALTH_PROTO,
+            "state_file": under(root, STATE_FILE), "drain_file": under(root, DRAIN_FILE),
+            "announcements": anns}
+
+
+def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
+    """healthd.json, deterministic (sorted keys)."""
+    return [RenderedFile(CONFIG, json.dumps(config(model, root), indent=2, sort_keys=True) + "\n")]
+
+
+def check(staging: str, files: list[RenderedFile]) -> CheckResult:
+    """healthd's own parser (:func:`anycastlb.healthd.load_config`) on the staged file."""
+    from anycastlb.healthd import ConfigError, load_config
+
+    path = under(staging, CONFIG)
+    command = f"anycastlb.healthd.load_config({path})"
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        return CheckResult(False, command, str(exc))
+    return CheckResult(True, command, f"{len(cfg.announcements)} announcement(s)")
+
+
+def wanted(model: dict[str, Any]) -> bool:
+    """Every BGP speaker runs healthd (a drained one too: it then announces nothing)."""
+    return model.get("bgp") is not None and model["bgp"]["role"] == "speaker"
+
+
+SPEC = register(DaemonSpec(name="healthd", wanted=wanted, render=render, check=check))

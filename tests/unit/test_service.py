@@ -1,0 +1,208 @@
+"""ServiceControl: command construction, reload confirmation parsing, VIPs on lo.
+
+There is no systemd on these machines: the systemd mode is tested by the
+commands it would run (a fake runner records them), not by running them.
+Real start/reload in direct mode is exercised by tests/integration/test_traffic_netns.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anycastlb.compiler import compile_catalog
+from anycastlb.service import (
+    SERVICES,
+    Service,
+    ServiceControl,
+    ServiceError,
+    bind_addresses,
+    bird_configure_ok,
+    detect_mode,
+    foreign_listeners,
+    parse_show_proc,
+    register_service,
+    sync_vips,
+    vip_plan,
+)
+
+
+class FakeRun:
+    """Records argv lists; answers with canned results (first matching prefix wins)."""
+
+    def __init__(self, answers: dict[str, tuple[int, str]] | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.answers = answers or {}
+
+    def __call__(self, argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        self.calls.append(argv)
+        line = " ".join(argv)
+        for key, (rc, out) in self.answers.items():
+            if key in line:
+                return subprocess.CompletedProcess(argv, rc, out, "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def test_mode_detection_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANYCASTLB_SERVICE_MODE", "systemd")
+    assert detect_mode() == "systemd"
+    assert detect_mode("direct") == "direct"
+    with pytest.raises(ServiceError):
+        detect_mode("upstart")
+
+
+def test_systemd_commands() -> None:
+    run = FakeRun({"is-active": (3, "")})
+    ctl = ServiceControl("systemd", run=run)
+    assert ctl.running("haproxy") is False
+    ctl.reload_or_start("bird")
+    ctl.start("healthd")
+    assert run.calls == [["systemctl", "is-active", "haproxy", "--quiet"],
+                         ["systemctl", "reload-or-restart", "bird"],
+                         ["systemctl", "start", "anycastlb-healthd"]]
+
+
+def test_systemd_failure_is_a_service_error() -> None:
+    ctl = ServiceControl("systemd", run=FakeRun({"reload-or-restart": (1, "Job failed")}))
+    with pytest.raises(ServiceError, match="Job failed"):
+        ctl.reload_or_start("haproxy")
+
+
+def test_direct_argv_with_root_and_netns_prefix() -> None:
+    ctl = ServiceControl("direct", root="/srv/n1", prefix=["ip", "netns", "exec", "n1"])
+    assert ctl.argv("haproxy") == ["ip", "netns", "exec", "n1", "haproxy", "-W", "-D", "-f",
+                                   "/srv/n1/etc/haproxy/haproxy.cfg", "-p", "/srv/n1/run/haproxy/haproxy.pid",
+                                   "-S", "/srv/n1/run/haproxy/master.sock"]
+    assert ctl.argv("bird")[4:] == ["bird", "-c", "/srv/n1/etc/bird/bird.conf", "-s", "/srv/n1/run/bird/bird.ctl",
+                                    "-P", "/srv/n1/run/bird/bird.pid"]
+    assert ctl.argv("healthd")[-2:] == ["--config", "/srv/n1/etc/anycastlb/healthd.json"]
+    assert ServiceControl("direct").argv("bird")[:3] == ["bird", "-c", "/etc/bird/bird.conf"]
+
+
+def test_unknown_daemon_and_registration() -> None:
+    ctl = ServiceControl("systemd", run=FakeRun())
+    with pytest.raises(ServiceError, match="unknown daemon"):
+        ctl.start("sendmail")
+    register_service(Service(name="exampled", unit="example", command=("exampled",), pidfile="/run/ex.pid"))
+    try:
+        ctl.start("exampled")
+        assert ctl._run.calls[-1] == ["systemctl", "start", "example"]  # type: ignore[attr-defined]
+    finally:
+        del SERVICES["exampled"]
+
+
+def test_direct_running_reads_the_pidfile(tmp_path: Path) -> None:
+    ctl = ServiceControl("direct", root=str(tmp_path))
+    assert ctl.running("bird") is False
+    (tmp_path / "run/bird").mkdir(parents=True)
+    (tmp_path / "run/bird/bird.pid").write_text("999999999\n")
+    assert ctl.running("bird") is False
+    import os
+    (tmp_path / "run/bird/bird.pid").write_text(f"{os.getpid()}\n")
+    assert ctl.running("bird") is True
+
+
+# Real HAProxy 2.6.12 master CLI answers (captured in a network namespace).
+SHOW_PROC_OK = """\
+#<PID>          <type>          <reloads>       <uptime>        <version>
+32615           master          1 [failed: 0]   0d00h00m05s     2.6.12-1+deb12u4
+# workers
+32694           worker          0               0d00h00m00s     2.6.12-1+deb12u4
+# old workers
+32616           worker          1               0d00h00m05s     2.6.12-1+deb12u4
+# programs
+
+"""
+SHOW_PROC_FAILED = """\
+#<PID>          <type>          <reloads>       <uptime>        <version>
+32615           master          2 [failed: 1]   0d00h00m06s     2.6.12-1+deb12u4
+# workers
+32694           worker          1               0d00h00m01s     2.6.12-1+deb12u4
+# programs
+
+"""
+
+
+def test_parse_show_proc() -> None:
+    ok = parse_show_proc(SHOW_PROC_OK)
+    assert (ok.master_pid, ok.reloads, ok.failed) == (32615, 1, 0)
+    assert ok.workers == ((32694, 0),) and ok.old_workers == (32616,)
+    failed = parse_show_proc(SHOW_PROC_FAILED)
+    assert (failed.reloads, failed.failed, failed.workers) == (2, 1, ((32694, 1),))
+    with pytest.raises(ValueError):
+        parse_show_proc("Unknown command.\n")
+
+
+@pytest.mark.parametrize("output,ok", [
+    ("BIRD 2.0.12 ready.\nReading configuration from /etc/bird/bird.conf\nReconfigured", True),
+    ("BIRD 2.0.12 ready.\nReading configuration from /etc/bird/bird.conf\nReconfiguration in progress", True),
+    ("BIRD 2.0.12 ready.\nNothing to do", True),
+    ("BIRD 2.0.12 ready.\nReading configuration from /etc/bird/bird.conf\n/etc/bird/bird.conf:3:1 syntax error", False),
+    ("Unable to connect to server control socket (/run/bird/bird.ctl): No such file or directory", False),
+])
+def test_birdc_configure_output_decides(output: str, ok: bool) -> None:
+    assert bird_configure_ok(output) is ok
+
+
+def test_birdc_refusal_raises_even_with_exit_0(tmp_path: Path) -> None:
+    import os
+    (tmp_path / "run/bird").mkdir(parents=True)
+    (tmp_path / "run/bird/bird.pid").write_text(f"{os.getpid()}\n")
+    run = FakeRun({"configure": (0, "BIRD 2.0.12 ready.\nbird.conf:3:1 syntax error, unexpected CF_SYM_UNDEFINED")})
+    ctl = ServiceControl("direct", root=str(tmp_path), run=run)
+    with pytest.raises(ServiceError, match="syntax error"):
+        ctl.reload_or_start("bird")
+    assert run.calls == [["birdc", "-s", f"{tmp_path}/run/bird/bird.ctl", "configure"]]
+
+
+def test_preflight_finds_a_foreign_listener_on_a_bind() -> None:
+    binds = bind_addresses("    bind 192.0.2.10:80 transparent\n    bind [2001:db8:1::10]:443 transparent ssl\n"
+                           "    bind 192.0.2.10:8443 transparent\n")
+    assert binds == {("192.0.2.10", 80), ("2001:db8:1::10", 443), ("192.0.2.10", 8443)}
+    ss = ('LISTEN 0 5 192.0.2.10:8443 0.0.0.0:* users:(("python3",pid=7,fd=3))\n'
+          'LISTEN 0 4096 192.0.2.10:80 0.0.0.0:* users:(("haproxy",pid=8,fd=5))\n'
+          'LISTEN 0 4096 [::]:443 [::]:* users:(("nginx",pid=9,fd=6))\n')
+    found = foreign_listeners(ss, binds)
+    assert sorted((a, p) for a, p, _ in found) == [("192.0.2.10", 8443), ("2001:db8:1::10", 443)]
+
+
+# ------------------------------------------------------------------ VIPs on lo
+
+
+@pytest.fixture(scope="module")
+def fleet(campus_catalog: Path) -> dict[str, dict[str, Any]]:
+    return compile_catalog(campus_catalog).nodes
+
+
+def test_vip_plan_adds_missing_and_removes_only_stale_pool_addresses(fleet: dict[str, Any]) -> None:
+    present = ["127.0.0.1/8", "::1/128", "192.0.2.10/32", "192.0.2.99/32", "192.0.2.0/24", "203.0.113.5/32",
+               "2001:db8:1::77/128"]
+    add, remove = vip_plan(fleet["lb3"], present)  # drained, yet its VIPs stay on lo
+    assert add == ["192.0.2.11/32", "192.0.2.20/32", "2001:db8:1::10/128"]
+    assert remove == ["192.0.2.99/32", "2001:db8:1::77/128"]  # never 127/8, a /24, nor outside the pools
+
+
+def test_sync_vips_runs_ip_addr_replace_and_del(fleet: dict[str, Any]) -> None:
+    lo = [{"ifname": "lo", "addr_info": [{"local": "127.0.0.1", "prefixlen": 8},
+                                          {"local": "192.0.2.88", "prefixlen": 32},
+                                          {"local": "192.0.2.50", "prefixlen": 32}]}]
+    run = FakeRun({"addr show": (0, json.dumps(lo))})
+    changes = sync_vips(fleet["kdc1"], run=run, prefix=["ip", "netns", "exec", "x"])
+    assert changes == {"vips": {"added": ["2001:db8:1::88/128"], "removed": ["192.0.2.50/32"]}}
+    assert run.calls[1:] == [["ip", "netns", "exec", "x", "ip", "addr", "replace", "2001:db8:1::88/128", "dev", "lo"],
+                             ["ip", "netns", "exec", "x", "ip", "addr", "del", "192.0.2.50/32", "dev", "lo"]]
+    test_run = FakeRun({"addr show": (0, json.dumps(lo))})
+    assert sync_vips(fleet["kdc1"], test=True, run=test_run)["vips"]["added"] == ["2001:db8:1::88/128"]
+    assert len(test_run.calls) == 1  # test mode only looked
+
+
+def test_converge_is_the_healthd_step_only(fleet: dict[str, Any]) -> None:
+    run = FakeRun({"addr show": (0, "[]")})
+    ctl = ServiceControl("direct", run=run)
+    assert ctl.converge("haproxy", fleet["lb1"]) == {}
+    assert run.calls == []
+    assert ctl.converge("healthd", fleet["lb1"])["vips"]["added"][0] == "192.0.2.10/32"
