@@ -1,0 +1,50 @@
+"""
+anycastlb ext_pillar: each minion's slice of the service catalog.
+
+.. code-block:: yaml
+
+    # /etc/salt/master.d/anycastlb.conf
+    ext_pillar:
+      - anycastlb:
+          catalog: /srv/anycastlb/catalog        # a file or a directory of *.yaml
+          secrets: /etc/anycastlb/secrets.yaml   # optional; kept outside git
+          service_mode: direct                   # optional: direct | systemd
+
+A minion the catalog names gets ``anycastlb:`` = its node model (``anycastlb show
+CATALOG NODE --json``) with ``secrets`` holding only the secret values it uses.
+Any other minion gets nothing. A refused catalog fails the pillar of every
+minion with every lint message (Salt puts them in ``_errors`` and refuses to
+run states). The work is done by :mod:`anycastlb.pillar`.
+
+The file is not called ``anycastlb.py`` on purpose: Salt puts a module's own
+directory on ``sys.path`` while loading it, and a file of the package's name would
+then shadow the ``anycastlb`` package. Salt knows it by its virtual name, ``anycastlb``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "anycastlb"
+
+try:
+    from anycastlb.pillar import node_pillar
+
+    _IMPORT_ERROR = ""
+except ImportError as exc:  # pragma: no cover - depends on the master's Python environment
+    _IMPORT_ERROR = str(exc)
+
+
+def __virtual__() -> str | tuple[bool, str]:
+    if _IMPORT_ERROR:
+        return False, f"the anycastlb package is not importable on the master: {_IMPORT_ERROR}"
+    return __virtualname__
+
+
+def ext_pillar(minion_id: str, pillar: dict[str, Any], catalog: str = "", secrets: str | None = None,
+               service_mode: str | None = None) -> dict[str, Any]:
+    """The minion's ``anycastlb`` pillar; raises ``CatalogRefused`` (every error) on a bad catalog."""
+    return node_pillar(minion_id, catalog, secrets=secrets, service_mode=service_mode)

@@ -1,0 +1,231 @@
+"""What a node does with its pillar slice, without Salt: render, check, apply, drain, status, VIPs.
+
+``_modules/anycastlb.py`` and ``_states/anycastlb.py`` are thin adapters that hand
+``__pillar__["anycastlb"]`` (a node model plus its secret values, see
+:mod:`anycastlb.pillar`) to these functions.
+
+One module-level hook exists for tests and special hosts: :data:`control_factory`
+builds the :class:`~anycastlb.service.ServiceControl` (a test puts a recorder there).
+The VIPs on ``lo`` are converged by the service control with the ``healthd`` step
+(:func:`anycastlb.service.sync_vips`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from typing import Any, Callable, Mapping
+
+from .apply import ApplyResult, apply_daemon, stage_and_check
+from .render import RenderedFile, RenderError, daemon, daemons
+from .service import ServiceControl
+
+#: Builds the service controller from the service mode (``None``: detect). Tests replace it.
+control_factory: Callable[[str | None], Any] = ServiceControl
+
+HEALTHD_CONFIG = "/etc/anycastlb/healthd.json"
+HEALTHD_PIDFILE = "/run/anycastlb/healthd.pid"
+NO_SECRETS: dict[str, Any] = {"certificates": {}, "bgp_passwords": {}}
+
+
+class NodeError(RuntimeError):
+    """This minion cannot act: no model in its pillar, an unknown daemon, ..."""
+
+
+# ----------------------------------------------------------------- pillar → model
+
+
+def node_of(pillar: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model, secret values) from the ``anycastlb`` pillar; refuses a minion the catalog does not name."""
+    data = dict(pillar or {})
+    if not data.get("node"):
+        raise NodeError("this minion has no anycastlb pillar: the catalog does not name it "
+                        "(or the ext_pillar is not configured, or pillar failed: see pillar.items)")
+    secrets = data.pop("secrets", None)
+    if not isinstance(secrets, dict) or "certificates" not in secrets:
+        secrets = NO_SECRETS  # a model straight from `anycastlb show`: names only, no values
+    return data, secrets
+
+
+def control(pillar: Mapping[str, Any] | None) -> Any:
+    """The service controller for this node (pillar ``service_mode``, else the environment, else detection)."""
+    return control_factory((pillar or {}).get("service_mode"))
+
+
+def wanted(model: dict[str, Any]) -> list[str]:
+    """The daemons this node runs, in apply order."""
+    return [d.name for d in daemons() if d.wanted(model)]
+
+
+def spec_for(name: str, model: dict[str, Any]) -> Any:
+    try:
+        spec = daemon(name)
+    except KeyError as exc:
+        raise NodeError(str(exc.args[0])) from None
+    if not spec.wanted(model):
+        raise NodeError(f"{name} does not run on {model['node']} (it runs: {', '.join(wanted(model)) or 'nothing'})")
+    return spec
+
+
+def _selected(model: dict[str, Any], name: str | None) -> list[Any]:
+    return [spec_for(name, model)] if name else [daemon(n) for n in wanted(model)]
+
+
+# ----------------------------------------------------------------- render / check / apply
+
+
+def _shown(f: RenderedFile, show_secrets: bool) -> str:
+    if f.mode & 0o077 == 0 and not show_secrets:
+        return f"(secret file, mode {f.mode:04o}, {len(f.content)} characters: not shown)"
+    return f.content
+
+
+def render(model: dict[str, Any], secrets: dict[str, Any], name: str | None = None,
+           show_secrets: bool = False) -> dict[str, dict[str, str]]:
+    """``{daemon: {path: text}}``: what would be written (secret files hidden unless asked)."""
+    return {s.name: {f.path: _shown(f, show_secrets) for f in s.render(model, secrets, "/")}
+            for s in _selected(model, name)}
+
+
+def check(model: dict[str, Any], secrets: dict[str, Any], name: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run each daemon's own checker on freshly rendered files; nothing live is touched."""
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="aclb-check-") as empty_root:
+        for spec in _selected(model, name):
+            root = "/" if spec.tree else empty_root  # whole-tree daemons check against the packaged tree
+            try:
+                ok, output = stage_and_check(spec, model, secrets, root)
+            except RenderError as exc:
+                ok, output = False, f"render failed: {exc}"
+            out[spec.name] = {"ok": ok, "output": output}
+    return out
+
+
+def apply(name: str, model: dict[str, Any], secrets: dict[str, Any], ctl: Any = None, root: str = "/",
+          test: bool = False) -> ApplyResult:
+    """Render → stage → check → swap → reload one daemon; every failure becomes a ``False`` result."""
+    try:
+        spec_for(name, model)
+        return apply_daemon(name, model, secrets, root=root, test=test, reload=ctl is not None, control=ctl)
+    except (NodeError, RenderError) as exc:
+        return ApplyResult(name, False, f"{name}: {exc}")
+    except Exception as exc:  # a service manager or I/O failure: say it, do not crash the run
+        return ApplyResult(name, False, f"{name}: {type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------- runtime: drain, status
+
+
+def _healthd_paths(config: str = HEALTHD_CONFIG) -> tuple[str, str]:
+    """(drain file, state file) from healthd.json, or healthd's defaults."""
+    from . import healthd
+    try:
+        cfg = healthd.load_config(config)
+        return cfg.drain_file, cfg.state_file
+    except healthd.ConfigError:
+        return healthd.DEFAULT_DRAIN_FILE, healthd.DEFAULT_STATE_FILE
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _is_healthd(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"healthd" in fh.read()
+    except OSError:
+        return False
+
+
+def healthd_pid(pidfile: str = HEALTHD_PIDFILE, state_file: str | None = None) -> int | None:
+    """The running health agent's pid (its pidfile, else the pid its state file names)."""
+    candidates: list[Any] = []
+    try:
+        with open(pidfile, encoding="ascii") as fh:
+            candidates.append(int(fh.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        pass
+    if state_file:
+        candidates.append((_read_json(state_file) or {}).get("pid"))
+    for pid in candidates:
+        if isinstance(pid, int) and _is_healthd(pid):
+            return pid
+    return None
+
+
+def set_drain(drained: bool, timeout: float = 10.0, config: str = HEALTHD_CONFIG,
+              pidfile: str = HEALTHD_PIDFILE) -> dict[str, Any]:
+    """Create (or remove) the drain file, wake the health agent, wait until its state file agrees.
+
+    Draining withdraws every announcement of the node; BGP sessions stay up and
+    HAProxy keeps its connections. ``result`` is ``False`` when the agent is not
+    running or did not confirm in time (the drain file is in place either way).
+    """
+    drain_file, state_file = _healthd_paths(config)
+    if drained:
+        os.makedirs(os.path.dirname(drain_file), exist_ok=True)
+        with open(drain_file, "w", encoding="utf-8") as fh:
+            fh.write(f"drained at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+    else:
+        try:
+            os.remove(drain_file)
+        except FileNotFoundError:
+            pass
+    word = "drained" if drained else "undrained"
+    ret: dict[str, Any] = {"result": False, "drained": drained, "drain_file": drain_file, "healthd_pid": None}
+    pid = healthd_pid(pidfile, state_file)
+    if pid is None:
+        ret["comment"] = (f"drain file {'written' if drained else 'removed'}, but anycastlb-healthd is not running: "
+                          f"the node is {word} when it starts")
+        return ret
+    ret["healthd_pid"] = pid
+    start = time.monotonic()
+    os.kill(pid, signal.SIGUSR1)
+    doc: dict[str, Any] | None = None
+    while True:
+        doc = _read_json(state_file)
+        if doc and doc.get("pid") == pid and doc.get("drained") is drained:
+            announced = [p for p, s in (doc.get("prefixes") or {}).items() if s.get("announced")]
+            if not drained or not announced:
+                break
+        if time.monotonic() - start > timeout:
+            ret["comment"] = f"anycastlb-healthd (pid {pid}) did not report {word} within {timeout:g} s"
+            ret["state"] = doc
+            return ret
+        time.sleep(0.05)
+    ret.update(result=True, waited_ms=round((time.monotonic() - start) * 1000),
+               prefixes={p: s.get("announced") for p, s in sorted((doc.get("prefixes") or {}).items())},
+               comment=f"{word}: anycastlb-healthd (pid {pid}) confirmed"
+                       + ("; every announcement is withdrawn, BGP sessions stay up" if drained else ""))
+    return ret
+
+
+def status(model: dict[str, Any], ctl: Any, config: str = HEALTHD_CONFIG,
+           pidfile: str = HEALTHD_PIDFILE) -> dict[str, Any]:
+    """The health agent's view (drained, what is announced and why) and whether each daemon runs."""
+    drain_file, state_file = _healthd_paths(config)
+    pid = healthd_pid(pidfile, state_file)
+    doc = _read_json(state_file) or {}
+    running: dict[str, Any] = {}
+    for name in wanted(model):
+        try:
+            running[name] = bool(ctl.running(name))
+        except Exception as exc:  # the controller cannot tell: say so rather than guess
+            running[name] = f"unknown ({type(exc).__name__}: {exc})"
+    return {
+        "node": model["node"], "catalog_state": model["state"],
+        "drain_file": os.path.exists(drain_file),
+        "healthd": {"running": pid is not None, "pid": pid, "drained": doc.get("drained"),
+                    "state_file": state_file, "fresh": pid is not None and doc.get("pid") == pid,
+                    "prefixes": doc.get("prefixes", {})},
+        "daemons": running,
+    }

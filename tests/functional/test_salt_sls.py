@@ -1,0 +1,63 @@
+"""The sls tree (salt/): which states a node's highstate holds, in which order."""
+from __future__ import annotations
+
+import pytest
+
+from anycastlb import minion
+from anycastlb.pillar import node_pillar
+
+
+def lowstate(make_minion_opts, tmp_path, catalog, minion_id, pillar_sls: str | None = None):
+    from saltfactories.utils.functional import Loaders
+
+    opts = make_minion_opts(tmp_path, minion_id, catalog, None)
+    if pillar_sls:
+        (tmp_path / "pillar" / "top.sls").write_text("base:\n  '*':\n    - site\n")
+        (tmp_path / "pillar" / "site.sls").write_text(pillar_sls)
+    loaders = Loaders(opts)
+    try:
+        low = loaders.modules.state.show_lowstate()
+        top = loaders.modules.state.show_top()
+    finally:
+        loaders.reset_state()
+    return top, [(c["__id__"], f"{c['state']}.{c['fun']}", c["name"]) for c in low]
+
+
+def test_lb1_gets_packages_then_daemons_in_registry_order(make_minion_opts, tmp_path, catalog_copy):
+    top, low = lowstate(make_minion_opts, tmp_path, catalog_copy, "lb1")
+    assert top == {"base": ["anycastlb.common", "anycastlb.roles.bird", "anycastlb.roles.haproxy",
+                            "anycastlb.daemons"]}
+    model = node_pillar("lb1", str(catalog_copy))["anycastlb"]
+    daemons = minion.wanted(model)
+    assert "haproxy" in daemons and "bird" in daemons
+    assert low == [
+        ("anycastlb-packages-common", "pkg.installed", "anycastlb-packages-common"),
+        ("anycastlb-packages-bird", "pkg.installed", "anycastlb-packages-bird"),
+        ("anycastlb-packages-haproxy", "pkg.installed", "anycastlb-packages-haproxy"),
+    ] + [(f"anycastlb-{d}", "anycastlb.configured", d) for d in daemons]
+
+
+def test_packages_can_be_switched_off(make_minion_opts, tmp_path, catalog_copy):
+    _, low = lowstate(make_minion_opts, tmp_path, catalog_copy, "web1",
+                      "anycastlb:\n  manage_packages: False\n")
+    assert [s for s in low if s[1] == "pkg.installed"] == []
+    daemons = minion.wanted(node_pillar("web1", str(catalog_copy))["anycastlb"])
+    assert [s[2] for s in low if s[1] == "anycastlb.configured"] == daemons
+
+
+def test_monitoring_node_installs_icinga2_and_plugins(make_minion_opts, tmp_path, catalog_copy):
+    from saltfactories.utils.functional import Loaders
+
+    loaders = Loaders(make_minion_opts(tmp_path, "mon1", catalog_copy, None))
+    try:
+        high = loaders.modules.state.show_highstate()
+    finally:
+        loaders.reset_state()
+    pkgs = high["anycastlb-packages-monitoring"]["pkg"]
+    assert {"pkgs": ["icinga2", "monitoring-plugins"]} in pkgs
+
+
+@pytest.mark.parametrize("minion_id", ["stranger"])
+def test_a_minion_the_catalog_does_not_name_gets_no_states(make_minion_opts, tmp_path, catalog_copy, minion_id):
+    top, low = lowstate(make_minion_opts, tmp_path, catalog_copy, minion_id)
+    assert top == {"base": []} and low == []
