@@ -116,7 +116,7 @@ def apply(daemon: str, test: bool = False, root: str = "/") -> dict[str, Any]:
         salt lb1 anycastlb.apply haproxy
     """
     model, secrets = _node()
-    ctl = None if test else _minion.control(__pillar__.get("anycastlb"))
+    ctl = None if test else _minion.control(__pillar__.get("anycastlb"), root=root)
     ret = _minion.apply(daemon, model, secrets, ctl=ctl, root=root, test=test).as_state()
     _fail_retcode(ret["result"] is False)
     return ret

@@ -50,9 +50,14 @@ def node_of(pillar: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str,
     return data, secrets
 
 
-def control(pillar: Mapping[str, Any] | None) -> Any:
-    """The service controller for this node (pillar ``service_mode``, else the environment, else detection)."""
-    return control_factory((pillar or {}).get("service_mode"))
+def control(pillar: Mapping[str, Any] | None, root: str = "/") -> Any:
+    """The service controller for this node (pillar ``service_mode``, else the environment, else detection).
+
+    A ``root`` other than ``/`` places the daemons' pidfiles and sockets under it too,
+    so a staged tree never reloads the host's own daemons.
+    """
+    mode = (pillar or {}).get("service_mode")
+    return control_factory(mode) if root in ("", "/") else control_factory(mode, root=root)
 
 
 def wanted(model: dict[str, Any]) -> list[str]:

@@ -23,9 +23,8 @@ def minion_opts(root: Path, minion_id: str, catalog: Path, secrets: Path | None,
         "pki_dir": str(root / "pki"), "extension_modules": str(root / "extmods"), "sock_dir": str(root / "sock"), "log_file": str(root / "minion.log"),
         "file_client": "local", "file_roots": {"base": [str(REPO / "salt")]},
         "pillar_roots": {"base": [str(root / "pillar")]},
-        # one option per loader type, never module_dirs: [REPO] (the repo root would become an
-        # execution module dir where the anycastlb package collides with _modules/anycastlb.py,
-        # and the repo's pillar/ would shadow _pillar)
+        # one option per loader type: with module_dirs: [REPO] the repo root becomes an
+        # execution-module dir, and the repo's pillar/ (example pillar roots) shadows _pillar
         "module_dirs": [str(REPO / "_modules")],
         "states_dirs": [str(REPO / "_states")],
         "pillar_dirs": [str(REPO / "_pillar")],

@@ -38,8 +38,9 @@ class RecordingControl:
     calls: list[tuple[str, str]] = []
     running_now: set[str] = set()
 
-    def __init__(self, mode: str | None = None):
+    def __init__(self, mode: str | None = None, root: str = "/"):
         self.mode = mode
+        self.root = root
 
     def running(self, daemon: str) -> bool:
         RecordingControl.calls.append(("running", daemon))
@@ -159,3 +160,19 @@ def test_execution_module_render_and_apply(loaders, tmp_path):
     assert loaders.modules.anycastlb.check("fakedaemon")["fakedaemon"]["ok"] is False
     ret = loaders.modules.anycastlb.apply("fakedaemon", root=str(tmp_path))
     assert ret["result"] is False and ret["skip_watch"] is True
+
+
+def test_real_bird_config_through_the_state(loaders, tmp_path):
+    """The real BIRD renderer and `bird -p -c` behind the same state (the reload is still recorded)."""
+    import shutil
+
+    if shutil.which("bird") is None or "bird" not in loaders.modules.anycastlb.daemons():
+        pytest.skip("needs bird and the bird renderer")
+    preview = loaders.states.anycastlb.configured(name="bird", root=str(tmp_path), test=True)
+    assert preview.result is None
+    assert "/etc/bird/bird.conf" in preview.changes["diff"]
+    assert not (tmp_path / "etc/bird/bird.conf").exists()
+    ret = loaders.states.anycastlb.configured(name="bird", root=str(tmp_path))
+    assert ret.result is True, ret.comment
+    assert "router id 198.51.100.21" in (tmp_path / "etc/bird/bird.conf").read_text()
+    assert reloads() == [("reload_or_start", "bird")]
