@@ -101,7 +101,11 @@ class HaproxyWatch:
 
 @dataclass(frozen=True)
 class TcpWatch:
-    """Healthy iff a TCP connect to ``address:port`` succeeds (rise/fall)."""
+    """Healthy iff a TCP connect to ``address:port`` succeeds (rise/fall).
+
+    With ``pidfile``, also only while that process lives: its exit withdraws
+    at once (pidfd), without waiting for the next check.
+    """
 
     address: str
     port: int
@@ -109,12 +113,13 @@ class TcpWatch:
     timeout_ms: int = 1000
     rise: int = 2
     fall: int = 3
+    pidfile: str = ""
     type: str = "tcp"
 
 
 @dataclass(frozen=True)
 class HttpWatch:
-    """Healthy iff ``GET path`` on ``address:port`` answers status ``expect``."""
+    """Healthy iff ``GET path`` on ``address:port`` answers status ``expect`` (``pidfile`` as for tcp)."""
 
     address: str
     port: int
@@ -125,6 +130,7 @@ class HttpWatch:
     timeout_ms: int = 1000
     rise: int = 2
     fall: int = 3
+    pidfile: str = ""
     type: str = "http"
 
 
