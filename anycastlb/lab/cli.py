@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -12,12 +13,15 @@ from .core import DEFAULT_PREFIX, Lab, load_lab, teardown_on_failure, up_network
 from .peer import start_peers
 from .responder import start_responder
 from .salt import start_salt
+from . import fleet as fl
+from .fleet import lab_pillar, make_secrets
+from ..compiler import compile_catalog
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "examples" / "campus.yaml"
 
 
 def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Path | None = None,
-           salt: bool = True, out=sys.stdout) -> Lab:
+           salt: bool = True, out=sys.stdout, apply_states: bool = True) -> Lab:
     """Build network, filesystems, responders, peer BIRD and (optionally) Salt; tear down on failure."""
     t0 = time.monotonic()
     external, ports = cat_mod.stand_ins(catalog)
@@ -30,18 +34,32 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
         for peer, pid in start_peers(lab).items():
             print(f"BIRD on peer {peer}: pid {pid}", file=out)
         if salt:
+            fleet = compile_catalog(catalog)
+            make_secrets(lab.statedir, fleet)
+            lab_pillar(lab.statedir)
             secs = start_salt(lab)
             print(f"salt-master and {len(lab.nodes)} minions answering test.ping after {secs} s", file=out)
+            if apply_states:
+                t1 = time.monotonic()
+                result = fl.apply(lab)
+                changed = sum(r["changed"] for r in result.values())
+                print(f"state.apply on {len(result)} minions: {changed} states changed, 0 failed, "
+                      f"{time.monotonic() - t1:.1f} s", file=out)
+                lab.meta["apply_seconds"] = round(time.monotonic() - t1, 1)
+                conv = fl.wait_converged(lab, fleet)
+                print(f"route reflectors carry every expected announcement after {conv} s", file=out)
         lab.meta["up_seconds"] = round(time.monotonic() - t0, 1)
         lab.save()
     print(lab.summary(), file=out)
-    print(f"lab up in {lab.meta['up_seconds']} s; `anycastlb lab shell NODE --prefix {prefix}` to enter a node",
-          file=out)
+    if salt and apply_states:
+        print(fl.format_status(fl.status(lab)), file=out)
+    print(f"lab up in {lab.meta['up_seconds']} s; `anycastlb lab status`, `anycastlb lab shell NODE`, "
+          f"`anycastlb lab down`", file=out)
     return lab
 
 
 def _cmd_up(a: argparse.Namespace) -> int:
-    lab_up(a.catalog, a.prefix, a.statedir, salt=not a.no_salt)
+    lab_up(a.catalog, a.prefix, a.statedir, salt=not a.no_salt, apply_states=not a.no_apply)
     return 0
 
 
@@ -57,7 +75,14 @@ def _cmd_down(a: argparse.Namespace) -> int:
 
 
 def _cmd_status(a: argparse.Namespace) -> int:
-    print(load_lab(a.prefix, a.statedir).summary())
+    lab = load_lab(a.prefix, a.statedir)
+    if a.hosts:
+        print(lab.summary())
+    st = fl.status(lab)
+    if a.json:
+        print(json.dumps(st, indent=1, sort_keys=True))
+    else:
+        print(fl.format_status(st))
     return 0
 
 
@@ -88,9 +113,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = common(sub.add_parser("up", help="build the lab (tears down a previous one of the same prefix)"))
     p.add_argument("catalog", nargs="?", default=str(DEFAULT_CATALOG), help="catalog file or directory")
     p.add_argument("--no-salt", action="store_true", help="do not start salt-master and minions")
+    p.add_argument("--no-apply", action="store_true", help="start Salt but do not run state.apply")
     p.set_defaults(func=_cmd_up)
     common(sub.add_parser("down", help="tear the lab down")).set_defaults(func=_cmd_down)
-    common(sub.add_parser("status", help="show hosts and processes")).set_defaults(func=_cmd_status)
+    p = common(sub.add_parser("status", help="per service VIP and port: reachable, announced by, backends, checks"))
+    p.add_argument("--hosts", action="store_true", help="also list hosts and processes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status)
     p = common(sub.add_parser("exec", help="run a command in a lab host"))
     p.add_argument("node")
     p.add_argument("argv", nargs=argparse.REMAINDER)

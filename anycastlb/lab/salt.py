@@ -43,9 +43,13 @@ def master_config(lab: "Lab", address: str) -> dict:
         "ipv6": False,
         "auto_accept": True,
         "file_roots": {"base": [str(lab.repo / "salt")]},
-        "pillar_roots": {"base": [str(lab.repo / "pillar")]},
+        # The lab's own site settings (packages are on the host already); see fleet.lab_pillar.
+        "pillar_roots": {"base": [str(lab.statedir / "pillar")]},
         "module_dirs": [str(lab.repo)],
-        "ext_pillar": [{"anycastlb": {"catalog": str(lab.catalog)}}],
+        # With module_dirs at the repo root Salt would look for ext_pillars in <repo>/pillar.
+        "pillar_dirs": [str(lab.repo / "_pillar")],
+        "ext_pillar": [{"anycastlb": {"catalog": str(lab.catalog),
+                                      "secrets": str(lab.statedir / "secrets.yaml")}}],
         "worker_threads": 3,
         "enable_gpu_grains": False,
         "log_level_logfile": "info",

@@ -1,0 +1,283 @@
+"""The fleet in the lab: secrets, ``state.apply`` through the real salt-master, convergence, status.
+
+Everything here drives the lab from outside, the way an operator would: the
+states that run on the minions are the production ones.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ..compiler import Fleet, compile_catalog
+from .salt import BIN, master_node, salt_cmd
+
+if TYPE_CHECKING:
+    from .core import Lab
+
+CLIENT = "client"
+PYTHON = str(BIN / "python")
+
+
+class FleetError(RuntimeError):
+    """The fleet did not apply or did not converge; the message says where."""
+
+
+def make_secrets(statedir: Path, fleet: Fleet) -> Path:
+    """A self-signed certificate per certificate name the catalog uses, in a secrets file (0600).
+
+    The certificate names every apache ``server_name`` and ``*.example.org``-style
+    wildcard of those names, so a client can verify it with the certificate as its CA.
+    """
+    names: set[str] = set()
+    certs: set[str] = set()
+    for m in fleet.nodes.values():
+        if m["haproxy"]:
+            certs.update(m["haproxy"]["certificates"])
+    for s in fleet.services.values():
+        if s["apache"] and s["apache"].get("server_name"):
+            names.add(s["apache"]["server_name"])
+    sans = sorted(names | {"*." + n.split(".", 1)[1] for n in names if "." in n} | {"localhost"})
+    out: dict[str, Any] = {"certificates": {}, "bgp_passwords": {}}
+    d = statedir / "pki"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in sorted(certs):
+        key, crt = d / f"{name}.key", d / f"{name}.crt"
+        if not crt.exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                            "-subj", f"/CN={sans[0]}", "-addext", "subjectAltName=" + ",".join(
+                                f"DNS:{n}" for n in sans), "-keyout", str(key), "-out", str(crt)],
+                           check=True, capture_output=True, timeout=60)
+        out["certificates"][name] = {"cert": crt.read_text(), "key": key.read_text()}
+    path = statedir / "secrets.yaml"
+    path.write_text(yaml.safe_dump(out))
+    path.chmod(0o600)
+    return path
+
+
+def lab_pillar(statedir: Path) -> Path:
+    """Site settings for the lab (packages are installed on the host already)."""
+    d = statedir / "pillar"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "top.sls").write_text("base:\n  '*':\n    - site\n")
+    (d / "site.sls").write_text("anycastlb:\n  manage_packages: False\n")
+    return d
+
+
+def apply(lab: "Lab", target: str = "*", timeout: int = 900, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``salt TARGET state.apply``; returns per-minion counts, raises FleetError on any failed state."""
+    rc, out, err = salt_cmd(lab, target, "state.apply", *extra, "--out=json", "--static", f"--timeout={timeout}",
+                            timeout=timeout + 60)
+    try:
+        data = json.loads(out) if out.strip() else {}
+    except ValueError:
+        raise FleetError(f"state.apply gave no JSON (rc {rc}): {out[-2000:]} {err[-2000:]}")
+    summary: dict[str, Any] = {}
+    failures: list[str] = []
+    for minion, states in sorted(data.items()):
+        if not isinstance(states, dict):
+            failures.append(f"{minion}: {states}")
+            continue
+        ok = [s for s in states.values() if isinstance(s, dict) and s.get("result") is True]
+        bad = [s for s in states.values() if isinstance(s, dict) and s.get("result") is False]
+        changed = [s for s in states.values() if isinstance(s, dict) and s.get("changes")]
+        summary[minion] = {"ok": len(ok), "failed": len(bad), "changed": len(changed)}
+        failures.extend(f"{minion}: {s.get('name')}: {str(s.get('comment'))[:1500]}" for s in bad)
+    if failures or rc not in (0,):
+        raise FleetError("state.apply failed:\n  " + "\n  ".join(failures or [f"rc {rc}: {err[-2000:]}"]))
+    return summary
+
+
+def announcers(lab: "Lab", fleet: Fleet, rr: str | None = None) -> dict[str, list[str]]:
+    """Prefix → nodes whose path a route reflector carries (read with birdc on the RR)."""
+    if rr is None:
+        rr = next(n for n, m in fleet.nodes.items() if "route-reflector" in m["roles"])
+    by_addr = {}
+    for n, m in fleet.nodes.items():
+        by_addr[m["address"]] = n
+        if m["address6"]:
+            by_addr[str(ipaddress.ip_address(m["address6"]))] = n
+    r = lab.exec(rr, ["birdc", "-s", "/run/bird/bird.ctl", "show", "route", "all"], timeout=20)
+    out: dict[str, set[str]] = {}
+    prefix = None
+    for line in r.stdout.splitlines():
+        head = line.split()
+        if line and not line[0].isspace() and head and "/" in head[0]:
+            prefix = head[0]
+        if prefix and "BGP.next_hop:" in line:
+            for tok in line.split(":", 1)[1].split():
+                try:
+                    addr = str(ipaddress.ip_address(tok))
+                except ValueError:
+                    continue
+                if addr in by_addr:
+                    out.setdefault(prefix, set()).add(by_addr[addr])
+    return {p: sorted(v) for p, v in out.items()}
+
+
+def expected_announcers(fleet: Fleet) -> dict[str, list[str]]:
+    """Prefix → active nodes that should announce it."""
+    out: dict[str, set[str]] = {}
+    for n, m in fleet.nodes.items():
+        for p in (m["bgp"] or {}).get("announce", []) if (m["bgp"] or {}).get("role") == "speaker" else []:
+            out.setdefault(p, set()).add(n)
+    return {p: sorted(v) for p, v in out.items()}
+
+
+def wait_converged(lab: "Lab", fleet: Fleet, timeout: float = 90.0) -> float:
+    """Wait until every route reflector carries exactly the expected announcers; return seconds."""
+    t0 = time.monotonic()
+    want = expected_announcers(fleet)
+    rrs = [n for n, m in fleet.nodes.items() if "route-reflector" in m["roles"]]
+    got: dict[str, list[str]] = {}
+    while time.monotonic() - t0 < timeout:
+        if all((got := announcers(lab, fleet, rr)) == want for rr in rrs):
+            return round(time.monotonic() - t0, 1)
+        time.sleep(0.5)
+    raise FleetError(f"route reflectors did not converge in {timeout}s: want {want}, got {got}")
+
+
+def _in_allow(addr: str, allow: list[str]) -> bool:
+    if "any" in allow:
+        return True
+    ip = ipaddress.ip_address(addr)
+    return any(ip.version == ipaddress.ip_network(a).version and ip in ipaddress.ip_network(a) for a in allow)
+
+
+def probe_specs(lab: "Lab", fleet: Fleet, source: str, cafile: str | None) -> list[dict[str, Any]]:
+    """One probe per service VIP and port, as a client at ``source`` would try it."""
+    host = lab.host(source)
+    specs = []
+    for sname, s in fleet.services.items():
+        server_name = (s["apache"] or {}).get("server_name")
+        for vip in s["vips"]:
+            v6 = ":" in vip
+            src = host.address6 if v6 else host.address
+            if src is None:
+                continue
+            for port in s["ports"]:
+                number, proto = port.split("/")
+                spec: dict[str, Any] = {"service": sname, "address": vip, "port": int(number), "source": source,
+                                        "allowed": _in_allow(src, s["allow"]), "timeout": 2.0}
+                if proto == "udp":
+                    spec["kind"] = "udp"
+                elif s["mode"] == "http":
+                    tls = s["tls"] is not None and number == "443"
+                    redirect = s["redirect_http"] and number == "80"
+                    spec.update(kind="https" if tls else "http", host=server_name or vip,
+                                path=s["check"].get("path") or "/", expect="301" if redirect else "200")
+                    if tls:
+                        spec["cafile"] = cafile
+                else:
+                    spec["kind"] = "tcp"
+                specs.append(spec)
+    return specs
+
+
+def run_probes(lab: "Lab", source: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run probes inside ``source``'s namespace (bounded: one try each, 2 s timeout)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=str(lab.statedir), delete=False) as fh:
+        json.dump(specs, fh)
+        path = fh.name
+    try:
+        r = lab.exec(source, [PYTHON, "-m", "anycastlb.lab.probe", path], timeout=30 + 3 * len(specs),
+                     cwd=str(lab.repo))
+    finally:
+        Path(path).unlink(missing_ok=True)
+    if r.returncode != 0:
+        raise FleetError(f"probe in {source} failed: {r.stderr[-1000:]}")
+    return json.loads(r.stdout)
+
+
+def haproxy_states(lab: "Lab", node: str) -> dict[str, dict[str, str]]:
+    """Backend → server → status, from one LB node's stats socket."""
+    r = lab.exec(node, ["sh", "-c", "echo 'show stat' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock"],
+                 timeout=10)
+    out: dict[str, dict[str, str]] = {}
+    lines = r.stdout.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return out
+    cols = lines[0][2:].split(",")
+    for line in lines[1:]:
+        row = dict(zip(cols, line.split(",")))
+        if row.get("svname") in ("FRONTEND", "BACKEND", None) or not row.get("pxname"):
+            continue
+        status = row.get("status", "")
+        if row.get("weight") == "0" and status.startswith("UP"):
+            status = "DRAIN"
+        out.setdefault(row["pxname"], {})[row["svname"]] = status
+    return out
+
+
+def icinga_states(lab: "Lab", fleet: Fleet) -> dict[str, str] | None:
+    """Service check → state (OK/WARNING/CRITICAL/UNKNOWN/PENDING) from the monitoring node's Icinga2."""
+    mons = [n for n, m in fleet.nodes.items() if "monitoring" in m["roles"]]
+    if not mons:
+        return None
+    from ..render import icinga2 as ic  # the renderer knows how its node exposes state
+    reader = getattr(ic, "lab_check_states", None)
+    if reader is None:
+        return None
+    return reader(lambda argv: lab.exec(mons[0], argv, timeout=30))
+
+
+def status(lab: "Lab", fleet: Fleet | None = None) -> dict[str, Any]:
+    """Everything ``lab status`` prints, as data."""
+    fleet = fleet or compile_catalog(lab.catalog)
+    cafile = str(lab.statedir / "pki" / "campus-wildcard.crt")
+    cafiles = sorted((lab.statedir / "pki").glob("*.crt")) if (lab.statedir / "pki").exists() else []
+    cafile = str(cafiles[0]) if cafiles else None
+    campus = master_node(lab)
+    results = run_probes(lab, CLIENT, probe_specs(lab, fleet, CLIENT, cafile))
+    results += run_probes(lab, campus, [s for s in probe_specs(lab, fleet, campus, cafile)
+                                        if not _in_allow(lab.host(CLIENT).address, fleet.services[s["service"]]["allow"])])
+    ann = announcers(lab, fleet)
+    lbs = [n for n, m in fleet.nodes.items() if m["haproxy"] and m["state"] == "active"]
+    ha = haproxy_states(lab, lbs[0]) if lbs else {}
+    ic = icinga_states(lab, fleet)
+    return {"probes": results, "announcers": ann, "expected": expected_announcers(fleet), "haproxy": ha,
+            "haproxy_node": lbs[0] if lbs else None, "icinga": ic}
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """The status as a table and a one-line summary."""
+    rows = [f"{'service':10} {'vip':18} {'port':8} {'from':7} {'result':8} {'announced by':16} detail"]
+    good = bad = 0
+    for p in st["probes"]:
+        prefix = f"{p['address']}/{128 if ':' in p['address'] else 32}"
+        ann = ",".join(st["announcers"].get(prefix, [])) or "-"
+        as_expected = p["ok"] == p["allowed"]
+        good += as_expected
+        bad += not as_expected
+        verdict = ("ok" if p["ok"] else "refused") if as_expected else ("OPEN!" if p["ok"] else "FAIL")
+        rows.append(f"{p['service']:10} {p['address']:18} {str(p['port']) + '/' + ('udp' if p['kind'] == 'udp' else 'tcp'):8} "
+                    f"{p['source']:7} {verdict:8} {ann:16} {p['detail'][:60]}")
+    missing = {p: sorted(set(w) - set(st["announcers"].get(p, []))) for p, w in st["expected"].items()}
+    missing = {p: v for p, v in missing.items() if v}
+    if st["haproxy"]:
+        rows.append(f"haproxy backends on {st['haproxy_node']}:")
+        for be, servers in sorted(st["haproxy"].items()):
+            rows.append(f"  {be:16} " + ", ".join(f"{s} {v}" for s, v in sorted(servers.items())))
+    ic = st.get("icinga")
+    ic_line = ""
+    if ic is not None:
+        counts: dict[str, int] = {}
+        for v in ic.values():
+            counts[v] = counts.get(v, 0) + 1
+        rows.append("icinga2 checks: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        not_ok = sorted(k for k, v in ic.items() if v not in ("OK",))
+        for k in not_ok[:20]:
+            rows.append(f"  {ic[k]:8} {k}")
+        ic_line = f", icinga2 {counts.get('OK', 0)}/{len(ic)} OK"
+    summary = (f"summary: {good}/{good + bad} probes as the catalog says"
+               f"{', missing announcements: ' + str(missing) if missing else ', every active node announces'}"
+               f"{ic_line}")
+    rows.append(summary)
+    return "\n".join(rows)

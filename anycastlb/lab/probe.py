@@ -1,0 +1,85 @@
+"""Bounded client probes run inside a lab namespace: ``python -m anycastlb.lab.probe SPEC.json``.
+
+Each probe makes at most one connection (or one datagram) with a short timeout
+and stops by itself; results are printed as JSON. Used by ``lab status`` (from
+the client and from a campus host) and by the integration tests.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import sys
+import time
+from typing import Any
+
+
+def probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one probe; never raises, always returns ``{"ok", "detail", "ms"}``."""
+    kind, addr, port = spec["kind"], spec["address"], int(spec["port"])
+    timeout = float(spec.get("timeout", 2.0))
+    t0 = time.monotonic()
+    try:
+        if kind in ("http", "https"):
+            ok, detail = _http(spec, kind, addr, port, timeout)
+        elif kind == "tcp":
+            with socket.create_connection((addr, port), timeout=timeout) as s:
+                s.settimeout(timeout)
+                try:
+                    banner = s.recv(200).decode(errors="replace").strip()
+                except socket.timeout:
+                    banner = ""
+            ok, detail = True, f"connected{': ' + banner if banner else ''}"
+        elif kind == "udp":
+            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            with socket.socket(fam, socket.SOCK_DGRAM) as s:
+                s.settimeout(timeout)
+                s.sendto(b"probe\n", (addr, port))
+                data, _ = s.recvfrom(512)
+            ok, detail = True, f"answered: {data.decode(errors='replace').strip()}"
+        else:
+            ok, detail = False, f"unknown probe kind {kind!r}"
+    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    return {"ok": ok, "detail": detail, "ms": round((time.monotonic() - t0) * 1000, 1)}
+
+
+def _http(spec: dict[str, Any], kind: str, addr: str, port: int, timeout: float) -> tuple[bool, str]:
+    host = spec.get("host") or addr
+    if kind == "https":
+        ctx = ssl.create_default_context(cafile=spec.get("cafile"))
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(addr, port, timeout=timeout, context=ctx)
+        # SNI and certificate name check against the virtual host, not the VIP.
+        conn._tunnel_host = None  # type: ignore[attr-defined]
+        sock = socket.create_connection((addr, port), timeout=timeout)
+        conn.sock = ctx.wrap_socket(sock, server_hostname=host)
+    else:
+        conn = http.client.HTTPConnection(addr, port, timeout=timeout)
+    try:
+        conn.request("GET", spec.get("path", "/"), headers={"Host": host, "Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read(4096).decode(errors="replace")
+    finally:
+        conn.close()
+    expect = str(spec.get("expect") or "200")
+    ok = str(resp.status) == expect
+    detail = f"{resp.status}"
+    if resp.status in (301, 302, 307, 308):
+        detail += f" -> {resp.getheader('Location')}"
+    else:
+        first = body.strip().splitlines()[0][:80] if body.strip() else ""
+        detail += f" {first}"
+    return ok, detail
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    specs = json.loads(open(argv[0]).read() if argv and argv[0] != "-" else sys.stdin.read())
+    print(json.dumps([{**s, **probe(s)} for s in specs]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
