@@ -1,0 +1,161 @@
+#!/usr/bin/python3
+# managed by anycastlb: edit the catalog, not this file
+"""One HAProxy frontend and its backend, read from the node's stats endpoint.
+
+Reads HAProxy's Prometheus exporter (``/metrics``) or its stats CSV (``/stats;csv``),
+whichever the URI returns (detected from the content). CRITICAL when the frontend is
+not OPEN or the backend has no UP server; WARNING when only backup servers are UP;
+OK otherwise. Draining and maintenance servers are named in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+LABELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+
+@dataclass
+class Stats:
+    """What the check needs from HAProxy: frontend status, backend servers by state."""
+
+    frontends: dict[str, str] = field(default_factory=dict)       # name → OPEN / STOP / ...
+    servers: dict[str, dict[str, str]] = field(default_factory=dict)  # backend → server → status
+    backup: dict[str, set[str]] = field(default_factory=dict)      # backend → backup servers (CSV only)
+    up_counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # backend → (active UP, backup UP)
+
+
+def parse_csv(text: str) -> Stats:
+    """HAProxy's ``show stat`` / ``;csv`` output."""
+    st = Stats()
+    reader = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    for row in reader:
+        px, sv, status = row.get("pxname", ""), row.get("svname", ""), row.get("status", "")
+        if sv == "FRONTEND":
+            st.frontends[px] = status
+        elif sv != "BACKEND" and px:
+            st.servers.setdefault(px, {})[sv] = status
+            if row.get("bck") == "1":
+                st.backup.setdefault(px, set()).add(sv)
+    for px, servers in st.servers.items():
+        backups = st.backup.get(px, set())
+        act = sum(1 for s, v in servers.items() if s not in backups and _up(v))
+        bck = sum(1 for s, v in servers.items() if s in backups and _up(v))
+        st.up_counts[px] = (act, bck)
+    return st
+
+
+_METRIC = re.compile(r'^(?P<name>haproxy_\w+)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> Stats:
+    """HAProxy's Prometheus exporter output (``haproxy_*_status`` and server counts)."""
+    st = Stats()
+    counts: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group("labels")))
+        name, value = m.group("name"), float(m.group("value"))
+        proxy = labels.get("proxy", "")
+        if name == "haproxy_frontend_status" and value == 1:
+            st.frontends[proxy] = "OPEN" if labels.get("state") == "UP" else labels.get("state", "?")
+        elif name == "haproxy_server_status" and value == 1:
+            st.servers.setdefault(proxy, {})[labels.get("server", "")] = labels.get("state", "?")
+        elif name == "haproxy_server_status":
+            st.servers.setdefault(proxy, {}).setdefault(labels.get("server", ""), "?")
+        elif name == "haproxy_backend_active_servers":
+            counts.setdefault(proxy, [0, 0])[0] = int(value)
+        elif name == "haproxy_backend_backup_servers":
+            counts.setdefault(proxy, [0, 0])[1] = int(value)
+    st.up_counts = {k: (v[0], v[1]) for k, v in counts.items()}
+    return st
+
+
+def parse(text: str) -> Stats:
+    """CSV or Prometheus, detected from the content."""
+    if text.lstrip().startswith("# pxname"):
+        return parse_csv(text)
+    if "haproxy_" in text:
+        return parse_prometheus(text)
+    raise ValueError("neither HAProxy stats CSV nor Prometheus metrics")
+
+
+def _up(status: str) -> bool:
+    return status.startswith("UP") or status == "no check"
+
+
+def evaluate(stats: Stats, frontend: str, backend: str, where: str = "") -> tuple[int, str]:
+    """State and output line for one frontend/backend pair."""
+    at = f" on {where}" if where else ""
+    if frontend not in stats.frontends:
+        return CRITICAL, f"CRITICAL: frontend {frontend} not found{at}"
+    if backend not in stats.servers and backend not in stats.up_counts:
+        return CRITICAL, f"CRITICAL: backend {backend} not found{at}"
+    fe = stats.frontends[frontend]
+    servers = stats.servers.get(backend, {})
+    act, bck = stats.up_counts.get(backend, (sum(1 for v in servers.values() if _up(v)), 0))
+    up = sorted(s for s, v in servers.items() if _up(v))
+    other = sorted(f"{s} {v}" for s, v in servers.items() if not _up(v))
+    text = (f"frontend {frontend} {fe}{at}; backend {backend}: {act + bck}/{len(servers)} server(s) UP"
+            f" ({', '.join(up) or 'none'})")
+    if other:
+        text += f"; not UP: {', '.join(other)}"
+    perf = f"up={act + bck};;1:;0;{len(servers)} active_up={act};;;0 backup_up={bck};;;0"
+    if fe != "OPEN" or act + bck == 0:
+        state = CRITICAL
+    elif act == 0:
+        state, text = WARNING, text + "; only backup servers are UP"
+    else:
+        state = OK
+    return state, f"{LABELS[state]}: {text} | {perf}"
+
+
+def fetch(host: str, port: int, uri: str, timeout: float) -> str:
+    """GET the stats endpoint (``host`` may be an IPv6 address)."""
+    h = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    with urllib.request.urlopen(f"http://{h}:{port}{uri}", timeout=timeout) as resp:  # noqa: S310 (http only)
+        return resp.read().decode("utf-8", "replace")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="check_anycastlb_haproxy", description=__doc__.split("\n\n")[0])
+    p.add_argument("-H", "--host", required=True, help="the node's management address")
+    p.add_argument("-p", "--port", type=int, default=8404)
+    p.add_argument("--uri", default="/metrics", help="Prometheus exporter or stats ';csv' URI")
+    p.add_argument("--frontend", required=True)
+    p.add_argument("--backend", required=True)
+    p.add_argument("--node", default="", help="the node's name, for the output")
+    p.add_argument("-t", "--timeout", type=float, default=10.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the check; print one plugin line; return the plugin exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        stats = parse(fetch(args.host, args.port, args.uri, args.timeout))
+        state, line = evaluate(stats, args.frontend, args.backend, args.node or args.host)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        state, line = CRITICAL, f"CRITICAL: HAProxy stats at {args.host}:{args.port}{args.uri} unreadable: {exc}"
+    print(line)
+    return state
+
+
+def console_main() -> None:
+    """Console entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Icinga2: hosts, VIP pseudo-hosts, services, users and log notifications of the fleet.
+
+Files (owned): ``/etc/icinga2/icinga2.conf`` (Debian's, minus its example objects),
+``/etc/icinga2/conf.d/anycastlb/*.conf`` and the plugins anycastlb ships, deployed from
+:mod:`anycastlb.plugins` to ``/usr/local/lib/anycastlb/plugins/``.
+
+Debian's ``conf.d`` examples are left out on purpose: their apply rules would add
+ping/ssh/disk/http services to every host we define, and ``object Host NodeName``
+clashes with our host of the same name on the monitoring node. ``conf.d/api-users.conf``
+(``icinga2 api setup``) and your own ``conf.d/**/local*.conf`` files are still included.
+
+Node state ``drain`` and backend state ``drain`` are shown in display names and in
+``vars``; a node in ``maintenance`` gets no notifications and an all-day
+ScheduledDowntime (not monitored as an error).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ..plugins import DEPLOYED
+from ..service import Service, register_service
+from . import CheckResult, DaemonSpec, RenderedFile, register, render_template, under
+
+CONFDIR = "/etc/icinga2"
+OURS = f"{CONFDIR}/conf.d/anycastlb"
+PLUGIN_DIR = "/usr/local/lib/anycastlb/plugins"
+BIRD_SOCKET = "/run/bird/bird.ctl"
+HAPROXY_STATS_URI = "/metrics"
+#: Check timing when the model does not say (monitoring.intervals).
+INTERVALS = {"check_s": 60, "retry_s": 30, "attempts": 3}
+#: Certificate expiry thresholds in days (warning, critical).
+CERT_DAYS = (30, 14)
+#: What the udp check sends (a Kerberos KDC answers any datagram it cannot parse with a KRB-ERROR).
+UDP_SEND = "anycastlb-probe"
+
+#: Runtime directories ``icinga2 daemon -C`` is pointed at (under the staging root).
+RUNTIME_DIRS = {"DataDir": "/var/lib/icinga2", "CacheDir": "/var/cache/icinga2", "LogDir": "/var/log/icinga2",
+                "InitRunDir": "/run/icinga2", "SpoolDir": "/var/spool/icinga2"}
+
+#: How the service layer runs Icinga2 outside systemd: Debian's prepare-dirs (creates and
+#: chowns /run/icinga2 etc. for the nagios user), then ``icinga2 daemon -d``; reload =
+#: SIGHUP (Icinga2 validates the new config itself and keeps the old one if it fails).
+SERVICE = register_service(Service(
+    name="icinga2", unit="icinga2",
+    command=("sh", "-c", "/usr/lib/icinga2/prepare-dirs /etc/default/icinga2 && "
+                         "exec icinga2 daemon -d -e /var/log/icinga2/error.log"),
+    pidfile="/run/icinga2/icinga2.pid", reload="SIGHUP", log="/var/log/icinga2/error.log"))
+
+_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+
+
+def q(value: Any) -> str:
+    """An Icinga2 DSL literal (string, number, bool, null or array of those)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[ " + ", ".join(q(v) for v in value) + " ]" if value else "[]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
+
+
+def _is6(addr: str | None) -> bool:
+    try:
+        return addr is not None and ipaddress.ip_address(addr).version == 6
+    except ValueError:
+        return False
+
+
+def _resolve_host(check: dict[str, Any], hosts: dict[str, dict[str, Any]], vip_hosts: set[str]) -> str:
+    """The host a check belongs to.
+
+    Work-around: the compiler puts the HTTP ``Host`` header into ``host`` for backend
+    http checks; such a check is moved to the host whose address it probes.
+    """
+    name = check["host"]
+    if name in hosts or name in vip_hosts:
+        return name
+    by_addr = [h for h, x in hosts.items() if check.get("address") in (x["address"], x.get("address6"))]
+    if len(by_addr) == 1:
+        return by_addr[0]
+    raise ValueError(f"icinga2: check {check['name']!r} names host {name!r}, which is neither a host nor a VIP host")
+
+
+def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]], neighbors: dict[str, list[str]]
+             ) -> list[dict[str, Any]]:
+    """One model check → the Icinga2 Service object(s) for it (name, command, vars)."""
+    t = check["type"]
+    state = check.get("backend_state", "active")
+    display = check["name"] + ("" if state == "active" else f" [{state}]")
+    host_state = hosts.get(host, {}).get("state", "active")
+    base: dict[str, Any] = {"name": check["name"], "host": host, "display": display,
+                            "notify": [] if host_state == "maintenance" else list(check.get("notify", [])),
+                            "maintenance": host_state == "maintenance",
+                            "vars": {"anycastlb_type": t, "anycastlb_service": check.get("service"),
+                                     "anycastlb_backend_state": state}}
+    addr = check.get("address")
+    out = [base]
+    if t in ("http", "https"):
+        base["command"] = "http"
+        base["vars"].update({"http_address": addr, "http_port": check["port"], "http_uri": check.get("path") or "/",
+                             "http_ipv6": _is6(addr)})
+        if check.get("http_host"):
+            base["vars"]["http_vhost"] = check["http_host"]
+        if check.get("expect"):
+            base["vars"]["http_expect"] = str(check["expect"])
+        if t == "https" or check.get("tls"):
+            base["vars"].update({"http_ssl": True, "http_sni": True})
+            cert = {**base, "name": check["name"] + " certificate", "display": display + " certificate",
+                    "vars": {**base["vars"], "http_certificate": f"{CERT_DAYS[0]},{CERT_DAYS[1]}"}}
+            cert["vars"].pop("http_expect", None)
+            out.append(cert)
+    elif t == "tcp":
+        base["command"] = "tcp"
+        base["vars"].update({"tcp_address": addr, "tcp_port": check["port"], "tcp_ipv6": _is6(addr)})
+    elif t == "udp":
+        base["command"] = "anycastlb-udp"
+        base["vars"].update({"anycastlb_udp_address": addr, "anycastlb_udp_port": check["port"],
+                             "anycastlb_udp_send": check.get("send", UDP_SEND)})
+    elif t == "haproxy-frontend":
+        base["command"] = "anycastlb-haproxy"
+        base["vars"].update({"anycastlb_address": addr, "anycastlb_port": check["port"],
+                             "anycastlb_frontend": check["frontend"], "anycastlb_backend": check["backend"],
+                             "anycastlb_node": check["host"]})
+    elif t == "announcers":
+        base["command"] = "anycastlb-announcers"
+        base["vars"].update({"anycastlb_prefix": check["prefix"], "anycastlb_expected": list(check["expected"])})
+    elif t == "rr-sessions":
+        rr = check["host"]
+        nbs = neighbors.get(rr) or [a for a in (hosts[rr]["address"], hosts[rr].get("address6")) if a]
+        base["command"] = "anycastlb-rr-sessions"
+        base["vars"].update({"anycastlb_rr": rr, "anycastlb_neighbors": nbs,
+                             "anycastlb_expected": list(check["expected"])})
+    else:
+        raise ValueError(f"icinga2: check {check['name']!r} has an unknown type {t!r}")
+    return out
+
+
+def objects(model: dict[str, Any]) -> dict[str, Any]:
+    """The template context: hosts, VIP hosts, services, users, speakers."""
+    mon = model["monitoring"]
+    hosts = {h["name"]: h for h in mon["hosts"]}
+    vip_hosts = set(mon["vip_hosts"])
+    neighbors: dict[str, list[str]] = {}
+    for nb in (model.get("bgp") or {}).get("neighbors", []):
+        if nb["kind"] == "route-reflector":
+            neighbors.setdefault(nb["name"], []).append(nb["address"])
+    services: list[dict[str, Any]] = []
+    vips: dict[str, dict[str, Any]] = {v: {"name": v, "service": v.removeprefix("vip-"), "addresses": []}
+                                       for v in sorted(vip_hosts)}
+    for check in mon["checks"]:
+        host = _resolve_host(check, hosts, vip_hosts)
+        services.extend(_service(check, host, hosts, neighbors))
+        if host in vips and check.get("address") and check["address"] not in vips[host]["addresses"]:
+            vips[host]["addresses"].append(check["address"])
+        elif host in vips and check.get("prefix"):
+            addr = check["prefix"].split("/")[0]
+            if addr not in vips[host]["addresses"]:
+                vips[host]["addresses"].append(addr)
+    names = [s["name"] for s in services]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"icinga2: two checks share a name: {', '.join(dup)}")
+    speakers = [f"{h['name']}=" + ",".join(a for a in (h["address"], h.get("address6")) if a)
+                for h in mon["hosts"] if h["managed"]]
+    return {"hosts": mon["hosts"], "vips": list(vips.values()), "services": services, "users": mon["users"],
+            "speakers": speakers, "intervals": {**INTERVALS, **mon.get("intervals", {})}}
+
+
+def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
+    """The Icinga2 configuration of a monitoring node, and the plugins it runs."""
+    ctx = objects(model)
+    mon = model["monitoring"]
+    common = {"node": model["node"], "q": q, "plugin_dir": under(root, mon.get("plugin_dir", PLUGIN_DIR)),
+              "bird_socket": mon.get("bird_socket", BIRD_SOCKET),
+              "stats_uri": mon.get("haproxy_stats_uri", HAPROXY_STATS_URI), "udp_send": UDP_SEND, **ctx}
+    files = [RenderedFile(f"{CONFDIR}/icinga2.conf", render_template("icinga2/icinga2.conf.j2", **common))]
+    for name in ("00-base", "hosts", "services", "users"):
+        files.append(RenderedFile(f"{OURS}/{name}.conf", render_template(f"icinga2/{name}.conf.j2", **common)))
+    plugin_dir = mon.get("plugin_dir", PLUGIN_DIR)
+    for src, dest in sorted(DEPLOYED.items()):
+        files.append(RenderedFile(f"{plugin_dir}/{dest}", (_PLUGINS / src).read_text(encoding="utf-8"), 0o755))
+    return files
+
+
+def check_command(staging: str) -> list[str]:
+    """``icinga2 daemon -C`` on the staged tree, every runtime directory inside the staging root."""
+    cmd = ["icinga2", "daemon", "-C", "-c", under(staging, f"{CONFDIR}/icinga2.conf"),
+           f"-DConfigDir={under(staging, CONFDIR)}"]
+    cmd += [f"-D{k}={under(staging, v)}" for k, v in RUNTIME_DIRS.items()]
+    return cmd + ["-DRunAsUser=root", "-DRunAsGroup=root"]
+
+
+def check(staging: str, files: list[RenderedFile]) -> CheckResult:
+    """Validate the whole staged tree with Icinga2's own config compiler."""
+    for d in RUNTIME_DIRS.values():
+        os.makedirs(under(staging, d), exist_ok=True)
+    cmd = check_command(staging)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError as exc:
+        return CheckResult(False, " ".join(cmd), f"cannot run the checker: {exc}")
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        out = "\n".join(line for line in out.splitlines() if "critical/" in line or "Error" in line
+                        or "Location" in line or "^" in line or line.startswith(("(", " "))) or out
+    return CheckResult(proc.returncode == 0, " ".join(cmd), out.strip())
+
+
+SPEC = register(DaemonSpec(
+    name="icinga2",
+    wanted=lambda model: bool(model.get("monitoring")),
+    render=render,
+    check=check,
+    tree=(CONFDIR, "/var/lib/icinga2/certs"),
+    owned=(f"{CONFDIR}/icinga2.conf", f"{OURS}/*.conf", f"{PLUGIN_DIR}/*"),
+    binary="icinga2",
+    packages=("icinga2", "monitoring-plugins"),
+))

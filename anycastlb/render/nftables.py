@@ -1,0 +1,127 @@
+"""nftables: one table of our own (``table inet anycastlb``), replaced whole on every apply.
+
+The file creates, deletes and re-creates the table in one ``nft -f`` transaction, so
+re-applying swaps the ruleset atomically and leaves every other table on the host
+alone. The input chain drops by default; established/related, loopback and the ICMP
+and ICMPv6 a network needs (echo, unreachable/packet-too-big, time-exceeded,
+parameter-problem, neighbour discovery) are accepted, then every rule of
+``model["firewall"]`` with its comment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from . import CheckResult, DaemonSpec, RenderedFile, register, render_template, under
+
+PATH = "/etc/nftables.d/anycastlb.nft"
+TABLE = "anycastlb"
+
+#: How the service layer starts/reloads this "daemon" (there is no process: the
+#: kernel holds the ruleset). ``running`` is a command that exits 0 while our table
+#: is loaded.
+CONTROL: dict[str, Any] = {
+    "start": [["nft", "-f", PATH]],
+    "reload": [["nft", "-f", PATH]],
+    "running": ["nft", "list", "table", "inet", TABLE],
+    "pidfile": None,
+    "reload_signal": None,
+}
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _split(prefixes: list[str]) -> dict[str, list[str]]:
+    """Prefixes split by family, ``{"ip": [...], "ip6": [...]}``, without overlapping set elements.
+
+    An address or prefix inside another listed prefix is left out (nft refuses
+    overlapping intervals); neighbours are not merged, so every listed host stays
+    readable in the ruleset.
+    """
+    nets: dict[int, set[Net]] = {4: set(), 6: set()}
+    for p in prefixes:
+        net = ipaddress.ip_network(p, strict=False)
+        nets[net.version].add(net)
+    out: dict[str, list[str]] = {}
+    for version, key in ((4, "ip"), (6, "ip6")):
+        group = nets[version]
+        kept = sorted((n for n in group if not any(o != n and n.subnet_of(o) for o in group)),  # type: ignore[arg-type]
+                      key=lambda n: (n.network_address, n.prefixlen))
+        out[key] = [str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n) for n in kept]
+    return out
+
+
+def _set(items: list[str] | list[int]) -> str:
+    """An nft anonymous set, or the bare element when there is only one."""
+    texts = [str(i) for i in items]
+    return texts[0] if len(texts) == 1 else "{ " + ", ".join(texts) + " }"
+
+
+def _comment(text: str) -> str:
+    """A comment nft accepts: no double quotes, at most 128 bytes."""
+    clean = text.replace('"', "'").replace("\\", "/")
+    return clean.encode()[:128].decode(errors="ignore")
+
+
+def rule_lines(rule: dict[str, Any]) -> list[str]:
+    """The nft statements for one model rule (one per address family it applies to)."""
+    src = _split(rule["sources"])
+    dst = _split(rule["destinations"])
+    proto = rule["protocol"]
+    ports = sorted(set(rule["ports"]))
+    match_l4 = f"{proto} dport {_set(ports)}" if ports else f"meta l4proto {proto}"
+    tail = f'{match_l4} accept comment "{_comment(rule["comment"])}"'
+    if not rule["sources"] and not rule["destinations"]:
+        return [tail]
+    lines = []
+    for fam in ("ip", "ip6"):
+        if rule["sources"] and not src[fam]:
+            continue
+        if rule["destinations"] and not dst[fam]:
+            continue
+        parts = []
+        if src[fam]:
+            parts.append(f"{fam} saddr {_set(src[fam])}")
+        if dst[fam]:
+            parts.append(f"{fam} daddr {_set(dst[fam])}")
+        lines.append(" ".join(parts + [tail]))
+    return lines
+
+
+def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
+    """``/etc/nftables.d/anycastlb.nft`` for this node."""
+    fw = model["firewall"]
+    if fw["policy"] not in ("drop", "accept"):
+        raise ValueError(f"firewall policy must be drop or accept, not {fw['policy']!r}")
+    rules = [{"comment": r["comment"], "lines": rule_lines(r)} for r in fw["rules"]]
+    text = render_template("nftables/anycastlb.nft.j2", node=model["node"], table=TABLE,
+                           policy=fw["policy"], rules=rules)
+    return [RenderedFile(PATH, text, 0o644)]
+
+
+def check(staging: str, files: list[RenderedFile]) -> CheckResult:
+    """``nft -c -f`` on the staged file, in a throwaway network namespace when we can make one."""
+    path = under(staging, PATH)
+    cmd = ["nft", "-c", "-f", path]
+    if shutil.which("unshare") and os.geteuid() == 0:
+        cmd = ["unshare", "--net", "--"] + cmd
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError as exc:
+        return CheckResult(False, " ".join(cmd), f"cannot run the checker: {exc}")
+    return CheckResult(proc.returncode == 0, " ".join(cmd), (proc.stdout + proc.stderr).strip())
+
+
+SPEC = register(DaemonSpec(
+    name="nftables",
+    wanted=lambda model: bool(model.get("firewall")),
+    render=render,
+    check=check,
+    owned=(PATH,),
+    binary="nft",
+    packages=("nftables",),
+))
