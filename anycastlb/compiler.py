@@ -789,6 +789,7 @@ class _Builder:
                 m.redirect_http and p.port == 80 and m.backend_port is None)})
             for port in ports:
                 vhosts.append({"service": sname, "server_name": m.apache.server_name or sname,
+                               "backend_state": m.backends[nid].state,
                                "aliases": list(m.apache.aliases), "port": port,
                                "health_path": m.check.http.path if m.check.http else None,
                                "document_root": f"/var/www/anycastlb/{sname}"})
@@ -833,18 +834,19 @@ class _Builder:
                           "sources": srcs, "destinations": sorted(set(destinations), key=_addr_key)})
 
         mgmt = [str(p) for p in self.management]
-        rule("ssh from management", "tcp", [SSH_PORT], mgmt or ["any"])
+        own = self.addrs(nid)   # node services answer on the node's addresses, never on a VIP
+        rule("ssh from management", "tcp", [SSH_PORT], mgmt or ["any"], own)
         if "salt-master" in model["roles"]:
             minions = [a for x in sorted(self.nodes) for a in self.addrs(x)]
-            rule("salt from management and minions", "tcp", SALT_PORTS, mgmt + minions)
+            rule("salt from management and minions", "tcp", SALT_PORTS, mgmt + minions, own)
         bgp = model["bgp"]
         if bgp is not None:
             by_name: dict[tuple[str, str], list[str]] = {}
             for nb in bgp["neighbors"]:
                 by_name.setdefault((nb["kind"], nb["name"]), []).append(nb["address"])
             for (kind, name), addrs in by_name.items():
-                rule(f"bgp from {kind} {name}", "tcp", [BGP_PORT], addrs)
-                rule(f"bfd from {kind} {name}", "udp", BFD_PORTS, addrs)
+                rule(f"bgp from {kind} {name}", "tcp", [BGP_PORT], addrs, own)
+                rule(f"bfd from {kind} {name}", "udp", BFD_PORTS, addrs, own)
         monitors = [a for x in self.monitors for a in self.addrs(x)]
         vips_of: dict[str, list[str]] = {}
         for v in (bgp["vips"] if bgp else []):
@@ -857,13 +859,13 @@ class _Builder:
                 if ports:
                     rule(f"service {sname} on its VIPs", proto, ports, svc.model.allow + monitors, addresses)
         if model["haproxy"] is not None and monitors:
-            rule("haproxy stats for monitoring", "tcp", [HAPROXY_STATS_PORT], monitors + mgmt)
+            rule("haproxy stats for monitoring", "tcp", [HAPROXY_STATS_PORT], monitors + mgmt, [model["address"]])
         for sname in self.backend_of.get(nid, []):
             svc = self.services[sname]
             lbs = [a for x in self.clusters[svc.model.cluster].nodes if x in self.nodes  # type: ignore[index]
                    for a in self.addrs(x)]
             ports = {self.server_port(svc, p) for p in svc.ports}
-            rule(f"backend of {sname} from its LB nodes and monitoring", "tcp", ports, lbs + monitors)
+            rule(f"backend of {sname} from its LB nodes and monitoring", "tcp", ports, lbs + monitors, own)
         for sname in self.anycast_of.get(nid, []):
             svc = self.services[sname]
             for proto in ("tcp", "udp"):
@@ -921,8 +923,7 @@ class _Builder:
                         c.pop("interval_ms", None)
                         checks.append({"name": f"backend {sname} {bid}:{sport}", "host": bid, "service": sname,
                                        "address": addr, "notify": notify, "backend_state": be.state,
-                                       **{k: v for k, v in c.items() if k in ("type", "path", "expect", "host",
-                                                                               "port")},
+                                       **{k: v for k, v in c.items() if k in ("type", "path", "expect", "port")},
                                        "http_host": c.get("host")})
             else:
                 for node in announcers:
@@ -933,7 +934,7 @@ class _Builder:
         for rr in self.rrs:
             checks.append({"name": f"bgp sessions of {rr}", "host": rr, "type": "rr-sessions",
                            "expected": [x for x in self.speakers if self.nodes[x].state == "active"],
-                           "notify": []})
+                           "notify": sorted({u for s in self.services.values() for u in s.model.monitor.notify})})
         for c in checks:
             if c.get("host") is None:
                 c["host"] = c["service"] and f"vip-{c['service']}"

@@ -76,6 +76,11 @@ class Service:
     dirs: tuple[str, ...] = ()
     log: str = ""
     paths: tuple[str, ...] = field(default=())  # argv items that are paths (placed under root)
+    #: No process: ``command`` loads the config into the kernel (nftables); ``probe``
+    #: exits 0 while it is loaded. Both modes run ``command`` (the distribution's unit
+    #: loads its own file, not ours).
+    oneshot: bool = False
+    probe: tuple[str, ...] = ()
 
 
 SERVICES: dict[str, Service] = {}
@@ -280,14 +285,24 @@ class ServiceControl:
         return out
 
     # ---------------------------------------------------------------- interface
+    def _oneshot(self, daemon: str) -> str:
+        argv = self.argv(daemon)
+        self._check(argv, f"load {daemon}")
+        return f"{daemon} loaded ({shlex.join(argv)})"
+
     def running(self, daemon: str) -> bool:
-        """Whether the daemon runs."""
+        """Whether the daemon runs (for a oneshot: whether its config is loaded)."""
+        svc = self._service(daemon)
+        if svc.oneshot:
+            return self._run(self.prefix + list(svc.probe)).returncode == 0
         if self.mode == "systemd":
             return self._run(self.systemctl("is-active", daemon) + ["--quiet"]).returncode == 0
         return self.pid(daemon) is not None
 
     def start(self, daemon: str) -> str:
         """Start the daemon (no-op if it runs); raise :class:`ServiceError` if it does not come up."""
+        if self._service(daemon).oneshot:
+            return self._oneshot(daemon)
         if self.mode == "systemd":
             self._check(self.systemctl("start", daemon), f"start {daemon}")
             return f"{daemon} started (systemd)"
@@ -339,6 +354,8 @@ class ServiceControl:
 
     def reload_or_start(self, daemon: str) -> str:
         """Reload a running daemon (confirmed) or start a stopped one."""
+        if self._service(daemon).oneshot:
+            return self._oneshot(daemon)
         if self.mode == "systemd":
             self._check(self.systemctl("reload-or-restart", daemon), f"reload {daemon}")
             return f"{daemon} reloaded (systemd)"
@@ -359,6 +376,8 @@ class ServiceControl:
 
     def stop(self, daemon: str) -> str:
         """Stop the daemon (SIGTERM to the pid in its pidfile) and wait for it."""
+        if self._service(daemon).oneshot:
+            return f"{daemon} has no process to stop"
         if self.mode == "systemd":
             self._check(self.systemctl("stop", daemon), f"stop {daemon}")
             return f"{daemon} stopped (systemd)"

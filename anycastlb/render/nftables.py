@@ -16,21 +16,16 @@ import shutil
 import subprocess
 from typing import Any
 
+from ..service import Service, register_service
 from . import CheckResult, DaemonSpec, RenderedFile, register, render_template, under
 
 PATH = "/etc/nftables.d/anycastlb.nft"
 TABLE = "anycastlb"
 
-#: How the service layer starts/reloads this "daemon" (there is no process: the
-#: kernel holds the ruleset). ``running`` is a command that exits 0 while our table
-#: is loaded.
-CONTROL: dict[str, Any] = {
-    "start": [["nft", "-f", PATH]],
-    "reload": [["nft", "-f", PATH]],
-    "running": ["nft", "list", "table", "inet", TABLE],
-    "pidfile": None,
-    "reload_signal": None,
-}
+# There is no process: the kernel holds the ruleset. Loading the file replaces our table
+# whole; the probe exits 0 while our table is loaded.
+register_service(Service(name="nftables", unit="", command=("nft", "-f", PATH), paths=(PATH,), pidfile="",
+                         oneshot=True, probe=("nft", "list", "table", "inet", TABLE)))
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -72,13 +72,17 @@ def test_www_open_to_everyone_on_both_families(fleet):
 def test_backend_8080_only_from_the_load_balancers_and_monitoring(fleet):
     r = [x for x in rules(fleet, "web1") if "8080" in x]
     assert r == [
-        'ip saddr { 198.51.100.21, 198.51.100.22, 198.51.100.23, 198.51.100.51 } tcp dport 8080 accept comment '
+        'ip saddr { 198.51.100.21, 198.51.100.22, 198.51.100.23, 198.51.100.51 } ip daddr 198.51.100.31 tcp dport 8080 '
+        'accept comment '
         '"backend of intranet from its LB nodes and monitoring"',
-        'ip6 saddr { 2001:db8:100::21, 2001:db8:100::22, 2001:db8:100::23, 2001:db8:100::51 } tcp dport 8080 accept '
+        'ip6 saddr { 2001:db8:100::21, 2001:db8:100::22, 2001:db8:100::23, 2001:db8:100::51 } ip6 daddr 2001:db8:100::31 '
+        'tcp dport 8080 accept '
         'comment "backend of intranet from its LB nodes and monitoring"',
-        'ip saddr { 198.51.100.21, 198.51.100.22, 198.51.100.23, 198.51.100.51 } tcp dport 8080 accept comment '
+        'ip saddr { 198.51.100.21, 198.51.100.22, 198.51.100.23, 198.51.100.51 } ip daddr 198.51.100.31 tcp dport 8080 '
+        'accept comment '
         '"backend of www from its LB nodes and monitoring"',
-        'ip6 saddr { 2001:db8:100::21, 2001:db8:100::22, 2001:db8:100::23, 2001:db8:100::51 } tcp dport 8080 accept '
+        'ip6 saddr { 2001:db8:100::21, 2001:db8:100::22, 2001:db8:100::23, 2001:db8:100::51 } ip6 daddr 2001:db8:100::31 '
+        'tcp dport 8080 accept '
         'comment "backend of www from its LB nodes and monitoring"',
     ]
 
@@ -86,10 +90,12 @@ def test_backend_8080_only_from_the_load_balancers_and_monitoring(fleet):
 def test_bgp_only_from_neighbors(fleet):
     bgp = [r for r in rules(fleet, "lb1") if "dport 179" in r]
     assert bgp == [
-        'ip saddr 198.51.100.11 tcp dport 179 accept comment "bgp from route-reflector rr1"',
-        'ip6 saddr 2001:db8:100::11 tcp dport 179 accept comment "bgp from route-reflector rr1"',
-        'ip saddr 198.51.100.12 tcp dport 179 accept comment "bgp from route-reflector rr2"',
-        'ip6 saddr 2001:db8:100::12 tcp dport 179 accept comment "bgp from route-reflector rr2"',
+        'ip saddr 198.51.100.11 ip daddr 198.51.100.21 tcp dport 179 accept comment "bgp from route-reflector rr1"',
+        'ip6 saddr 2001:db8:100::11 ip6 daddr 2001:db8:100::21 tcp dport 179 accept comment '
+        '"bgp from route-reflector rr1"',
+        'ip saddr 198.51.100.12 ip daddr 198.51.100.21 tcp dport 179 accept comment "bgp from route-reflector rr2"',
+        'ip6 saddr 2001:db8:100::12 ip6 daddr 2001:db8:100::21 tcp dport 179 accept comment '
+        '"bgp from route-reflector rr2"',
     ]
     rr = [r for r in rules(fleet, "rr1") if "dport 179" in r]
     assert {r.split('"')[1] for r in rr} == {"bgp from client kdc1", "bgp from client kdc2", "bgp from client lb1",
@@ -107,8 +113,8 @@ def test_kdc_udp_and_tcp_on_its_vips(fleet):
 
 def test_overlapping_sources_are_collapsed(fleet):
     salt = [r for r in rules(fleet, "salt") if "4505" in r]
-    assert salt[0].startswith("ip saddr 198.51.100.0/24 tcp dport { 4505, 4506 }")
-    assert salt[1].startswith("ip6 saddr 2001:db8:100::/64 tcp dport { 4505, 4506 }")
+    assert salt[0].startswith("ip saddr 198.51.100.0/24 ip daddr 198.51.100.2 tcp dport { 4505, 4506 }")
+    assert salt[1].startswith("ip6 saddr 2001:db8:100::/64 ip6 daddr 2001:db8:100::2 tcp dport { 4505, 4506 }")
 
 
 def test_rule_without_a_common_family_accepts_nothing(fleet):
