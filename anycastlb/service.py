@@ -106,7 +106,10 @@ register_service(Service(
     dirs=("/run/haproxy", "/var/lib/haproxy")))
 register_service(Service(
     name="bird", unit="bird",
-    command=("bird", "-c", "/etc/bird/bird.conf", "-s", "/run/bird/bird.ctl", "-P", "/run/bird/bird.pid"),
+    # -g bird: the control socket is root:bird 0660, so members of group bird (the monitoring
+    # node's plugin user) may read routes; BIRD itself keeps running as root.
+    command=("bird", "-c", "/etc/bird/bird.conf", "-s", "/run/bird/bird.ctl", "-P", "/run/bird/bird.pid",
+             "-g", "bird"),
     paths=("/etc/bird/bird.conf", "/run/bird/bird.ctl", "/run/bird/bird.pid"),
     pidfile="/run/bird/bird.pid", reload="birdc", ready="/run/bird/bird.ctl", dirs=("/run/bird",)))
 register_service(Service(

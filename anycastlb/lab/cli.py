@@ -48,6 +48,8 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
                 lab.meta["apply_seconds"] = round(time.monotonic() - t1, 1)
                 conv = fl.wait_converged(lab, fleet)
                 print(f"route reflectors carry every expected announcement after {conv} s", file=out)
+                secs = fl.run_checks_now(lab, fleet)
+                print(f"icinga2 ran every check after {secs} s", file=out)
         lab.meta["up_seconds"] = round(time.monotonic() - t0, 1)
         lab.save()
     print(lab.summary(), file=out)

@@ -51,7 +51,7 @@ def make_secrets(statedir: Path, fleet: Fleet) -> Path:
     for name in sorted(certs):
         key, crt = d / f"{name}.key", d / f"{name}.crt"
         if not crt.exists():
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
                             "-subj", f"/CN={sans[0]}", "-addext", "subjectAltName=" + ",".join(
                                 f"DNS:{n}" for n in sans), "-keyout", str(key), "-out", str(crt)],
                            check=True, capture_output=True, timeout=60)
@@ -216,16 +216,45 @@ def haproxy_states(lab: "Lab", node: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def icinga_states(lab: "Lab", fleet: Fleet) -> dict[str, str] | None:
-    """Service check → state (OK/WARNING/CRITICAL/UNKNOWN/PENDING) from the monitoring node's Icinga2."""
+def icinga_states(lab: "Lab", fleet: Fleet) -> dict[str, dict[str, str]] | None:
+    """``host!service`` → state and output, from the monitoring node's Icinga2 (Livestatus)."""
+    from ..render import icinga2 as ic
     mons = [n for n, m in fleet.nodes.items() if "monitoring" in m["roles"]]
     if not mons:
         return None
-    from ..render import icinga2 as ic  # the renderer knows how its node exposes state
-    reader = getattr(ic, "lab_check_states", None)
-    if reader is None:
-        return None
-    return reader(lambda argv: lab.exec(mons[0], argv, timeout=30))
+    r = lab.exec(mons[0], ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"],
+                 input=ic.LIVESTATUS_QUERY, timeout=20)
+    if r.returncode != 0:
+        return {"livestatus": {"state": "UNKNOWN", "output": (r.stderr or r.stdout).strip()[:200]}}
+    return ic.parse_livestatus(r.stdout)
+
+
+def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> float:
+    """Ask Icinga2 to run every check now (Livestatus external command); wait until none is PENDING."""
+    from ..render import icinga2 as ic
+    mons = [n for n, m in fleet.nodes.items() if "monitoring" in m["roles"]]
+    if not mons:
+        return 0.0
+    t0 = time.monotonic()
+    states: dict[str, dict[str, str]] | None = {}
+    while time.monotonic() - t0 < timeout:
+        states = icinga_states(lab, fleet) or {}
+        if states and "livestatus" not in states:
+            break
+        time.sleep(1)
+    hosts = sorted({k.split("!")[0] for k in states or {}})
+    now = int(time.time())
+    cmds = "".join(f"COMMAND [{now}] SCHEDULE_FORCED_HOST_SVC_CHECKS;{h};{now}\n\n" for h in hosts)
+    for cmd in cmds.split("\n\n"):
+        if cmd:
+            lab.exec(mons[0], ["socat", "-t", "2", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"],
+                     input=cmd + "\n\n", timeout=20)
+    while time.monotonic() - t0 < timeout:
+        states = icinga_states(lab, fleet) or {}
+        if states and all(v["state"] != "PENDING" for v in states.values()):
+            return round(time.monotonic() - t0, 1)
+        time.sleep(1)
+    return round(time.monotonic() - t0, 1)
 
 
 def status(lab: "Lab", fleet: Fleet | None = None) -> dict[str, Any]:
@@ -270,11 +299,11 @@ def format_status(st: dict[str, Any]) -> str:
     if ic is not None:
         counts: dict[str, int] = {}
         for v in ic.values():
-            counts[v] = counts.get(v, 0) + 1
+            counts[v["state"]] = counts.get(v["state"], 0) + 1
         rows.append("icinga2 checks: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        not_ok = sorted(k for k, v in ic.items() if v not in ("OK",))
+        not_ok = sorted(k for k, v in ic.items() if v["state"] != "OK")
         for k in not_ok[:20]:
-            rows.append(f"  {ic[k]:8} {k}")
+            rows.append(f"  {ic[k]['state']:8} {k}: {ic[k]['output'][:70]}")
         ic_line = f", icinga2 {counts.get('OK', 0)}/{len(ic)} OK"
     summary = (f"summary: {good}/{good + bad} probes as the catalog says"
                f"{', missing announcements: ' + str(missing) if missing else ', every active node announces'}"

@@ -36,8 +36,10 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
             with socket.socket(fam, socket.SOCK_DGRAM) as s:
                 s.settimeout(timeout)
-                s.sendto(b"probe\n", (addr, port))
-                data, _ = s.recvfrom(512)
+                # Connected, as real clients are: an answer from another address than the VIP is dropped.
+                s.connect((addr, port))
+                s.send(b"probe\n")
+                data = s.recv(512)
             ok, detail = True, f"answered: {data.decode(errors='replace').strip()}"
         else:
             ok, detail = False, f"unknown probe kind {kind!r}"

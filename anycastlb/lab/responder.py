@@ -14,6 +14,7 @@ import argparse
 import os
 import selectors
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,24 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .core import Lab
+
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 does not export it
+
+
+def _reply_udp(sock: socket.socket, banner: bytes) -> None:
+    """Answer one datagram with ``banner``, from the destination address it was sent to."""
+    _data, ancdata, _flags, peer = sock.recvmsg(2048, socket.CMSG_SPACE(64))
+    for level, ctype, cdata in ancdata:
+        if level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
+            dst = cdata[8:12]
+            sock.sendmsg([banner], [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, dst, dst))], 0, peer)
+            return
+        if level == socket.IPPROTO_IPV6 and ctype == socket.IPV6_PKTINFO and len(cdata) >= 20:
+            sock.sendmsg([banner], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                                     struct.pack("=16si", cdata[:16], 0))], 0, peer)
+            return
+    sock.sendto(banner, peer)
 
 
 def _listeners(tcp: list[int], udp: list[int]) -> list[tuple[socket.socket, str, int]]:
@@ -32,6 +51,13 @@ def _listeners(tcp: list[int], udp: list[int]) -> list[tuple[socket.socket, str,
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if fam == socket.AF_INET6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if kind == socket.SOCK_DGRAM:
+                    # Answer from the address the datagram was sent to (a VIP on lo), as a real
+                    # anycast daemon must: a reply from the interface address is dropped by clients.
+                    if fam == socket.AF_INET:
+                        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                    else:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
                 s.bind((addr, port))
                 if kind == socket.SOCK_STREAM:
                     s.listen(64)
@@ -61,8 +87,7 @@ def serve(name: str, tcp: list[int], udp: list[int], watch: Path | None = None,
             banner = f"{name} {port}\n".encode()
             try:
                 if kind == "udp":
-                    _data, peer = sock.recvfrom(2048)
-                    sock.sendto(banner, peer)
+                    _reply_udp(sock, banner)
                 elif kind == "tcp":
                     c, _ = sock.accept()
                     if len(conns) >= max_conns:

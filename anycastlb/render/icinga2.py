@@ -185,10 +185,30 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     files = [RenderedFile(f"{CONFDIR}/icinga2.conf", render_template("icinga2/icinga2.conf.j2", **common))]
     for name in ("00-base", "hosts", "services", "users"):
         files.append(RenderedFile(f"{OURS}/{name}.conf", render_template(f"icinga2/{name}.conf.j2", **common)))
+    files.append(RenderedFile(f"{OURS}/status.conf", render_template(
+        "icinga2/status.conf.j2", socket=LIVESTATUS_SOCKET)))
     plugin_dir = mon.get("plugin_dir", PLUGIN_DIR)
     for src, dest in sorted(DEPLOYED.items()):
         files.append(RenderedFile(f"{plugin_dir}/{dest}", (_PLUGINS / src).read_text(encoding="utf-8"), 0o755))
     return files
+
+
+#: Where the monitoring node answers Livestatus queries (check states for status tools).
+LIVESTATUS_SOCKET = "/run/icinga2/cmd/livestatus"
+#: Every service's state; :func:`parse_livestatus` reads the answer.
+LIVESTATUS_QUERY = ("GET services\nColumns: host_name description state has_been_checked plugin_output\n"
+                    "OutputFormat: json\n\n")
+STATES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+
+def parse_livestatus(text: str) -> dict[str, dict[str, str]]:
+    """``host!service`` → ``{"state", "output"}`` from a Livestatus JSON answer (PENDING if never checked)."""
+    import json
+    out: dict[str, dict[str, str]] = {}
+    for host, desc, state, checked, output in json.loads(text or "[]"):
+        out[f"{host}!{desc}"] = {"state": STATES.get(int(state), "UNKNOWN") if checked else "PENDING",
+                                 "output": str(output)[:200]}
+    return out
 
 
 def check_command(staging: str) -> list[str]:
