@@ -140,7 +140,7 @@ def reload(daemon: str) -> str:  # pylint: disable=redefined-builtin
         raise CommandExecutionError(f"{daemon}: {exc}") from None
 
 
-def drain(timeout: float = 10, config: str = "/etc/anycastlb/healthd.json") -> dict[str, Any]:
+def drain(timeout: float = 10, config: str = "/etc/anycastlb/healthd.json", reason: str = "") -> dict[str, Any]:
     """
     Withdraw every announcement of this node now (BGP sessions stay up, HAProxy
     keeps its connections): writes the drain file, signals anycastlb-healthd and
@@ -152,9 +152,14 @@ def drain(timeout: float = 10, config: str = "/etc/anycastlb/healthd.json") -> d
     .. code-block:: bash
 
         salt lb2 anycastlb.drain
+        salt lb2 anycastlb.drain reason="disk swap, ticket 4711"
+
+    ``reason`` is written into the drain file; an orchestration writes ``orchestrate``
+    and undrains only nodes it drained itself. ``salt-run anycastlb.drain node=lb2``
+    also waits until the route reflectors carry none of the node's paths.
     """
     _node()
-    ret = _minion.set_drain(True, timeout=float(timeout), config=config)
+    ret = _minion.set_drain(True, timeout=float(timeout), config=config, reason=str(reason or ""))
     _fail_retcode(not ret["result"])
     return ret
 
@@ -190,3 +195,88 @@ def status() -> dict[str, Any]:
     """
     model, _ = _node()
     return _minion.status(model, _minion.control(__pillar__.get("anycastlb")))
+
+
+def routes(via: Any = None) -> dict[str, list[str]]:
+    """
+    What this node's BIRD carries: prefix → the next hops of its paths (from
+    ``birdc show route all``). ``via``: only paths via these addresses (a list or a
+    comma-separated string). On a route reflector, that is who announces what.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt rr1 anycastlb.routes
+        salt rr1 anycastlb.routes via=198.51.100.21,2001:db8:100::21
+    """
+    try:
+        return _minion.routes(_list(via))
+    except _minion.NodeError as exc:
+        raise CommandExecutionError(str(exc)) from None
+
+
+def wait_routes(via: Any, present: Any = None, timeout: float = 30) -> dict[str, Any]:
+    """
+    Wait until this node's BIRD carries no path via ``via`` (``present`` not given), or
+    a path via ``via`` for every prefix in ``present``. The exit code is 1 on timeout.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt rr1 anycastlb.wait_routes via=198.51.100.21
+        salt rr1 anycastlb.wait_routes via=198.51.100.21 present=192.0.2.10/32
+    """
+    try:
+        ret = _minion.wait_routes(_list(via), None if present is None else _list(present), timeout=float(timeout))
+    except _minion.NodeError as exc:
+        raise CommandExecutionError(str(exc)) from None
+    _fail_retcode(not ret["result"])
+    return ret
+
+
+def sessions() -> dict[str, dict[str, str]]:
+    """
+    This node's BGP sessions: protocol → ``{state, neighbor}`` (``Established`` or
+    what it is instead).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt rr1 anycastlb.sessions
+    """
+    try:
+        return _minion.sessions()
+    except _minion.NodeError as exc:
+        raise CommandExecutionError(str(exc)) from None
+
+
+def verify(pending: Any = None, timeout: float = 20) -> dict[str, Any]:
+    """
+    Is this node healthy after an apply? Every daemon it runs is running, HAProxy's
+    frontends are OPEN and its backends UP, every BGP session is Established, every
+    apache2 vhost answers its health path; retried until ``timeout``. Backends named
+    in ``pending`` may be down (their servers are deployed later). Exit code 1 if not.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb1 anycastlb.verify
+        salt lb1 anycastlb.verify pending=www-8080 timeout=5
+    """
+    model, _ = _node()
+    ret = _minion.verify(model, _minion.control(__pillar__.get("anycastlb")), _list(pending), timeout=float(timeout))
+    _fail_retcode(not ret["result"])
+    return ret
+
+
+def _list(value: Any) -> list[str]:
+    """A list from a list or a comma-separated string (the CLI passes strings)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v.strip() for v in str(value).split(",") if v.strip()]

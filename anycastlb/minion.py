@@ -168,18 +168,21 @@ def healthd_pid(pidfile: str = HEALTHD_PIDFILE, state_file: str | None = None) -
 
 
 def set_drain(drained: bool, timeout: float = 10.0, config: str = HEALTHD_CONFIG,
-              pidfile: str = HEALTHD_PIDFILE) -> dict[str, Any]:
+              pidfile: str = HEALTHD_PIDFILE, reason: str = "") -> dict[str, Any]:
     """Create (or remove) the drain file, wake the health agent, wait until its state file agrees.
 
     Draining withdraws every announcement of the node; BGP sessions stay up and
     HAProxy keeps its connections. ``result`` is ``False`` when the agent is not
     running or did not confirm in time (the drain file is in place either way).
+    ``reason`` goes into the drain file (an orchestration writes ``orchestrate``, so a
+    later run knows it may undrain the node; see :func:`drain_reason`).
     """
     drain_file, state_file = _healthd_paths(config)
     if drained:
         os.makedirs(os.path.dirname(drain_file), exist_ok=True)
         with open(drain_file, "w", encoding="utf-8") as fh:
-            fh.write(f"drained at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+            fh.write(f"drained at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+                     + (f"reason: {reason}\n" if reason else ""))
     else:
         try:
             os.remove(drain_file)
@@ -228,9 +231,160 @@ def status(model: dict[str, Any], ctl: Any, config: str = HEALTHD_CONFIG,
             running[name] = f"unknown ({type(exc).__name__}: {exc})"
     return {
         "node": model["node"], "catalog_state": model["state"],
-        "drain_file": os.path.exists(drain_file),
+        "drain_file": os.path.exists(drain_file), "drain_reason": drain_reason(drain_file),
         "healthd": {"running": pid is not None, "pid": pid, "drained": doc.get("drained"),
                     "state_file": state_file, "fresh": pid is not None and doc.get("pid") == pid,
                     "prefixes": doc.get("prefixes", {})},
         "daemons": running,
     }
+
+
+def drain_reason(drain_file: str) -> str | None:
+    """The ``reason:`` line of the drain file (``""`` when it has none), None when there is no drain file."""
+    try:
+        with open(drain_file, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if line.startswith("reason:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+# ----------------------------------------------------------------- BIRD: routes and sessions (route reflectors)
+
+BIRD_SOCKET = "/run/bird/bird.ctl"
+
+
+def birdc(*command: str, socket: str = BIRD_SOCKET, timeout: float = 10.0) -> str:
+    """``birdc -s SOCKET COMMAND``'s output; raises NodeError when BIRD does not answer."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["birdc", "-s", socket, *command], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NodeError(f"birdc {' '.join(command)}: {exc}") from None
+    if r.returncode != 0 or "Unable to connect" in r.stdout:
+        raise NodeError(f"birdc {' '.join(command)} failed: {(r.stdout + r.stderr).strip()[-500:]}")
+    return r.stdout
+
+
+def routes(via: list[str] | None = None, socket: str = BIRD_SOCKET) -> dict[str, list[str]]:
+    """Prefix → next hops of every path BIRD carries (only prefixes with a path via one of ``via``)."""
+    from .orchestrate import parse_bird_routes
+
+    parsed = parse_bird_routes(birdc("show", "route", "all", socket=socket))
+    want = set(via or ())
+    out = {p: sorted({x["next_hops"][0] for x in paths if x["next_hops"]}) for p, paths in parsed.items()}
+    if want:
+        out = {p: [h for h in hops if h in want] for p, hops in out.items()}
+    return {p: hops for p, hops in sorted(out.items()) if hops}
+
+
+def wait_routes(via: list[str], present: list[str] | None = None, timeout: float = 30.0,
+                socket: str = BIRD_SOCKET, interval: float = 0.05) -> dict[str, Any]:
+    """Poll BIRD until no path goes via ``via`` (``present`` None) or every prefix of ``present`` has one.
+
+    ``result`` False (with what is carried) when that did not happen within ``timeout``.
+    """
+    start = time.monotonic()
+    want = set(present or ())
+    while True:
+        carried = sorted(routes(via, socket=socket))
+        done = want <= set(carried) if present is not None else not carried
+        waited = round((time.monotonic() - start) * 1000)
+        if done or time.monotonic() - start > timeout:
+            break
+        time.sleep(interval)
+    what = f"every path of {', '.join(sorted(want))}" if present is not None else "no path"
+    return {"result": done, "carried": carried, "waited_ms": waited,
+            "comment": (f"carries {what} via {', '.join(via)} after {waited} ms" if done else
+                        f"still not {what} via {', '.join(via)} after {timeout:g} s: carries {carried}")}
+
+
+def sessions(socket: str = BIRD_SOCKET) -> dict[str, dict[str, str]]:
+    """BGP protocol → ``{state, neighbor}``: ``Established`` or what it is instead."""
+    from .orchestrate import bgp_sessions, parse_bird_protocols
+
+    protos = parse_bird_protocols(birdc("show", "protocols", "all", socket=socket))
+    states = bgp_sessions(protos)
+    return {n: {"state": st, "neighbor": protos[n].get("neighbor", "")} for n, st in states.items()}
+
+
+# ----------------------------------------------------------------- verify (after an apply)
+
+
+def _verify_once(model: dict[str, Any], ctl: Any, pending: list[str]) -> tuple[list[str], list[str]]:
+    from .healthd import STAT_COMMAND, parse_show_stat
+    from .orchestrate import verify_haproxy
+    from .render.haproxy import ADMIN_SOCKET
+    from .service import unix_query
+
+    problems: list[str] = []
+    notes: list[str] = []
+    for name in wanted(model):
+        try:
+            if not ctl.running(name):
+                problems.append(f"{name} is not running")
+        except Exception as exc:  # the controller cannot tell
+            problems.append(f"{name}: cannot tell whether it runs ({type(exc).__name__}: {exc})")
+    if problems:
+        return problems, notes
+    if model.get("haproxy"):
+        try:
+            rows = parse_show_stat(unix_query(ADMIN_SOCKET, STAT_COMMAND.strip()))
+        except (OSError, ValueError) as exc:
+            problems.append(f"haproxy stats socket: {exc}")
+        else:
+            p, n = verify_haproxy(rows, [f["name"] for f in model["haproxy"]["frontends"]],
+                                  [b["name"] for b in model["haproxy"]["backends"]], pending)
+            problems += p
+            notes += n
+    if model.get("bgp"):
+        try:
+            bad = {n: s["state"] for n, s in sessions().items() if s["state"] != "Established"}
+        except NodeError as exc:
+            problems.append(str(exc))
+        else:
+            problems += [f"BGP session {n} is {st}" for n, st in sorted(bad.items())]
+    for vh in (model.get("apache") or {}).get("vhosts", []):
+        if vh.get("health_path"):
+            problems += _http_ok(model["address"], vh["port"], vh["server_name"], vh["health_path"])
+    return problems, notes
+
+
+def _http_ok(address: str, port: int, host: str, path: str) -> list[str]:
+    import http.client
+
+    conn = http.client.HTTPConnection(address, port, timeout=2)
+    try:
+        conn.request("GET", path, headers={"Host": host, "Connection": "close"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        return [f"apache2 {host}{path} on {address}:{port}: {type(exc).__name__}: {exc}"]
+    finally:
+        conn.close()
+    return [] if status == 200 else [f"apache2 {host}{path} on {address}:{port} answers {status}"]
+
+
+def verify(model: dict[str, Any], ctl: Any, pending: list[str] | None = None, timeout: float = 20.0,
+           interval: float = 0.25) -> dict[str, Any]:
+    """After an apply: every daemon runs, HAProxy's frontends are OPEN and backends UP, every BGP
+    session is Established, every apache2 vhost answers its health path — polled until true or
+    ``timeout``. Backends in ``pending`` may be down (a note, not a failure).
+    """
+    start = time.monotonic()
+    while True:
+        problems, notes = _verify_once(model, ctl, list(pending or ()))
+        waited = round((time.monotonic() - start) * 1000)
+        if not problems or time.monotonic() - start > timeout:
+            break
+        time.sleep(interval)
+    checked = ", ".join(wanted(model)) or "no daemons"
+    return {"result": not problems, "node": model["node"], "problems": problems, "notes": notes,
+            "waited_ms": waited,
+            "comment": (f"{model['node']}: verified ({checked}) after {waited} ms" if not problems else
+                        f"{model['node']}: not healthy after {timeout:g} s: " + "; ".join(problems))}

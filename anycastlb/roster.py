@@ -13,10 +13,13 @@ def roster(fleet: Fleet, user: str = "root", priv: str | None = None, port: int 
            nodes: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Minion id → salt-ssh target (``host`` is the node's catalog address)."""
     out: dict[str, dict[str, Any]] = {}
+    masters = [m["address"] for m in fleet.nodes.values() if "salt-master" in m["roles"]]
     for nid in nodes or list(fleet.nodes):
         m = fleet.nodes[nid]
-        entry: dict[str, Any] = {"host": m["address"], "user": user, "port": port,
-                                 "minion_opts": {"id": nid}}
+        opts: dict[str, Any] = {"id": nid}
+        if len(masters) == 1:  # salt/bootstrap/minion.sls points the new minion there
+            opts["anycastlb_master"] = masters[0]
+        entry: dict[str, Any] = {"host": m["address"], "user": user, "port": port, "minion_opts": opts}
         if priv:
             entry["priv"] = priv
         out[nid] = entry

@@ -37,6 +37,8 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
             fleet = compile_catalog(catalog)
             make_secrets(lab.statedir, fleet)
             lab_pillar(lab.statedir)
+            from .ops import prepare as ops_prepare
+            ops_prepare(lab)  # the catalog as a git checkout the ext_pillar reads, the reactor (lab/ops.py)
             secs = start_salt(lab)
             print(f"salt-master and {len(lab.nodes)} minions answering test.ping after {secs} s", file=out)
             if apply_states:

@@ -102,7 +102,7 @@ def test_roster_from_catalog():
     data = yaml.safe_load(r.stdout)
     assert data == {
         "lb1": {"host": "198.51.100.21", "user": "root", "port": 22, "priv": "/etc/salt/pki/ssh/salt-ssh.rsa",
-                "minion_opts": {"id": "lb1"}},
+                "minion_opts": {"id": "lb1", "anycastlb_master": "198.51.100.2"}},
         "web2": {"host": "198.51.100.32", "user": "root", "port": 22, "priv": "/etc/salt/pki/ssh/salt-ssh.rsa",
-                 "minion_opts": {"id": "web2"}}}
+                 "minion_opts": {"id": "web2", "anycastlb_master": "198.51.100.2"}}}
     assert run("roster", str(CAMPUS), "nosuch").returncode == 2

@@ -1,0 +1,287 @@
+"""Operating the lab's fleet: the catalog as a git repository, the reactor, sshd, a node without a minion.
+
+* :func:`prepare` (called by ``lab up`` before Salt starts): copies the catalog into
+  ``<statedir>/catalog-repo/`` (a git checkout with one commit, ``origin`` =
+  ``<statedir>/catalog.git``, a bare repository whose post-receive hook sends
+  ``anycastlb/catalog/changed`` to the master), points the ext_pillar there, and gives
+  the master the reactor (``/etc/salt/master.d/anycastlb-ops.conf``).
+* :func:`push_catalog`: what an operator does: clone, change, commit, push (inside the
+  master node, so the hook reaches the master's event bus, as a push over SSH would).
+* :func:`forget_minion`, :func:`start_sshd`, :func:`salt_ssh_roster`, :func:`bootstrap`:
+  a node with no minion, brought into Salt by ``salt-ssh`` and ``salt/bootstrap/minion.sls``.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import yaml
+
+from .salt import BIN, master_node, minion_config, ping, salt_cmd
+
+if TYPE_CHECKING:
+    from .core import Lab
+
+EVENT_TAG = "anycastlb/catalog/changed"
+BRANCH = "main"
+GIT_ENV = ["-c", "user.name=anycastlb lab", "-c", "user.email=lab@example.org", "-c", "init.defaultBranch=main"]
+AUTHORIZED_KEYS = "/etc/ssh/anycastlb-lab-authorized_keys"  # in the node's private /etc (never /root)
+THIN_DIR = "/var/lib/anycastlb/salt-thin"  # the node's private /var/lib (salt-ssh's default is /var/tmp)
+
+
+class OpsError(RuntimeError):
+    """A lab operation failed; the message says which and why."""
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    r = subprocess.run(["git", *GIT_ENV, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise OpsError(f"git {' '.join(args)}: {(r.stderr or r.stdout).strip()}")
+    return r.stdout.strip()
+
+
+def repo_paths(lab: "Lab") -> tuple[Path, Path]:
+    """(bare repository, the master's checkout)."""
+    return lab.statedir / "catalog.git", lab.statedir / "catalog-repo"
+
+
+HOOK = """#!/bin/sh
+# anycastlb lab: a push to {branch} tells the salt-master; its reactor brings the master's
+# checkout to the pushed commit and runs the rolling deploy (salt/reactor/catalog_changed.sls).
+while read old new ref; do
+  [ "$ref" = "refs/heads/{branch}" ] || continue
+  {salt_run} --out=quiet event.send {tag} "{{\\"rev\\": \\"$new\\", \\"ref\\": \\"$ref\\"}}" \\
+    && echo "anycastlb: sent {tag} for $new"
+done
+"""
+
+
+def make_catalog_repo(lab: "Lab") -> Path:
+    """The catalog as ``<statedir>/catalog-repo`` (one commit) with a bare ``origin``; returns the new catalog path."""
+    bare, work = repo_paths(lab)
+    src = Path(lab.catalog)
+    for d in (bare, work):
+        if d.exists():
+            shutil.rmtree(d)
+    _git("init", "--quiet", "--bare", "--initial-branch", BRANCH, str(bare))
+    hook = bare / "hooks" / "post-receive"
+    hook.write_text(HOOK.format(branch=BRANCH, tag=EVENT_TAG, salt_run=shlex.quote(str(BIN / "salt-run"))))
+    hook.chmod(0o755)
+    _git("init", "--quiet", "--initial-branch", BRANCH, str(work))
+    if src.is_dir():
+        dst = work / "catalog"
+        shutil.copytree(src, dst)
+        target = dst
+    else:
+        target = work / src.name
+        shutil.copy2(src, target)
+    _git("add", "-A", cwd=work)
+    _git("commit", "--quiet", "-m", f"catalog from {src}", cwd=work)
+    _git("remote", "add", "origin", str(bare), cwd=work)
+    _git("push", "--quiet", "-u", "origin", BRANCH, cwd=work)
+    _git("remote", "set-head", "origin", BRANCH, cwd=work)
+    return target
+
+
+def reactor_config() -> dict[str, Any]:
+    """The master settings the reactor needs (see docs/operations.md)."""
+    reactor = ["salt://reactor/catalog_changed.sls"]
+    return {"reactor": [{EVENT_TAG: reactor}, {f"salt/netapi/hook/{EVENT_TAG}": reactor}]}
+
+
+def prepare(lab: "Lab") -> None:
+    """Before Salt starts: the catalog as a git checkout (the ext_pillar reads it) and the reactor."""
+    lab.meta["catalog_source"] = str(lab.catalog)
+    lab.catalog = make_catalog_repo(lab)
+    lab.save()
+    master = master_node(lab)
+    lab.write_file(master, "/etc/salt/master.d/anycastlb-ops.conf",
+                   "# anycastlb lab: reactor on catalog changes\n" + yaml.safe_dump(reactor_config()))
+
+
+def push_catalog(lab: "Lab", edit: Callable[[Path], None], message: str) -> str:
+    """Clone the catalog repository, let ``edit(checkout_dir)`` change it, commit and push it
+    from inside the master node (the post-receive hook sends the event); returns the commit."""
+    bare, work = repo_paths(lab)
+    clone = lab.statedir / f"operator-{int(time.time() * 1000)}"
+    _git("clone", "--quiet", str(bare), str(clone))
+    try:
+        edit(clone)
+        _git("add", "-A", cwd=clone)
+        _git("commit", "--quiet", "-m", message, cwd=clone)
+        rev = _git("rev-parse", "HEAD", cwd=clone)
+        r = lab.exec(master_node(lab), ["git", *GIT_ENV, "-C", str(clone), "push", "origin", BRANCH], timeout=120)
+        if r.returncode != 0:
+            raise OpsError(f"git push: {r.stderr.strip()}")
+        if "anycastlb: sent" not in r.stderr + r.stdout:
+            raise OpsError(f"the post-receive hook did not send the event: {r.stderr.strip()}")
+        return rev
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
+
+
+def catalog_file(lab: "Lab") -> Path:
+    """The catalog file the master reads (the checkout's copy)."""
+    return Path(lab.catalog)
+
+
+# ----------------------------------------------------------------- a node with no minion, salt-ssh
+
+
+def forget_minion(lab: "Lab", node: str) -> None:
+    """Make ``node`` a fresh node for Salt: its minion stopped, its config and keys gone, its key deleted on the master."""
+    lab.stop(node, "salt-minion")
+    lab.exec(node, ["sh", "-c", "rm -rf /etc/salt/minion.d /etc/salt/pki /etc/salt/minion_id "
+                                "/var/cache/salt/minion"], check=True)
+    lab.exec(master_node(lab), [str(BIN / "salt-key"), "-y", "-d", node], timeout=60)
+
+
+def ssh_key(lab: "Lab") -> Path:
+    """The lab's salt-ssh key (``<statedir>/ssh/id_ed25519``), made once."""
+    d = lab.statedir / "ssh"
+    d.mkdir(mode=0o700, exist_ok=True)
+    key = d / "id_ed25519"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"anycastlb lab {lab.prefix}",
+                        "-f", str(key)], check=True, capture_output=True, timeout=30)
+    return key
+
+
+def start_sshd(lab: "Lab", node: str, timeout: float = 10.0) -> int:
+    """sshd in ``node`` on its catalog address, with its own host keys and the lab key authorized."""
+    from .proc import alive
+
+    key = ssh_key(lab)
+    old = lab.registry.get(node, "sshd")
+    if old and alive(old["pid"], old.get("start")):
+        return int(old["pid"])
+    lab.write_file(node, AUTHORIZED_KEYS, (key.with_suffix(".pub")).read_text(), mode=0o600)
+    lab.exec(node, ["ssh-keygen", "-A"], check=True)
+    addr = lab.host(node).address
+    pid = lab.spawn(node, ["/usr/sbin/sshd", "-D", "-e", "-o", f"ListenAddress={addr}",
+                           "-o", f"AuthorizedKeysFile={AUTHORIZED_KEYS}", "-o", "PermitRootLogin=prohibit-password",
+                           "-o", "PasswordAuthentication=no", "-o", "PidFile=/run/sshd/lab-sshd.pid"], "sshd")
+    deadline = time.monotonic() + timeout
+    while not lab.exec(node, ["ss", "-Hltn", "sport = :22"], timeout=10).stdout.strip():
+        if time.monotonic() > deadline:
+            raise OpsError(f"sshd in {node} not listening (see {lab.log_path(node, 'sshd')})")
+        time.sleep(0.1)
+    return pid
+
+
+def salt_ssh_roster(lab: "Lab", nodes: list[str]) -> str:
+    """``anycastlb roster`` for ``nodes`` with the lab key, thin dir in the node's private /var/lib."""
+    from ..compiler import compile_catalog
+    from ..roster import roster
+
+    entries = roster(compile_catalog(lab.catalog), priv=str(ssh_key(lab)), nodes=nodes)
+    for e in entries.values():
+        e["thin_dir"] = THIN_DIR
+        # /root is the host's (shared): its shell profile may put a pyenv shim first on PATH,
+        # which salt-ssh's shim cannot run under `set -u`. The node's own Python, please.
+        e["set_path"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+        # nodes get fresh host keys every lab: record them nowhere (never the host's known_hosts)
+        e["ssh_options"] = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"]
+    return "# anycastlb lab: generated from the catalog (anycastlb roster)\n" + yaml.safe_dump(entries)
+
+
+def bootstrap_pillar(lab: "Lab", node: str) -> dict[str, Any]:
+    """The lab's ``anycastlb_bootstrap`` pillar: the venv's salt-minion, started as a daemon."""
+    master = lab.host(master_node(lab)).address
+    extra = {k: v for k, v in minion_config(lab, node, master).items() if k not in ("id", "master")}
+    return {"anycastlb_bootstrap": {"install": "none", "start": "daemon",
+                                    "command": f"{BIN / 'salt-minion'} -d -l warning --disable-keepalive",
+                                    "master": master, "config": extra}}
+
+
+def bootstrap(lab: "Lab", node: str, timeout: float = 180.0) -> dict[str, Any]:
+    """``salt-ssh NODE state.apply bootstrap.minion`` from the master node; wait until NODE answers test.ping."""
+    t0 = time.monotonic()
+    master = master_node(lab)
+    lab.write_file(master, "/etc/salt/roster", salt_ssh_roster(lab, [node]))
+    argv = [str(BIN / "salt-ssh"), "--roster-file=/etc/salt/roster", "--no-host-keys", "--out=json", "--static",
+            node, "state.apply", "bootstrap.minion", "pillar=" + json.dumps(bootstrap_pillar(lab, node))]
+    r = lab.exec(master, argv, timeout=timeout)
+    try:
+        out = json.loads(r.stdout)[node]
+    except (ValueError, KeyError, TypeError):
+        raise OpsError(f"salt-ssh {node} gave no result (rc {r.returncode}): {r.stdout[-2000:]} {r.stderr[-2000:]}")
+    states = out if isinstance(out, dict) else {}
+    failed = [f"{s.get('__id__')}: {s.get('comment')}" for s in states.values()
+              if isinstance(s, dict) and s.get("result") is False]
+    if r.returncode != 0 or failed or not states:
+        raise OpsError(f"salt-ssh {node} state.apply bootstrap.minion failed (rc {r.returncode}): "
+                       f"{failed or out}")
+    ssh_seconds = round(time.monotonic() - t0, 1)
+    deadline = time.monotonic() + timeout
+    while node not in ping(lab, timeout=3):
+        if time.monotonic() > deadline:
+            raise OpsError(f"{node} bootstrapped but not answering test.ping (see its /var/log/salt/minion)")
+        time.sleep(1)
+    return {"states": len(states), "salt_ssh_seconds": ssh_seconds, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def orchestrate(lab: "Lab", mods: str = "orch.deploy", pillar: dict[str, Any] | None = None,
+                timeout: float = 900) -> tuple[int, dict[str, Any], str]:
+    """``salt-run state.orchestrate MODS`` on the master: (rc, parsed JSON, raw output)."""
+    argv = [str(BIN / "salt-run"), "state.orchestrate", mods, "--out=json"]
+    if pillar:
+        argv.append("pillar=" + json.dumps(pillar))
+    r = lab.exec(master_node(lab), argv, timeout=timeout)
+    try:
+        data = json.loads(r.stdout)
+    except ValueError:
+        data = {}
+    return r.returncode, data, r.stdout + r.stderr
+
+
+def salt_run(lab: "Lab", *args: str, timeout: float = 300) -> tuple[int, Any, str]:
+    """``salt-run ARGS --out=json`` on the master: (rc, parsed JSON or None, raw output)."""
+    r = lab.exec(master_node(lab), [str(BIN / "salt-run"), *args, "--out=json"], timeout=timeout)
+    try:
+        data = json.loads(r.stdout)
+    except ValueError:
+        data = None
+    return r.returncode, data, r.stdout + r.stderr
+
+
+__all__ = ["EVENT_TAG", "OpsError", "bootstrap", "forget_minion", "make_catalog_repo", "orchestrate", "prepare",
+           "push_catalog", "salt_cmd", "salt_run", "start_sshd"]
+
+
+def restart_minions(lab: "Lab", nodes: list[str] | None = None, wait: float = 120.0) -> float:
+    """Restart the lab's minions (every process of theirs, found in the nodes' mount namespaces);
+    return the seconds until all answer ``test.ping``.
+
+    Needed after the first highstate: its nftables ruleset is loaded while the minions'
+    connections to the master are open; conntrack picks those up mid-stream without their
+    window scaling, marks their packets invalid and the ruleset drops them, so the master
+    sees the minions as "Not connected" until they reconnect.
+    """
+    from . import nodefs, proc
+
+    nodes = list(nodes or [n for n in lab.nodes if lab.registry.get(n, "salt-minion")])
+    inodes = {i for n in nodes if (i := proc.ns_inode(nodefs.mnt_file(lab.statedir, n))) is not None}
+    pids = []
+    for p in proc.mntns_pids(inodes):
+        try:
+            if b"salt-minion" in Path(f"/proc/{p}/cmdline").read_bytes():
+                pids.append(p)
+        except OSError:
+            continue
+    proc.kill_all(pids, 5.0)
+    t0 = time.monotonic()
+    for n in nodes:
+        lab.registry.remove(n, "salt-minion")
+        (lab.node_root(n) / "run" / "salt-minion.pid").unlink(missing_ok=True)
+        lab.spawn(n, [str(BIN / "salt-minion"), "-l", "warning", "--disable-keepalive"], "salt-minion")
+    while not set(nodes) <= ping(lab, timeout=3):
+        if time.monotonic() - t0 > wait:
+            raise OpsError(f"minions not answering after a restart: {sorted(set(nodes) - ping(lab))}")
+        time.sleep(1)
+    return round(time.monotonic() - t0, 1)

@@ -1,0 +1,382 @@
+"""Rolling deploys without Salt: lint, the ordered plan, and reading BIRD and HAProxy answers.
+
+``_runners/anycastlb_mod.py`` (the master side) and :mod:`anycastlb.minion` (the node
+side) are thin adapters over these functions; ``salt/orch/deploy.sls`` only lays the
+plan out as states.
+
+The plan (:func:`plan`) is ordered so that no service loses its last announcer:
+
+1. route reflectors, one at a time (apply, verify: every BGP session Established);
+2. the HAProxy nodes of each cluster, one at a time: drain (withdraw, wait until the
+   route reflectors carry none of the node's paths), apply, verify, undrain (wait until
+   they carry its paths again) — so at most one node of a cluster is ever out;
+3. the anycast backends, the same way;
+4. the web (and other managed) backends, one at a time (apply, verify);
+5. monitoring; 6. every other node (the salt-master last).
+
+A node whose catalog ``state`` is ``drain``/``maintenance`` is drained and applied but
+never undrained: the catalog wins. A node drained at runtime by an operator (its drain
+file exists and was not written by an orchestration) stays drained too. The runtime
+drain file (``anycastlb.drain``, for now) and the catalog's ``state: drain`` (durable:
+the node's health agent gets no announcements at all) are two different things.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from .compiler import Fleet, compile_catalog
+from .errors import CatalogRefused
+
+#: The drain reason an orchestration writes into the drain file (see :func:`anycastlb.minion.set_drain`).
+ORCHESTRATE = "orchestrate"
+
+PHASES = ("route-reflectors", "clusters", "anycast", "backends", "monitoring", "other")
+
+
+# ----------------------------------------------------------------- lint
+
+
+@dataclass
+class Lint:
+    """The verdict on a catalog: a fleet, or every error."""
+
+    ok: bool
+    catalog: str
+    summary: str
+    errors: list[str] = field(default_factory=list)
+    fleet: Fleet | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"result": self.ok, "catalog": self.catalog, "comment": self.summary, "errors": self.errors}
+
+
+def lint(catalog: str, secrets: str | None = None) -> Lint:
+    """Compile ``catalog`` (with the secrets store when given); never raises on a bad catalog."""
+    if not catalog:
+        return Lint(False, "", "no catalog configured (ext_pillar anycastlb: catalog: ...)",
+                    ["the master's ext_pillar has no anycastlb entry with a catalog"])
+    try:
+        store = None
+        if secrets:
+            from .secrets import load_secrets
+            store = load_secrets(secrets)
+        fleet = compile_catalog(catalog, secrets=store)
+    except CatalogRefused as exc:
+        errors = [str(e) for e in exc.errors]
+        return Lint(False, catalog, f"catalog refused: {len(errors)} error(s): nothing is applied", errors)
+    s = fleet.summary
+    return Lint(True, catalog, f"catalog ok: {s['services']} services, {s['vips']} VIPs, {s['nodes']} nodes, "
+                               f"{s['clusters']} clusters", [], fleet)
+
+
+# ----------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node's turn: ``actions`` among drain, apply, verify, undrain, in that order."""
+
+    node: str
+    phase: str
+    group: str
+    actions: tuple[str, ...]
+    pending: tuple[str, ...] = ()  # HAProxy backends that may still be down at verify (their servers come later)
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["actions"], d["pending"] = list(self.actions), list(self.pending)
+        return d
+
+
+def _active(model: Mapping[str, Any]) -> bool:
+    return model.get("state", "active") == "active"
+
+
+def _speaker(model: Mapping[str, Any]) -> bool:
+    return bool(model.get("bgp")) and model["bgp"].get("role") == "speaker"
+
+
+def _rolling(node: str, model: Mapping[str, Any], phase: str, group: str, peers: Sequence[str],
+             runtime_drained: Mapping[str, str], pending: tuple[str, ...] = ()) -> Step:
+    """The step of a node that announces VIPs: drain around the apply when someone else carries them."""
+    if not _active(model):
+        return Step(node, phase, group, ("drain", "apply", "verify"), pending,
+                    f"catalog state {model['state']}: applied drained and left drained (the catalog wins)")
+    if node in runtime_drained:
+        return Step(node, phase, group, ("drain", "apply", "verify"), pending,
+                    f"drained at runtime ({runtime_drained[node] or 'drain file'}): left drained; "
+                    f"`salt-run anycastlb.undrain node={node}` when done")
+    others = [p for p in peers if p != node]
+    if not others:
+        return Step(node, phase, group, ("apply", "verify"), pending,
+                    "the only active announcer of its VIPs: applied in place, not drained")
+    return Step(node, phase, group, ("drain", "apply", "verify", "undrain"), pending)
+
+
+def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = ()) -> list[Step]:
+    """Every node of the fleet once, in deploy order (see the module docstring).
+
+    ``runtime_drained``: nodes whose drain file an operator wrote (node → reason); they
+    are applied drained and left drained.
+    """
+    rd = dict(runtime_drained) if isinstance(runtime_drained, Mapping) else {n: "" for n in runtime_drained}
+    nodes = fleet.nodes
+    order = list(nodes)
+    placed: set[str] = set()
+    steps: list[Step] = []
+
+    def add(step: Step) -> None:
+        placed.add(step.node)
+        steps.append(step)
+
+    # 1. route reflectors
+    for n in order:
+        if "route-reflector" in nodes[n]["roles"]:
+            add(Step(n, "route-reflectors", "route reflectors", ("apply", "verify")))
+    # 2. HAProxy clusters, in the order they first appear
+    clusters: dict[str, list[str]] = {}
+    for n in order:
+        for c in (nodes[n].get("haproxy") or {}).get("clusters", []):
+            clusters.setdefault(c, []).append(n)
+    managed_later = {n for n in order if {"backend", "apache"} & set(nodes[n]["roles"])}
+    for cname, members in clusters.items():
+        active = [m for m in members if _active(nodes[m]) and m not in rd]
+        for n in members:
+            if n in placed:
+                continue
+            pending = tuple(sorted(
+                b["name"] for b in nodes[n]["haproxy"]["backends"]
+                if b["servers"] and all(s["managed"] and s["name"] in managed_later for s in b["servers"])))
+            add(_rolling(n, nodes[n], "clusters", f"cluster {cname}", active, rd, pending))
+    # 3. anycast backends: the other announcers are the nodes sharing one of its VIPs
+    for n in order:
+        if n in placed or "anycast" not in nodes[n]["roles"]:
+            continue
+        mine = set(nodes[n]["bgp"]["announce"]) if _speaker(nodes[n]) else set()
+        svc = sorted(s for s in nodes[n]["services"] if fleet.services.get(s, {}).get("mode") == "anycast")
+        sharing = [m for m in order if _active(nodes[m]) and m not in rd and "anycast" in nodes[m]["roles"]
+                   and (set(nodes[m]["bgp"]["announce"]) & mine or m == n)]
+        add(_rolling(n, nodes[n], "anycast", "anycast " + ",".join(svc), sharing, rd))
+    # 4. backends (apache vhosts, HAProxy servers)
+    for n in order:
+        if n not in placed and {"backend", "apache"} & set(nodes[n]["roles"]):
+            add(Step(n, "backends", "backends", ("apply", "verify")))
+    # 5. monitoring
+    for n in order:
+        if n not in placed and "monitoring" in nodes[n]["roles"]:
+            add(Step(n, "monitoring", "monitoring", ("apply", "verify")))
+    # 6. everything else, the salt-master last
+    rest = [n for n in order if n not in placed]
+    rest.sort(key=lambda n: "salt-master" in nodes[n]["roles"])
+    for n in rest:
+        add(Step(n, "other", "salt-master" if "salt-master" in nodes[n]["roles"] else "other", ("apply", "verify")))
+    return steps
+
+
+def out_at_once(steps: Sequence[Step], fleet: Fleet) -> dict[str, int]:
+    """Cluster → the most active nodes the plan has out (drained) at the same time (1 or 0)."""
+    out: dict[str, int] = {}
+    for s in steps:
+        for c in (fleet.nodes[s.node].get("haproxy") or {}).get("clusters", []):
+            out[c] = max(out.get(c, 0), 1 if "drain" in s.actions and "undrain" in s.actions else 0)
+    return out
+
+
+def node_addresses(model: Mapping[str, Any]) -> list[str]:
+    """The addresses the node's BGP paths carry as next hop (v4 and v6, normalised)."""
+    return [str(ipaddress.ip_address(a)) for a in (model.get("address"), model.get("address6")) if a]
+
+
+# ----------------------------------------------------------------- BIRD answers
+
+
+def parse_bird_routes(text: str) -> dict[str, list[dict[str, Any]]]:
+    """``birdc show route all`` → prefix → paths (``protocol``, ``next_hops``, ``best``).
+
+    ``next_hops`` are the addresses of ``BGP.next_hop`` (the global one first, a
+    link-local one after it for IPv6), else the ``via`` gateway for non-BGP routes.
+    """
+    routes: dict[str, list[dict[str, Any]]] = {}
+    prefix: str | None = None
+    path: dict[str, Any] | None = None
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("BIRD ", "Table ")) or line[:4].isdigit() and line[4:5] == "-":
+            continue
+        if not line[0].isspace():  # "192.0.2.10/32   unicast [clie_lb1_4 07:41:39.146] * (100) [i]"
+            head = line.split()
+            if "/" not in head[0]:
+                continue
+            prefix = head[0]
+            path = _new_path(routes, prefix, line)
+            continue
+        if prefix is None:
+            continue
+        stripped = line.strip()
+        if line.startswith(" ") and "[" in stripped and not stripped.startswith(("via", "dev")):
+            path = _new_path(routes, prefix, line)  # another path of the same prefix
+        elif path is not None and stripped.startswith("via "):
+            path["via"] = stripped.split()[1]
+        elif path is not None and stripped.startswith("BGP.next_hop:"):
+            path["next_hops"] = [_addr(t) for t in stripped.split(":", 1)[1].split() if _addr(t)]
+    for paths in routes.values():
+        for p in paths:
+            if not p["next_hops"] and p.get("via"):
+                p["next_hops"] = [_addr(p["via"])] if _addr(p["via"]) else []
+            p.pop("via", None)
+    return routes
+
+
+def _addr(token: str) -> str:
+    try:
+        return str(ipaddress.ip_address(token))
+    except ValueError:
+        return ""
+
+
+def _new_path(routes: dict[str, list[dict[str, Any]]], prefix: str, line: str) -> dict[str, Any]:
+    proto = line.split("[", 1)[1].split()[0].rstrip("]") if "[" in line else ""
+    path = {"protocol": proto, "next_hops": [], "best": " * " in line}
+    routes.setdefault(prefix, []).append(path)
+    return path
+
+
+def carried_via(routes: Mapping[str, list[Mapping[str, Any]]], addresses: Iterable[str]) -> list[str]:
+    """The prefixes with at least one path whose first next hop is one of ``addresses``."""
+    want = {_addr(a) for a in addresses} - {""}
+    return sorted(p for p, paths in routes.items() if any(x["next_hops"][:1] and x["next_hops"][0] in want
+                                                          for x in paths))
+
+
+def announcers(routes: Mapping[str, list[Mapping[str, Any]]], fleet: Fleet) -> dict[str, list[str]]:
+    """Prefix → the fleet nodes a route reflector carries a path from."""
+    by_addr = {a: n for n, m in fleet.nodes.items() for a in node_addresses(m)}
+    out: dict[str, list[str]] = {}
+    for prefix, paths in routes.items():
+        nodes = sorted({by_addr[x["next_hops"][0]] for x in paths if x["next_hops"] and x["next_hops"][0] in by_addr})
+        if nodes:
+            out[prefix] = nodes
+    return out
+
+
+def parse_bird_protocols(text: str) -> dict[str, dict[str, str]]:
+    """``birdc show protocols [all]`` → name → ``proto``, ``state``, ``info`` (and ``neighbor`` with ``all``)."""
+    out: dict[str, dict[str, str]] = {}
+    cur: dict[str, str] | None = None
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("BIRD ", "Name ")) or line[:4].isdigit() and line[4:5] == "-":
+            continue
+        if not line[0].isspace():
+            cols = line.split(None, 5)
+            if len(cols) < 4:
+                cur = None
+                continue
+            cur = {"proto": cols[1], "state": cols[3], "info": cols[5].strip() if len(cols) > 5 else ""}
+            out[cols[0]] = cur
+        elif cur is not None:
+            key, _, value = line.strip().partition(":")
+            if key == "Neighbor address":
+                cur["neighbor"] = _addr(value.strip()) or value.strip()
+            elif key == "BGP state":
+                cur["bgp_state"] = value.strip()
+    return out
+
+
+def bgp_sessions(protocols: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """BGP protocol → ``Established`` or what it is instead (``Active``, ``Connect``, ``down`` ...)."""
+    out: dict[str, str] = {}
+    for name, p in protocols.items():
+        if p["proto"] != "BGP":
+            continue
+        info = p.get("bgp_state") or (p["info"].split()[0] if p["info"] else "")
+        out[name] = info if p["state"] == "up" and info else p["state"] + (f" ({info})" if info else "")
+    return out
+
+
+def sessions_with(protocols: Mapping[str, Mapping[str, str]], addresses: Iterable[str]) -> dict[str, str]:
+    """The BGP sessions whose neighbor is one of ``addresses`` (needs ``show protocols all``)."""
+    want = {_addr(a) for a in addresses} - {""}
+    states = bgp_sessions(protocols)
+    return {n: states[n] for n, p in protocols.items() if n in states and p.get("neighbor") in want}
+
+
+# ----------------------------------------------------------------- HAProxy answer
+
+
+def verify_haproxy(rows: Mapping[tuple[str, str], Mapping[str, str]], frontends: Iterable[str],
+                   backends: Iterable[str], pending: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """(problems, notes): every frontend OPEN and every backend UP with a server up.
+
+    A backend in ``pending`` may be down (its servers are deployed later in the run):
+    that is a note, not a problem. ``rows`` is :func:`anycastlb.healthd.parse_show_stat`.
+    """
+    from .healthd import haproxy_verdict
+
+    problems: list[str] = []
+    notes: list[str] = []
+    for f in frontends:
+        ok, why = haproxy_verdict(rows, [f], [])
+        if not ok:
+            problems.append(why)
+    pend = set(pending)
+    for b in backends:
+        ok, why = haproxy_verdict(rows, [], [b])
+        if not ok:
+            (notes if b in pend else problems).append(why + (" (its servers are deployed later)" if b in pend else ""))
+    return problems, notes
+
+
+# ----------------------------------------------------------------- the catalog's git checkout
+
+
+class GitError(RuntimeError):
+    """The catalog checkout could not be brought to the wanted revision."""
+
+
+def _git(cwd: str, *args: str, timeout: float = 60) -> str:
+    import subprocess
+
+    r = subprocess.run(["git", "-C", cwd, *args], capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise GitError(f"git {' '.join(args)} in {cwd}: {(r.stderr or r.stdout).strip()[-500:]}")
+    return r.stdout.strip()
+
+
+def git_checkout(catalog: str, rev: str = "", remote: str = "origin") -> tuple[str, bool]:
+    """Move the git work tree holding ``catalog`` to ``rev`` (else fast-forward); → (HEAD, changed).
+
+    ``("", False)`` when the catalog is not in a git work tree. ``rev`` must be a commit
+    id (hex): it comes from an event.
+    """
+    import os
+    import re
+
+    if rev and not re.fullmatch(r"[0-9a-f]{7,64}", rev):
+        raise GitError(f"rev {rev!r} is not a commit id")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", remote):
+        raise GitError(f"remote {remote!r} is not a remote name")
+    d = catalog if os.path.isdir(catalog) else os.path.dirname(os.path.abspath(catalog))
+    try:
+        top = _git(d, "rev-parse", "--show-toplevel")
+    except (GitError, OSError):
+        return "", False
+    head = _git(top, "rev-parse", "HEAD")
+    if rev and head.startswith(rev):
+        return head, False
+    has_remote = remote in _git(top, "remote").split()
+    if has_remote:
+        _git(top, "fetch", "--quiet", remote)
+    if rev:
+        _git(top, "checkout", "--quiet", "--detach", rev)
+    elif has_remote:
+        try:
+            _git(top, "symbolic-ref", "-q", "HEAD")
+        except GitError:  # detached (an earlier rev=): follow the remote's default branch
+            _git(top, "checkout", "--quiet", "--detach", f"refs/remotes/{remote}/HEAD")
+        else:
+            _git(top, "merge", "--quiet", "--ff-only", "@{upstream}")
+    new = _git(top, "rev-parse", "HEAD")
+    return new, new != head

@@ -1,0 +1,85 @@
+{#- The rolling deploy: `salt-run state.orchestrate orch.deploy`.
+
+    The order and the actions come from the runner (`salt-run anycastlb.plan`, logic in
+    anycastlb/orchestrate.py); this file only lays them out as states. Every state is
+    failhard: the first failure stops the run, the remaining nodes are left untouched,
+    and the failed state's id names the node and the step (`drain lb1`, `apply lb1` ...).
+
+    Optional pillar (salt-run state.orchestrate orch.deploy pillar='{...}'):
+      anycastlb_deploy:
+        timeout: 30        # seconds to wait for a drain, an undrain, a verify
+        exclude: []        # state ids (or sls) left out of every node's apply
+        nodes: []          # deploy only these nodes (still in plan order)
+        rev: <commit>      # first check the master's catalog checkout out at this commit
+                           # (the reactor passes the pushed commit; "" = fast-forward)
+#}
+{%- set opts = salt['pillar.get']('anycastlb_deploy', {}) %}
+{%- set timeout = opts.get('timeout', 30) %}
+{%- set only = opts.get('nodes', []) %}
+{%- set rev = opts.get('rev') %}
+{%- if rev is not none %}
+{#- From the reactor (a push or your CI): bring the master's catalog checkout to the pushed
+    commit first, so that the plan and the pillar are the new catalog's. #}
+{%- set checkout = salt['saltutil.runner']('anycastlb.checkout', rev=rev) %}
+{%- endif %}
+{%- set plan = salt['saltutil.runner']('anycastlb.plan') %}
+{%- if rev is not none %}
+
+catalog checkout:
+  test.{{ 'succeed' if checkout is mapping and checkout.get('result') else 'fail' }}_without_changes:
+    - name: "{{ (checkout.get('comment') if checkout is mapping else checkout) | string | replace('"', "'") }}"
+    - failhard: True
+{%- endif %}
+
+lint catalog:
+  salt.runner:
+    - name: anycastlb.lint
+    - failhard: True
+{%- if plan is not mapping %}
+
+plan:
+  test.fail_without_changes:
+    - name: "salt-run anycastlb.plan failed: {{ plan | string | replace('"', "'") }}"
+    - failhard: True
+{%- endif %}
+{%- if plan is mapping and plan.get('result') %}
+{%- for step in plan.get('steps', []) if not only or step.node in only %}
+{%- set node = step.node %}
+{%- if 'drain' in step.actions %}
+
+drain {{ node }}:
+  salt.runner:
+    - name: anycastlb.drain
+    - node: {{ node }}
+    - reason: orchestrate
+    - timeout: {{ timeout }}
+    - failhard: True
+{%- endif %}
+
+apply {{ node }}:
+  salt.state:
+    - tgt: {{ node }}
+    - highstate: True
+    - expect_minions: True
+    - failhard: True
+{%- if opts.get('exclude') %}
+    - exclude: {{ opts.exclude | json }}
+{%- endif %}
+
+verify {{ node }}:
+  salt.function:
+    - name: anycastlb.verify
+    - tgt: {{ node }}
+    - kwarg: {{ {'pending': step.pending, 'timeout': timeout} | json }}
+    - failhard: True
+{%- if 'undrain' in step.actions %}
+
+undrain {{ node }}:
+  salt.runner:
+    - name: anycastlb.undrain
+    - node: {{ node }}
+    - timeout: {{ timeout }}
+    - failhard: True
+{%- endif %}
+{%- endfor %}
+{%- endif %}

@@ -1,0 +1,13 @@
+{#- Reactor for `anycastlb/catalog/changed` (sent by the catalog repository's
+    post-receive hook, or by your CI) and for the salt-api webhook
+    `salt/netapi/hook/anycastlb/catalog/changed`. Event data: {"rev": "<commit>"} (optional).
+    Runs the orchestration asynchronously on the master; its result is an event and
+    a job (`salt-run jobs.list_jobs search_function=runner.state.orchestrate`). #}
+{%- set rev = (data.get('post') or data).get('rev', '') if data is mapping else '' %}
+anycastlb-catalog-changed:
+  runner.state.orchestrate:
+    - args:
+      - mods: orch.deploy
+      - pillar:
+          anycastlb_deploy:
+            rev: "{{ rev }}"
