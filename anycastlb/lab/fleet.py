@@ -71,7 +71,7 @@ def lab_pillar(statedir: Path) -> Path:
     return d
 
 
-def apply(lab: "Lab", target: str = "*", timeout: int = 900, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def apply(lab: "Lab", target: str = "*", timeout: int = 300, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """``salt TARGET state.apply``; returns per-minion counts, raises FleetError on any failed state."""
     rc, out, err = salt_cmd(lab, target, "state.apply", *extra, "--out=json", "--static", f"--timeout={timeout}",
                             timeout=timeout + 60)
@@ -90,6 +90,9 @@ def apply(lab: "Lab", target: str = "*", timeout: int = 900, extra: tuple[str, .
         changed = [s for s in states.values() if isinstance(s, dict) and s.get("changes")]
         summary[minion] = {"ok": len(ok), "failed": len(bad), "changed": len(changed)}
         failures.extend(f"{minion}: {s.get('name')}: {str(s.get('comment'))[:1500]}" for s in bad)
+    if target == "*":
+        missing = sorted(set(lab.nodes) - set(data))
+        failures.extend(f"{m}: no return (minion not connected?)" for m in missing)
     if failures or rc not in (0,):
         raise FleetError("state.apply failed:\n  " + "\n  ".join(failures or [f"rc {rc}: {err[-2000:]}"]))
     return summary

@@ -76,10 +76,74 @@ def _http(spec: dict[str, Any], kind: str, addr: str, port: int, timeout: float)
     return ok, detail
 
 
+def scan(address: str, ports: list[int], timeout: float = 1.5, batch: int = 200) -> list[int]:
+    """TCP ports of ``address`` that accept a connection (non-blocking connects, ``batch`` at a time)."""
+    import selectors
+    fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+    open_ports: list[int] = []
+    for i in range(0, len(ports), batch):
+        sel = selectors.DefaultSelector()
+        socks = {}
+        for port in ports[i:i + batch]:
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex((address, port))
+            sel.register(s, selectors.EVENT_WRITE, port)
+            socks[port] = s
+        deadline = time.monotonic() + timeout
+        pending = set(socks)
+        while pending and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                port = key.data
+                if port in pending:
+                    pending.discard(port)
+                    sel.unregister(key.fileobj)
+                    if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                        open_ports.append(port)
+        for s in socks.values():
+            s.close()
+        sel.close()
+    return sorted(open_ports)
+
+
+def load(spec: dict[str, Any]) -> dict[str, Any]:
+    """A bounded load: cycle through ``targets`` every ``interval`` s until ``max_requests``, ``duration``
+    or the ``stop_file`` appears; count the failures (each a new connection, short timeout)."""
+    import os
+    targets = spec["targets"]
+    interval = float(spec.get("interval", 0.01))
+    end = time.monotonic() + float(spec.get("duration", 60))
+    limit = int(spec.get("max_requests", 20000))
+    stop = spec.get("stop_file")
+    done = 0
+    failures: list[dict[str, Any]] = []
+    per_target: dict[str, int] = {}
+    t0 = time.monotonic()
+    while done < limit and time.monotonic() < end and not (stop and os.path.exists(stop)):
+        t = targets[done % len(targets)]
+        r = probe(t)
+        done += 1
+        key = f"{t['kind']} {t['address']}:{t['port']}"
+        per_target[key] = per_target.get(key, 0) + 1
+        if not r["ok"]:
+            failures.append({"at_s": round(time.monotonic() - t0, 3), "target": key, "detail": r["detail"]})
+        time.sleep(interval)
+    return {"requests": done, "failed": len(failures), "failures": failures[:50], "per_target": per_target,
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    specs = json.loads(open(argv[0]).read() if argv and argv[0] != "-" else sys.stdin.read())
-    print(json.dumps([{**s, **probe(s)} for s in specs]))
+    mode = "probe"
+    if argv and argv[0] in ("--scan", "--load"):
+        mode, argv = argv[0][2:], argv[1:]
+    spec = json.loads(open(argv[0]).read() if argv and argv[0] != "-" else sys.stdin.read())
+    if mode == "scan":
+        print(json.dumps({a: scan(a, spec["ports"], float(spec.get("timeout", 1.5))) for a in spec["addresses"]}))
+    elif mode == "load":
+        print(json.dumps(load(spec)))
+    else:
+        print(json.dumps([{**s, **probe(s)} for s in spec]))
     return 0
 
 

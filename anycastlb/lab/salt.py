@@ -69,6 +69,14 @@ def minion_config(lab: "Lab", node: str, master: str) -> dict:
         "recon_default": 200,
         "recon_max": 1000,
         "recon_randomize": False,
+        # The first firewall load meets the minion's established publish connection mid-stream:
+        # conntrack sees the master's packets as NEW and the input policy drops them until the
+        # minion sends something. Short TCP keepalives make it send within seconds (the default
+        # idle time is 300 s); production minions benefit from the same settings (docs/salt.md).
+        "tcp_keepalive": True,
+        "tcp_keepalive_idle": 5,
+        "tcp_keepalive_cnt": 3,
+        "tcp_keepalive_intvl": 5,
         "auth_tries": 30,
         "enable_fqdns_grains": False,
         "enable_gpu_grains": False,
