@@ -78,7 +78,7 @@ def test_direct_argv_with_root_and_netns_prefix() -> None:
                                    "/srv/n1/etc/haproxy/haproxy.cfg", "-p", "/srv/n1/run/haproxy/haproxy.pid",
                                    "-S", "/srv/n1/run/haproxy/master.sock"]
     assert ctl.argv("bird")[4:] == ["bird", "-c", "/srv/n1/etc/bird/bird.conf", "-s", "/srv/n1/run/bird/bird.ctl",
-                                    "-P", "/srv/n1/run/bird/bird.pid"]
+                                    "-P", "/srv/n1/run/bird/bird.pid", "-g", "bird"]
     assert ctl.argv("healthd")[-2:] == ["--config", "/srv/n1/etc/anycastlb/healthd.json"]
     assert ServiceControl("direct").argv("bird")[:3] == ["bird", "-c", "/etc/bird/bird.conf"]
 
