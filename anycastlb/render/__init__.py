@@ -74,6 +74,16 @@ class DaemonSpec:
     packages: tuple[str, ...] = field(default_factory=tuple)
 
 
+def run_checker(cmd: list[str], timeout: float = 60) -> CheckResult:
+    """Run a daemon's own checker; a missing binary is a failed check that says so."""
+    import subprocess
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return CheckResult(False, " ".join(cmd), f"{cmd[0]} is not installed")
+    return CheckResult(proc.returncode == 0, " ".join(cmd), (proc.stdout + proc.stderr).strip())
+
+
 def under(root: str, path: str) -> str:
     """``path`` (absolute, production) placed under ``root``."""
     if root in ("", "/"):

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import subprocess
 from typing import Any
 
-from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, under
+from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, run_checker,
+               under)
 
 CONFIG = "/etc/bird/bird.conf"
 CONTROL_SOCKET = "/run/bird/bird.ctl"
@@ -95,11 +95,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:
     """``bird -p -c`` on the staged config."""
     cmd = ["bird", "-p", "-c", under(staging, CONFIG)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        return CheckResult(False, " ".join(cmd), "bird is not installed")
-    return CheckResult(proc.returncode == 0, " ".join(cmd), (proc.stdout + proc.stderr).strip())
+    return run_checker(cmd)
 
 
 SPEC = register(DaemonSpec(

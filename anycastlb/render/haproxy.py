@@ -10,10 +10,10 @@ gets no new sessions and keeps its running ones), ``maintenance`` is
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
-from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, under
+from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, run_checker,
+               under)
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/certs"
@@ -65,11 +65,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:
     """``haproxy -c -f`` on the staged config (which points at the staged bundles)."""
     cmd = ["haproxy", "-c", "-f", under(staging, CONFIG)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        return CheckResult(False, " ".join(cmd), "haproxy is not installed")
-    return CheckResult(proc.returncode == 0, " ".join(cmd), (proc.stdout + proc.stderr).strip())
+    return run_checker(cmd)
 
 
 SPEC = register(DaemonSpec(
