@@ -314,6 +314,13 @@ class ProbeWatcher:
                 self.pid.close()
 
 
+#: How long a stats socket that answers too slowly keeps the last verdict. A loaded
+#: HAProxy may answer ``show stat`` late; withdrawing every VIP of the node for that would
+#: turn a slow node into an outage. A dead HAProxy is still seen at once (pidfd, refused
+#: connection), and a socket that stays silent longer than this is a failure.
+STATS_GRACE_S = 3.0
+
+
 class HaproxyWatcher:
     """All haproxy watches that share one stats socket and pidfile."""
 
@@ -326,6 +333,7 @@ class HaproxyWatcher:
         self.timeout = min(a.watch.timeout_ms for a in anns) / 1000  # type: ignore[union-attr]
         self.pid = PidTracker(first.pidfile, "haproxy", self._on_exit)
         self._report: Report | None = None
+        self._last_good: tuple[float, list[Result]] | None = None
 
     def _all(self, ok: bool, reason: str, hard: bool) -> list[Result]:
         return [(a.prefix, ok, reason, hard) for a in self.anns]
@@ -344,7 +352,11 @@ class HaproxyWatcher:
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             return self._all(False, f"stats socket {self.socket}: {exc.strerror}", True)
         except asyncio.TimeoutError:
-            return self._all(False, f"stats socket {self.socket}: no answer in {self.timeout * 1000:.0f} ms", False)
+            slow = f"stats socket {self.socket}: no answer in {self.timeout * 1000:.0f} ms"
+            if self._last_good and time.monotonic() - self._last_good[0] < STATS_GRACE_S:
+                return [(p, ok, f"{reason} ({slow}; last answer kept)", hard)
+                        for p, ok, reason, hard in self._last_good[1]]
+            return self._all(False, slow, False)
         except (OSError, ValueError) as exc:
             return self._all(False, f"stats socket {self.socket}: {exc}", False)
         if self.pid.dead_reason:  # died while we were asking
@@ -355,6 +367,7 @@ class HaproxyWatcher:
             assert isinstance(w, HaproxyWatch)
             ok, reason = haproxy_verdict(rows, w.frontends, w.backends)
             out.append((a.prefix, ok, reason, False))
+        self._last_good = (time.monotonic(), out)
         return out
 
     async def run(self, report: Report) -> None:

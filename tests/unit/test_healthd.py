@@ -251,3 +251,67 @@ def test_parse_ip_routes_real_json() -> None:
     assert parse_ip_routes(v4) == {"192.0.2.10/32"}
     assert parse_ip_routes(v6, v6=True) == {"2001:db8:1::10/128"}
     assert parse_ip_routes("") == set()
+
+
+# ------------------------------------------------------------------ a slow stats socket
+
+
+def test_a_slow_stats_answer_keeps_the_last_verdict_for_the_grace_only(tmp_path, monkeypatch) -> None:
+    """One late ``show stat`` answer must not withdraw every VIP of a loaded node; a silent
+    socket still does once the grace is over. A real Unix socket serves real HAProxy output."""
+    import asyncio
+    import os
+    import socket
+    import threading
+
+    from anycastlb import healthd_main as hm
+    from anycastlb.healthd import Announcement
+
+    sock_path = str(tmp_path / "admin.sock")
+    pidfile = tmp_path / "haproxy.pid"
+    pidfile.write_text(f"{os.getpid()}\n")  # a live process stands in for the HAProxy master
+    answering = threading.Event()
+    answering.set()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    server.listen(8)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(4096)
+            if answering.is_set():
+                conn.sendall(STAT_UP.encode())
+                conn.close()
+            else:
+                held.append(conn)  # never answers
+
+    threading.Thread(target=serve, daemon=True).start()
+    watch = HaproxyWatch(pidfile=str(pidfile), stats_socket=sock_path, frontends=("www-80",),
+                         backends=("www-8080",), interval_ms=100, timeout_ms=100)
+    watcher = hm.HaproxyWatcher([Announcement("192.0.2.10/32", "www", watch)])
+    monkeypatch.setattr(hm, "STATS_GRACE_S", 0.6)  # the real grace is 3 s; same logic, a shorter test
+
+    async def run() -> list:
+        out = [await watcher.probe()]
+        answering.clear()
+        out.append(await watcher.probe())  # 0.1 s after the last answer: within the grace
+        await asyncio.sleep(0.6)
+        out.append(await watcher.probe())  # 0.8 s: beyond it
+        watcher.pid.close()
+        return out
+
+    try:
+        first, slow, silent = asyncio.run(run())
+    finally:
+        server.close()
+        for c in held:
+            c.close()
+    assert first == [("192.0.2.10/32", True, "haproxy serves", False)]
+    prefix, ok, reason, hard = slow[0]
+    assert ok and "no answer in 100 ms" in reason and "last answer kept" in reason
+    assert silent == [("192.0.2.10/32", False, f"stats socket {sock_path}: no answer in 100 ms", False)]

@@ -106,6 +106,16 @@ def test_imap_is_tcp_with_a_backup(lb1_cfg: str) -> None:
     assert "server mail2 203.0.113.26:143 check weight 100 backup" in be
 
 
+def test_a_dead_server_is_retried_elsewhere_only_when_safe(lb1_cfg: str) -> None:
+    defaults = section(lb1_cfg, "defaults")
+    assert "retries 3" in defaults and "option redispatch 1" in defaults
+    http = section(lb1_cfg, "backend www-8080")
+    assert "retry-on conn-failure empty-response junk-response" in http
+    assert "http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS" in http
+    # tcp backends have no layer-7 retries (the data may already have gone to the server)
+    assert not any("retry-on" in line for line in section(lb1_cfg, "backend imap-143"))
+
+
 def test_stats_and_prometheus_on_the_management_address(lb1_cfg: str) -> None:
     fe = section(lb1_cfg, "frontend stats")
     assert "bind 198.51.100.21:8404 transparent" in fe
