@@ -146,7 +146,7 @@ def _run(argv: list[str], stdin: str | None = None) -> None:
         raise LabNetError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}\n{stdin or ''}")
 
 
-def _ip_batch(ns: str, lines: list[str]) -> None:
+def ip_batch(ns: str, lines: list[str]) -> None:
     """Run iproute2 commands inside ``ns`` in one process."""
     _run(["ip", "-n", ns, "-batch", "-"], "\n".join(lines) + "\n")
 
@@ -192,20 +192,30 @@ def up(fabric_ns: str, hosts: dict[str, HostPlan]) -> None:
         for i in h.ifaces:
             fab += [f"link add {i.veth} type veth peer name {i.name} netns {h.ns}",
                     f"link set {i.veth} master {i.bridge}", f"link set {i.veth} up"]
-    _ip_batch(fabric_ns, fab)
+    ip_batch(fabric_ns, fab)
     for h in hosts.values():
-        cmds = ["link set lo up"]
-        for i in h.ifaces:
-            cmds.append(f"link set {i.name} up")
-            if i.addr4:
-                cmds.append(f"address add {i.addr4} dev {i.name}")
-            if i.addr6:
-                cmds.append(f"address add {i.addr6} dev {i.name} nodad")
+        ip_batch(h.ns, host_commands(h))
+
+
+def host_commands(h: HostPlan, iface: str | None = None) -> list[str]:
+    """The iproute2 commands that give ``h`` (or only its interface ``iface``) its links up,
+    addresses and default routes. Idempotent (``replace``): they also repair an interface
+    that went down, which flushed its IPv6 addresses and every route through it."""
+    cmds = [] if iface else ["link set lo up"]
+    for i in h.ifaces:
+        if iface and i.name != iface:
+            continue
+        cmds.append(f"link set {i.name} up")
+        if i.addr4:
+            cmds.append(f"address replace {i.addr4} dev {i.name}")
+        if i.addr6:
+            cmds.append(f"address replace {i.addr6} dev {i.name} nodad")
+    if not iface or iface == h.ifaces[0].name:
         if h.gw4:
-            cmds.append(f"route add default via {h.gw4}")
+            cmds.append(f"route replace default via {h.gw4}")
         if h.gw6:
-            cmds.append(f"route add ::/0 via {h.gw6}")
-        _ip_batch(h.ns, cmds)
+            cmds.append(f"route replace ::/0 via {h.gw6}")
+    return cmds
 
 
 def exists(ns: str) -> bool:

@@ -250,7 +250,60 @@ def salt_run(lab: "Lab", *args: str, timeout: float = 300) -> tuple[int, Any, st
     return r.returncode, data, r.stdout + r.stderr
 
 
-__all__ = ["EVENT_TAG", "OpsError", "bootstrap", "forget_minion", "make_catalog_repo", "orchestrate", "prepare",
+class OrchestrationWatch:
+    """Follows the master's event bus for the reactor's ``orch.deploy`` run (start it before the push).
+
+    ``with OrchestrationWatch(lab) as w: push_catalog(...); ret = w.wait(400)`` returns the
+    runner's return event (``ret["success"]``, ``ret["return"]``).
+    """
+
+    def __init__(self, lab: "Lab", mods: str = "orch.deploy") -> None:
+        self.mods = mods
+        self.proc = subprocess.Popen(
+            lab.argv(master_node(lab), [str(BIN / "salt-run"), "state.event", "tagmatch=salt/run/*/ret",
+                                        "pretty=False"]),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        """The orchestration's return event; OpsError if none came within ``timeout`` seconds."""
+        import selectors
+
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=max(0.0, min(5.0, deadline - time.monotonic()))):
+                    continue
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                _tag, _, body = line.partition("\t")
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    continue
+                if data.get("fun") == "runner.state.orchestrate" and self.mods in json.dumps(data.get("fun_args")):
+                    return data
+        finally:
+            sel.close()
+        raise OpsError(f"the reactor's {self.mods} did not return within {timeout:.0f} s")
+
+    def close(self) -> None:
+        """Stop following the event bus."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def __enter__(self) -> "OrchestrationWatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["EVENT_TAG", "OpsError", "OrchestrationWatch", "bootstrap", "forget_minion", "make_catalog_repo", "orchestrate", "prepare",
            "push_catalog", "salt_cmd", "salt_run", "start_sshd"]
 
 

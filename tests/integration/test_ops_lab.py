@@ -130,26 +130,9 @@ def test_refused_catalog_stops_at_lint_and_changes_nothing(lab):
     assert after == before, "a refused catalog touches no file on any node"
 
 
-def _wait_for_orchestration(proc: subprocess.Popen, timeout: float) -> dict:
-    """Read `salt-run state.event` lines until the reactor's orchestration returns."""
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        if time.monotonic() > deadline:
-            break
-        tag, _, body = line.partition("\t")
-        try:
-            data = json.loads(body)
-        except ValueError:
-            continue
-        if data.get("fun") == "runner.state.orchestrate" and "orch.deploy" in json.dumps(data.get("fun_args")):
-            return data
-    raise AssertionError("the reactor's orchestration did not return in time")
-
-
 def test_git_push_rolls_the_change_out_with_no_failed_request(lab):
     from anycastlb.lab import ops
     from anycastlb.lab.fleet import PYTHON
-    from anycastlb.lab.salt import BIN, master_node
 
     weight = {}
 
@@ -168,22 +151,19 @@ def test_git_push_rolls_the_change_out_with_no_failed_request(lab):
     stop.unlink(missing_ok=True)
     script = lab.statedir / "probe-loop.py"
     script.write_text(PROBE)
-    events = subprocess.Popen(lab.argv(master_node(lab), [str(BIN / "salt-run"), "state.event",
-                                                          "tagmatch=salt/run/*/ret", "pretty=False"]),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    events = ops.OrchestrationWatch(lab)
     probe = subprocess.Popen(lab.argv("client", [PYTHON, str(script), "192.0.2.10", "80", str(stop), "6000", "300"]),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1)
         t0 = time.monotonic()
         rev = ops.push_catalog(lab, edit, "intranet: web1 weight 80; new service imap-alt")
-        ret = _wait_for_orchestration(events, 400)
+        ret = events.wait(400)
         rollout = time.monotonic() - t0
     finally:
         stop.touch()
         out, err = probe.communicate(timeout=30)
-        events.kill()
-        events.wait(timeout=10)
+        events.close()
     load = json.loads(out)
     assert ret.get("success") is True, json.dumps(ret.get("return"))[:4000]
     assert load["ok"] > 100 and load["failed"] == 0, load
