@@ -6,15 +6,27 @@ Reads HAProxy's Prometheus exporter (``/metrics``) or its stats CSV (``/stats;cs
 whichever the URI returns (detected from the content). CRITICAL when the frontend is
 not OPEN or the backend has no UP server; WARNING when only backup servers are UP;
 OK otherwise. Draining and maintenance servers are named in the output.
+
+Every service of a node has its own check, but they all read the same endpoint, whose
+size grows with the number of services: without sharing, n checks cost n² work. So the
+parsed statistics are kept for ``--cache-s`` seconds (10 by default, 0 turns it off) in a
+private directory of the user running the checks, and one check at a time fetches
+(``flock``): the other checks of that node in the window read a small JSON file.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
+import hashlib
 import io
+import json
+import os
 import re
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -128,6 +140,54 @@ def fetch(host: str, port: int, uri: str, timeout: float) -> str:
         return resp.read().decode("utf-8", "replace")
 
 
+def _to_json(st: Stats) -> str:
+    return json.dumps({"frontends": st.frontends, "servers": st.servers,
+                       "backup": {k: sorted(v) for k, v in st.backup.items()},
+                       "up_counts": {k: list(v) for k, v in st.up_counts.items()}})
+
+
+def _from_json(text: str) -> Stats:
+    d = json.loads(text)
+    return Stats(d["frontends"], d["servers"], {k: set(v) for k, v in d["backup"].items()},
+                 {k: (v[0], v[1]) for k, v in d["up_counts"].items()})
+
+
+def cache_dir() -> str:
+    """``$TMPDIR/anycastlb-haproxy-stats-UID``: made 0700; refused unless it is ours and not a link."""
+    path = os.path.join(tempfile.gettempdir(), f"anycastlb-haproxy-stats-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if st.st_uid != os.getuid() or not os.path.isdir(path) or os.path.islink(path) or st.st_mode & 0o077:
+        raise OSError(f"stats cache {path} is not a private directory of uid {os.getuid()}")
+    return path
+
+
+def stats(host: str, port: int, uri: str, timeout: float, max_age: float, directory: str | None = None) -> Stats:
+    """The endpoint's parsed statistics, shared between checks for ``max_age`` seconds."""
+    if max_age <= 0:
+        return parse(fetch(host, port, uri, timeout))
+    d = directory or cache_dir()
+    key = hashlib.sha256(f"{host}|{port}|{uri}".encode()).hexdigest()[:24]
+    path = os.path.join(d, key + ".json")
+    with open(os.path.join(d, key + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per window; the others wait and read it
+        try:
+            if time.time() - os.stat(path).st_mtime < max_age:
+                with open(path, encoding="utf-8") as fh:
+                    return _from_json(fh.read())
+        except (OSError, ValueError, KeyError):
+            pass
+        st = parse(fetch(host, port, uri, timeout))
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(_to_json(st))
+        os.replace(tmp, path)
+        return st
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="check_anycastlb_haproxy", description=__doc__.split("\n\n")[0])
     p.add_argument("-H", "--host", required=True, help="the node's management address")
@@ -137,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True)
     p.add_argument("--node", default="", help="the node's name, for the output")
     p.add_argument("-t", "--timeout", type=float, default=10.0)
+    p.add_argument("--cache-s", type=float, default=10.0,
+                   help="share one fetch of the endpoint between checks for this long (0: off)")
     return p
 
 
@@ -144,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the check; print one plugin line; return the plugin exit code."""
     args = build_parser().parse_args(argv)
     try:
-        stats = parse(fetch(args.host, args.port, args.uri, args.timeout))
-        state, line = evaluate(stats, args.frontend, args.backend, args.node or args.host)
+        st = stats(args.host, args.port, args.uri, args.timeout, args.cache_s)
+        state, line = evaluate(st, args.frontend, args.backend, args.node or args.host)
     except (OSError, urllib.error.URLError, ValueError) as exc:
         state, line = CRITICAL, f"CRITICAL: HAProxy stats at {args.host}:{args.port}{args.uri} unreadable: {exc}"
     print(line)
