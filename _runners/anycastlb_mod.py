@@ -10,9 +10,12 @@ judges the catalog the minions would get. Pure logic lives in
 
     salt-run anycastlb.lint                    # the master's catalog: ok, or every error
     salt-run anycastlb.plan                    # the deploy order salt/orch/deploy.sls runs
+    salt-run anycastlb.mark_deployed           # record the catalog as deployed (plan compares with it)
     salt-run state.orchestrate orch.deploy     # the rolling deploy itself
     salt-run anycastlb.drain node=lb1          # withdraw, wait until the route reflectors agree
     salt-run anycastlb.undrain node=lb1        # announce again, wait until they carry it
+    salt-run anycastlb.remember node=lb1       # in-place apply: what it announces now ...
+    salt-run anycastlb.announced node=lb1      # ... and wait until the route reflectors carry it again
     salt-run anycastlb.routes                  # who each route reflector carries, per prefix
 
 Every function sets a non-zero exit code (``retcode``) when it fails, so a
@@ -141,20 +144,43 @@ def lint() -> dict[str, Any]:
     return ret if ret["result"] else _failed(ret)
 
 
-def plan(runtime: bool = True) -> dict[str, Any]:
+def _deploy_dir(name: str) -> str:
+    d = os.path.join(__opts__["cachedir"], "anycastlb", "deploy")
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, name)
+
+
+def _deployed_fleet() -> tuple[Any, str]:
+    """The fleet of the catalog last deployed (``mark_deployed``), or None and why not."""
+    path = _orch.snapshot_path(_deploy_dir("deployed"))
+    if not path:
+        return None, "no deployed catalog recorded (salt-run anycastlb.mark_deployed): every node is drained"
+    res = _orch.lint(path)
+    if not res.ok:
+        return None, f"the deployed catalog {path} does not compile any more: every node is drained"
+    return res.fleet, f"compared with the catalog deployed last ({path})"
+
+
+def plan(runtime: bool = True, drain: str = "auto") -> dict[str, Any]:
     """
     The rolling deploy's order: every node once, with its actions (drain, apply,
     verify, undrain). A refused catalog gives no steps and ``result`` False.
     ``runtime=True`` asks the speakers for their drain file: a node an operator
-    drained stays drained.
+    drained stays drained. ``drain=auto`` drains only the nodes whose change may
+    reach the routers, judged against the catalog deployed last (see
+    ``mark_deployed``); ``drain=always`` drains every node with another announcer.
+    The planned catalog is kept, so that ``mark_deployed`` records exactly it.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run anycastlb.plan
-        salt-run anycastlb.plan runtime=False
+        salt-run anycastlb.plan runtime=False drain=always
     """
+    if drain not in _orch.DRAIN_MODES:
+        return _failed({"comment": f"drain must be one of {', '.join(_orch.DRAIN_MODES)}, not {drain!r}",
+                        "steps": []})
     lint_ = _lint()
     if not lint_.ok:
         return _failed({"catalog": lint_.catalog, "comment": lint_.summary, "errors": lint_.errors, "steps": []})
@@ -165,12 +191,84 @@ def plan(runtime: bool = True) -> dict[str, Any]:
         for minion, (_rc, st) in _cmd(speakers, "anycastlb.status", wait=30).items():
             if isinstance(st, dict) and st.get("drain_file") and st.get("drain_reason") != _orch.ORCHESTRATE:
                 drained[minion] = f"drain file, reason: {st.get('drain_reason') or 'none given'}"
-    steps = _orch.plan(fleet, drained)
-    return {"result": True, "catalog": lint_.catalog, "comment": lint_.summary,
+    deployed, basis = _deployed_fleet() if drain == "auto" else (None, "drain=always: every node is drained")
+    steps = _orch.plan(fleet, drained, deployed, drain)
+    _orch.snapshot(lint_.catalog, _deploy_dir("planned"))
+    return {"result": True, "catalog": lint_.catalog, "comment": f"{lint_.summary}; {basis}",
             "steps": [s.as_dict() for s in steps]}
 
 
+def mark_deployed(from_plan: bool = False) -> dict[str, Any]:
+    """
+    Record the catalog as deployed: the master's current catalog (after a highstate
+    of every node outside the orchestration), or with ``from_plan=True`` the one the
+    last ``plan`` was made from (the rolling deploy does this after its last node).
+    The next ``plan`` drains only the nodes whose change against it may reach the
+    routers.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.mark_deployed
+    """
+    import shutil
+
+    planned, dest = _deploy_dir("planned"), _deploy_dir("deployed")
+    if from_plan:
+        if not _orch.snapshot_path(planned):
+            return _failed({"comment": "not recorded: no planned catalog (run anycastlb.plan first)"})
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(planned, dest)
+        source = "the catalog of the last plan"
+    else:
+        shutil.rmtree(planned, ignore_errors=True)
+        lint_ = _lint()
+        if not lint_.ok:
+            return _failed({"comment": f"not recorded: {lint_.summary}", "errors": lint_.errors})
+        _orch.snapshot(lint_.catalog, dest)
+        source = "the master's current catalog"
+    return {"result": True, "deployed": _orch.snapshot_path(dest), "comment": f"recorded {source} as deployed"}
+
+
 # ----------------------------------------------------------------- drain / undrain with the route reflectors
+
+
+def _announced_now(node: str) -> list[str]:
+    """The prefixes the node's anycastlb-healthd announces now."""
+    got = _cmd([node], "anycastlb.status", wait=30).get(node)
+    st = (got or (1, {}))[1]
+    prefixes = (st.get("healthd") or {}).get("prefixes") if isinstance(st, dict) else None
+    return sorted(p for p, s in (prefixes or {}).items() if isinstance(s, dict) and s.get("announced"))
+
+
+def _remember(node: str, announced: list[str], reason: str) -> None:
+    with open(os.path.join(_state_dir(), f"{node}.json"), "w", encoding="utf-8") as fh:
+        json.dump({"announced": announced, "at": time.time(), "reason": reason}, fh)
+
+
+def remember(node: str) -> dict[str, Any]:
+    """
+    Record what ``node`` announces now, without draining it: a rolling deploy that
+    applies a node in place does this first, so :py:func:`announced` can check that
+    every prefix comes back.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.remember node=lb1
+    """
+    ret: dict[str, Any] = {"node": node, "result": False, "step": "remember"}
+    fleet = _fleet_or_fail(ret)
+    if fleet is None:
+        return _failed(ret)
+    if node not in fleet.nodes:
+        return _failed({**ret, "comment": f"{node} is not a node of the catalog"})
+    announced = _announced_now(node)
+    _remember(node, announced, "in place")
+    ret.update(result=True, announced=announced, comment=f"{node} announces {len(announced)} prefix(es)")
+    return ret
 
 
 def drain(node: str, timeout: float = 30, reason: str = "") -> dict[str, Any]:
@@ -195,17 +293,13 @@ def drain(node: str, timeout: float = 30, reason: str = "") -> dict[str, Any]:
     if node not in fleet.nodes:
         return _failed({**ret, "comment": f"{node} is not a node of the catalog"})
     t0 = time.monotonic()
-    before = _cmd([node], "anycastlb.status", wait=30).get(node)
-    st = (before or (1, {}))[1]
-    prefixes = (st.get("healthd") or {}).get("prefixes") if isinstance(st, dict) else None
-    announced = sorted(p for p, s in (prefixes or {}).items() if isinstance(s, dict) and s.get("announced"))
+    announced = _announced_now(node)
     r = _cmd([node], "anycastlb.drain", {"timeout": timeout, "reason": reason}, wait=timeout + 30)
     got = r.get(node)
     if got is None or got[0] != 0:
         return _failed({**ret, "step": "drain", "comment": f"{node}: drain failed: {_silent(got)}"})
     # the node has withdrawn: record what it announced, for undrain
-    with open(os.path.join(_state_dir(), f"{node}.json"), "w", encoding="utf-8") as fh:
-        json.dump({"announced": announced, "at": time.time(), "reason": reason}, fh)
+    _remember(node, announced, reason)
     addrs = _orch.node_addresses(fleet.nodes[node])
     rrs = _rrs(fleet)
     waits = _cmd(rrs, "anycastlb.wait_routes", {"via": addrs, "timeout": timeout}, wait=timeout + 30)
@@ -232,7 +326,22 @@ def drain(node: str, timeout: float = 30, reason: str = "") -> dict[str, Any]:
     return ret
 
 
-def undrain(node: str, timeout: float = 30) -> dict[str, Any]:
+def announced(node: str, timeout: float = 30) -> dict[str, Any]:
+    """
+    After an in-place apply (see :py:func:`remember`): wait until every route reflector
+    carries the node's path for every prefix it announced before and announces now, so
+    a change that breaks a served VIP stops the rolling deploy at this node.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.announced node=lb1
+    """
+    return undrain(node, timeout, in_place=True)
+
+
+def undrain(node: str, timeout: float = 30, in_place: bool = False) -> dict[str, Any]:
     """
     Undo :py:func:`drain`: the node announces again (drain file removed, anycastlb-healthd
     confirms), then every route reflector is waited on until it carries the node's
@@ -246,7 +355,7 @@ def undrain(node: str, timeout: float = 30) -> dict[str, Any]:
 
         salt-run anycastlb.undrain node=lb1
     """
-    ret: dict[str, Any] = {"node": node, "result": False, "step": "undrain"}
+    ret: dict[str, Any] = {"node": node, "result": False, "step": "announced" if in_place else "undrain"}
     fleet = _fleet_or_fail(ret)
     if fleet is None:
         return _failed(ret)
@@ -254,9 +363,13 @@ def undrain(node: str, timeout: float = 30) -> dict[str, Any]:
         return _failed({**ret, "comment": f"{node} is not a node of the catalog"})
     model = fleet.nodes[node]
     t0 = time.monotonic()
-    got = _cmd([node], "anycastlb.undrain", {"timeout": timeout}, wait=timeout + 30).get(node)
-    if got is None or got[0] != 0:
-        return _failed({**ret, "comment": f"{node}: undrain failed: {_silent(got)}"})
+    if in_place:
+        now = set(_announced_now(node))
+        got: Any = (0, {"prefixes": {p: True for p in now}})
+    else:
+        got = _cmd([node], "anycastlb.undrain", {"timeout": timeout}, wait=timeout + 30).get(node)
+        if got is None or got[0] != 0:
+            return _failed({**ret, "comment": f"{node}: undrain failed: {_silent(got)}"})
     memo = os.path.join(_state_dir(), f"{node}.json")
     try:
         with open(memo, encoding="utf-8") as fh:
@@ -288,8 +401,8 @@ def undrain(node: str, timeout: float = 30) -> dict[str, Any]:
         ret.update(result=True, comment=f"{node}: drain file removed; catalog state {model['state']}: "
                                         f"it stays drained (the catalog wins)")
         return ret
-    ret.update(result=True, comment=f"{node}: undrained in {ms} ms; route reflectors {', '.join(rrs)} carry "
-                                    f"{len(expect)} prefix(es) via it")
+    ret.update(result=True, comment=f"{node}: {'applied in place' if in_place else 'undrained'} in {ms} ms; "
+                                    f"route reflectors {', '.join(rrs)} carry {len(expect)} prefix(es) via it")
     return ret
 
 

@@ -14,6 +14,15 @@ The plan (:func:`plan`) is ordered so that no service loses its last announcer:
 4. the web (and other managed) backends, one at a time (apply, verify);
 5. monitoring; 6. every other node (the salt-master last).
 
+Drain only where the change can move traffic: with the catalog last deployed at hand
+(``deployed``, see :func:`routing_change`), a node whose BGP sessions and addresses the
+change leaves alone and that loses no announcement is applied in place: HAProxy reloads
+seamlessly, BIRD reconfigures its filters softly, healthd and nftables swap atomically, so
+nothing reaches the routers. Draining such a node would be the only thing that moves
+flows: the routers' ECMP rehashes when a next hop goes and comes back, and the open
+connections that land on the other node are reset. ``drain="always"`` drains every node
+with another announcer, as without a deployed catalog.
+
 A node whose catalog ``state`` is ``drain``/``maintenance`` is drained and applied but
 never undrained: the catalog wins. A node drained at runtime by an operator (its drain
 file exists and was not written by an orchestration) stays drained too. The runtime
@@ -77,7 +86,7 @@ def lint(catalog: str, secrets: str | None = None) -> Lint:
 
 @dataclass(frozen=True)
 class Step:
-    """One node's turn: ``actions`` among drain, apply, verify, undrain, in that order."""
+    """One node's turn: ``actions`` among drain/remember, apply, verify, undrain/announced, in that order."""
 
     node: str
     phase: str
@@ -100,9 +109,34 @@ def _speaker(model: Mapping[str, Any]) -> bool:
     return bool(model.get("bgp")) and model["bgp"].get("role") == "speaker"
 
 
+def routing_change(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
+    """Why applying ``after`` over ``before`` (one node's models) may reach the routers; "" if it cannot.
+
+    It can when the node is new, changes address, roles or state, when anything of its
+    BGP model but the announcements changes (neighbours, timers, BFD: BIRD restarts the
+    sessions), or when it stops announcing a prefix. New announcements, HAProxy, healthd,
+    nftables and backend changes are applied without a flap.
+    """
+    if before is None:
+        return "not in the deployed catalog"
+    for key in ("address", "address6", "roles", "state"):
+        if before.get(key) != after.get(key):
+            return f"its {key} changes"
+    old, new = before.get("bgp") or {}, after.get("bgp") or {}
+    for key in sorted((set(old) | set(new)) - {"announce", "vips"}):
+        if old.get(key) != new.get(key):
+            return f"its BGP {key} changes"
+    gone = sorted(set(old.get("announce") or []) - set(new.get("announce") or []))
+    if gone:
+        return f"it stops announcing {', '.join(gone)}"
+    return ""
+
+
 def _rolling(node: str, model: Mapping[str, Any], phase: str, group: str, peers: Sequence[str],
-             runtime_drained: Mapping[str, str], pending: tuple[str, ...] = ()) -> Step:
-    """The step of a node that announces VIPs: drain around the apply when someone else carries them."""
+             runtime_drained: Mapping[str, str], pending: tuple[str, ...] = (),
+             before: Mapping[str, Any] | None = None, drain: str = "always") -> Step:
+    """The step of a node that announces VIPs: drain around the apply when someone else carries
+    them and the change may reach the routers (``drain="auto"``) or always (``"always"``)."""
     if not _active(model):
         return Step(node, phase, group, ("drain", "apply", "verify"), pending,
                     f"catalog state {model['state']}: applied drained and left drained (the catalog wins)")
@@ -114,15 +148,32 @@ def _rolling(node: str, model: Mapping[str, Any], phase: str, group: str, peers:
     if not others:
         return Step(node, phase, group, ("apply", "verify"), pending,
                     "the only active announcer of its VIPs: applied in place, not drained")
+    if drain == "auto":
+        why = routing_change(before, model)
+        if not why:
+            return Step(node, phase, group, ("remember", "apply", "verify", "announced"), pending,
+                        "its sessions and announcements stay: applied in place, not drained")
+        return Step(node, phase, group, ("drain", "apply", "verify", "undrain"), pending, f"drained: {why}")
     return Step(node, phase, group, ("drain", "apply", "verify", "undrain"), pending)
 
 
-def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = ()) -> list[Step]:
+DRAIN_MODES = ("auto", "always")
+
+
+def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), deployed: Fleet | None = None,
+         drain: str = "auto") -> list[Step]:
     """Every node of the fleet once, in deploy order (see the module docstring).
 
     ``runtime_drained``: nodes whose drain file an operator wrote (node → reason); they
-    are applied drained and left drained.
+    are applied drained and left drained. ``deployed``: the fleet of the catalog last
+    deployed; with ``drain="auto"`` it decides which nodes need a drain (without it,
+    every node with another announcer is drained).
     """
+    if drain not in DRAIN_MODES:
+        raise ValueError(f"drain must be one of {', '.join(DRAIN_MODES)}, not {drain!r}")
+    if deployed is None:
+        drain = "always"
+    before = deployed.nodes if deployed is not None else {}
     rd = dict(runtime_drained) if isinstance(runtime_drained, Mapping) else {n: "" for n in runtime_drained}
     nodes = fleet.nodes
     order = list(nodes)
@@ -151,7 +202,7 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = ()) 
             pending = tuple(sorted(
                 b["name"] for b in nodes[n]["haproxy"]["backends"]
                 if b["servers"] and all(s["managed"] and s["name"] in managed_later for s in b["servers"])))
-            add(_rolling(n, nodes[n], "clusters", f"cluster {cname}", active, rd, pending))
+            add(_rolling(n, nodes[n], "clusters", f"cluster {cname}", active, rd, pending, before.get(n), drain))
     # 3. anycast backends: the other announcers are the nodes sharing one of its VIPs
     for n in order:
         if n in placed or "anycast" not in nodes[n]["roles"]:
@@ -160,7 +211,7 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = ()) 
         svc = sorted(s for s in nodes[n]["services"] if fleet.services.get(s, {}).get("mode") == "anycast")
         sharing = [m for m in order if _active(nodes[m]) and m not in rd and "anycast" in nodes[m]["roles"]
                    and (set(nodes[m]["bgp"]["announce"]) & mine or m == n)]
-        add(_rolling(n, nodes[n], "anycast", "anycast " + ",".join(svc), sharing, rd))
+        add(_rolling(n, nodes[n], "anycast", "anycast " + ",".join(svc), sharing, rd, (), before.get(n), drain))
     # 4. backends (apache vhosts, HAProxy servers)
     for n in order:
         if n not in placed and {"backend", "apache"} & set(nodes[n]["roles"]):
@@ -330,6 +381,35 @@ def verify_haproxy(rows: Mapping[tuple[str, str], Mapping[str, str]], frontends:
 
 
 # ----------------------------------------------------------------- the catalog's git checkout
+
+
+def snapshot(catalog: str, dest: str) -> str:
+    """Copy the catalog (a file or a directory) to ``dest``, replacing what was there; return the copy's path."""
+    import os
+    import shutil
+
+    tmp = f"{dest}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    copy = os.path.join(tmp, os.path.basename(os.path.normpath(catalog)))
+    if os.path.isdir(catalog):
+        shutil.copytree(catalog, copy)
+    else:
+        shutil.copy2(catalog, copy)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return os.path.join(dest, os.path.basename(copy))
+
+
+def snapshot_path(dest: str) -> str | None:
+    """The catalog copy :func:`snapshot` left in ``dest``, if any."""
+    import os
+
+    try:
+        (name,) = os.listdir(dest)
+    except (OSError, ValueError):
+        return None
+    return os.path.join(dest, name)
 
 
 class GitError(RuntimeError):

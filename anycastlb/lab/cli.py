@@ -48,6 +48,12 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
                 print(f"state.apply on {len(result)} minions: {changed} states changed, 0 failed, "
                       f"{time.monotonic() - t1:.1f} s", file=out)
                 lab.meta["apply_seconds"] = round(time.monotonic() - t1, 1)
+                from .ops import salt_run
+                rc, ret, raw = salt_run(lab, "anycastlb.mark_deployed")
+                if rc != 0 or not (ret or {}).get("result"):
+                    raise RuntimeError(f"salt-run anycastlb.mark_deployed failed: {raw[-1000:]}")
+                print("the catalog is recorded as deployed (rolling deploys drain only where routing changes)",
+                      file=out)
                 conv = fl.wait_converged(lab, fleet)
                 print(f"route reflectors carry every expected announcement after {conv} s", file=out)
                 secs = fl.run_checks_now(lab, fleet)

@@ -8,6 +8,8 @@
     Optional pillar (salt-run state.orchestrate orch.deploy pillar='{...}'):
       anycastlb_deploy:
         timeout: 30        # seconds to wait for a drain, an undrain, a verify
+        drain: auto        # auto: drain only nodes whose change may reach the routers
+                           # (against the catalog deployed last); always: every node
         exclude: []        # state ids (or sls) left out of every node's apply
         nodes: []          # deploy only these nodes (still in plan order)
         rev: <commit>      # first check the master's catalog checkout out at this commit
@@ -22,7 +24,7 @@
     commit first, so that the plan and the pillar are the new catalog's. #}
 {%- set checkout = salt['saltutil.runner']('anycastlb.checkout', rev=rev) %}
 {%- endif %}
-{%- set plan = salt['saltutil.runner']('anycastlb.plan') %}
+{%- set plan = salt['saltutil.runner']('anycastlb.plan', drain=opts.get('drain', 'auto')) %}
 {%- if rev is not none %}
 
 catalog checkout:
@@ -55,6 +57,15 @@ drain {{ node }}:
     - timeout: {{ timeout }}
     - failhard: True
 {%- endif %}
+{%- if 'remember' in step.actions %}
+
+{#- Applied in place (its routing does not change): remember what it announces ... #}
+remember {{ node }}:
+  salt.runner:
+    - name: anycastlb.remember
+    - node: {{ node }}
+    - failhard: True
+{%- endif %}
 
 apply {{ node }}:
   salt.state:
@@ -81,5 +92,24 @@ undrain {{ node }}:
     - timeout: {{ timeout }}
     - failhard: True
 {%- endif %}
+{%- if 'announced' in step.actions %}
+
+{#- ... and wait until the route reflectors carry all of it again. #}
+announced {{ node }}:
+  salt.runner:
+    - name: anycastlb.announced
+    - node: {{ node }}
+    - timeout: {{ timeout }}
+    - failhard: True
+{%- endif %}
 {%- endfor %}
+{%- if not only and not opts.get('exclude') %}
+
+{#- Every node has the planned catalog now: the next plan compares with it. #}
+mark deployed:
+  salt.runner:
+    - name: anycastlb.mark_deployed
+    - from_plan: True
+    - failhard: True
+{%- endif %}
 {%- endif %}

@@ -99,6 +99,48 @@ def test_only_active_node_of_a_cluster_is_applied_in_place(tmp_path, campus_cata
     assert "undrain" not in by["lb2"].actions
 
 
+def _change(tmp_path: Path, campus_catalog: Path, edit) -> tuple:
+    return compile_catalog(campus_catalog), compile_catalog(_edited(tmp_path, campus_catalog, edit))
+
+
+def test_a_change_that_stays_off_the_routers_drains_nothing(tmp_path, campus_catalog):
+    """A weight, a new service and a faster KDC check: reloads only, so no node is drained."""
+    def edit(d):
+        d["services"]["intranet"]["backends"]["web1"]["weight"] = 80
+        d["services"]["api"] = {"extends": "web", "vip": "192.0.2.12", "cluster": "edge",
+                                "backends": ["web1", "web2"], "apache": {"server_name": "api.example.org"}}
+        d["services"]["kdc"]["check"] = {"tcp": {"port": 88}, "interval": "1s"}
+    deployed, new = _change(tmp_path, campus_catalog, edit)
+    by = {s.node: s for s in orch.plan(new, deployed=deployed)}
+    for n in ("lb1", "lb2", "kdc1", "kdc2"):
+        assert by[n].actions == ("remember", "apply", "verify", "announced"), (n, by[n])
+        assert "not drained" in by[n].note
+    assert by["lb3"].actions[:2] == ("drain", "apply"), "the catalog's drain still wins"
+    always = {s.node: s for s in orch.plan(new, deployed=deployed, drain="always")}
+    assert always["lb1"].actions == ("drain", "apply", "verify", "undrain")
+    assert {s.node: s.actions for s in orch.plan(new)} == {s.node: s.actions for s in always.values()}, \
+        "without a deployed catalog every node is drained"
+
+
+@pytest.mark.parametrize("edit,node,why", [
+    (lambda d: d["bgp"].update(bfd={"interval": "200ms", "multiplier": 3}), "lb1", "its BGP bfd changes"),
+    (lambda d: d["services"].pop("imap"), "lb1", "it stops announcing 192.0.2.20/32"),
+    (lambda d: d["nodes"]["lb2"].update(address6="2001:db8:100::29"), "lb2", "its address6 changes"),
+    (lambda d: d["nodes"].update(lb4={"address": "198.51.100.24"}) or d["clusters"]["edge"]["nodes"].append("lb4"),
+     "lb4", "not in the deployed catalog"),
+])
+def test_a_change_that_reaches_the_routers_drains_the_node(tmp_path, campus_catalog, edit, node, why):
+    deployed, new = _change(tmp_path, campus_catalog, edit)
+    step = next(s for s in orch.plan(new, deployed=deployed) if s.node == node)
+    assert step.actions == ("drain", "apply", "verify", "undrain")
+    assert step.note == f"drained: {why}"
+
+
+def test_plan_refuses_an_unknown_drain_mode(fleet):
+    with pytest.raises(ValueError, match="drain must be one of auto, always"):
+        orch.plan(fleet, deployed=fleet, drain="never")
+
+
 # ----------------------------------------------------------------- lint
 
 
@@ -196,6 +238,32 @@ def test_runner_plan_refuses_a_bad_catalog_with_no_steps(tmp_path, campus_catalo
     assert runners.pack["__context__"]["retcode"] == 1
     lint = runners["anycastlb.lint"]()
     assert lint["result"] is False and "nothing is applied" in lint["comment"]
+
+
+def test_runner_compares_with_the_catalog_deployed_last(tmp_path, campus_catalog):
+    catalog = tmp_path / "live" / "campus.yaml"
+    catalog.parent.mkdir()
+    catalog.write_text(campus_catalog.read_text())
+    runners = _runners(tmp_path, catalog)
+    first = runners["anycastlb.plan"](runtime=False)
+    assert "no deployed catalog recorded" in first["comment"]
+    assert next(s for s in first["steps"] if s["node"] == "lb1")["actions"][0] == "drain"
+    rec = runners["anycastlb.mark_deployed"](from_plan=True)
+    assert rec["result"] is True and rec["deployed"].endswith("campus.yaml")
+    data = yaml.safe_load(catalog.read_text())
+    data["services"]["intranet"]["backends"]["web1"]["weight"] = 80
+    catalog.write_text(yaml.safe_dump(data))
+    second = runners["anycastlb.plan"](runtime=False)
+    assert "compared with the catalog deployed last" in second["comment"]
+    lb1 = next(s for s in second["steps"] if s["node"] == "lb1")
+    assert lb1["actions"] == ["remember", "apply", "verify", "announced"], lb1
+    assert runners["anycastlb.plan"](runtime=False, drain="always")["steps"][2]["actions"][0] == "drain"
+    # the record is the catalog as it was, not the live file
+    assert "weight: 80" not in Path(rec["deployed"]).read_text()
+    # after a highstate outside the orchestration: record the current catalog
+    now = runners["anycastlb.mark_deployed"]()
+    assert "current catalog" in now["comment"] and "weight: 80" in Path(now["deployed"]).read_text()
+    assert runners["anycastlb.mark_deployed"](from_plan=True)["result"] is False, "no plan since"
 
 
 def test_runner_plan_of_a_good_catalog(tmp_path, campus_catalog):
