@@ -2,7 +2,8 @@
 
 One campus lab, three health agents on lb1, the same fault (SIGKILL of lb1's HAProxy
 process tree) and the same measurement (both route reflectors' BIRD control sockets read
-every 2 ms from the host, until neither holds a path for 192.0.2.10/32 with next hop lb1):
+every 2 ms from the host, until neither holds a path for 192.0.2.10/32 with next hop lb1;
+the kill at a random phase against the agents' check intervals):
 
 * **anycastlb-healthd** as the catalog configures it (pidfd on the HAProxy master, stats
   socket every 100 ms);
@@ -25,6 +26,7 @@ Run: ``sudo .venv/bin/python benchmarks/withdrawal.py [--trials 7]`` (about 10 m
 from __future__ import annotations
 
 import argparse
+import random
 import subprocess
 import sys
 import time
@@ -94,6 +96,7 @@ def withdrawal_ms(lab) -> float:
     """Kill lb1's HAProxy; milliseconds until neither RR carries lb1's path (polled every 2 ms)."""
     with faults.BirdSocket(lab, "rr1") as a, faults.BirdSocket(lab, "rr2") as b:
         assert a.carries(PREFIX, LB1) and b.carries(PREFIX, LB1), "lb1 must announce www before the fault"
+        time.sleep(random.uniform(0.0, 2.0))  # a random phase against the agents' check intervals
         t0 = time.monotonic()
         faults.kill_daemon(lab, "lb1", "haproxy")
         faults.wait_until(lambda: not a.carries(PREFIX, LB1) and not b.carries(PREFIX, LB1), 90,
