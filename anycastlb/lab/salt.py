@@ -9,6 +9,7 @@ which are private to each node. Custom modules load straight from the repo throu
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,8 +100,11 @@ def salt_cmd(lab: "Lab", *args: str, timeout: float = 60) -> tuple[int, str, str
 
 def ping(lab: "Lab", timeout: int = 5) -> set[str]:
     """Minions answering ``test.ping`` right now."""
-    rc, out, _ = salt_cmd(lab, "*", "test.ping", "--out=json", "--static", f"--timeout={timeout}",
-                          timeout=timeout + 30)
+    try:
+        rc, out, _ = salt_cmd(lab, "*", "test.ping", "--out=json", "--static", f"--timeout={timeout}",
+                              timeout=timeout + 30)
+    except subprocess.TimeoutExpired:  # a master too busy to answer: nobody answered
+        return set()
     try:
         data = json.loads(out) if out.strip() else {}
     except ValueError:
