@@ -10,7 +10,12 @@ way an operator does it: ``git push`` of the catalog, the post-receive hook, the
 
 The change touches every daemon: a backend weight (HAProxy), a new http service with a
 new VIP (HAProxy, BIRD, healthd, nftables, apache2 vhosts on the backends, Icinga2) and
-a faster KDC check (healthd on the anycast backends).
+a faster KDC check (healthd on the anycast backends). None of it changes a node's BGP
+sessions, so the plan applies every node in place (``drain: auto``).
+
+Then, for comparison, a second change (another weight) deployed with ``drain: always``,
+the way every deploy ran before: each LB node and KDC withdrawn and re-announced in turn,
+so the routers' ECMP rehashes twice per node.
 
 Target (issue 7): at least 20,000 requests, 0 failed.
 
@@ -99,6 +104,16 @@ def edit(checkout: Path) -> None:
     p.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def steps(ret: dict) -> list[str]:
+    """The orchestration's state ids in order (``drain lb1``, ``apply lb1`` ...)."""
+    data = (ret.get("return") or {}).get("data") or {}
+    states = next(iter(data.values()), {}) if isinstance(data, dict) else {}
+    if not isinstance(states, dict):
+        return []
+    rows = sorted((v.get("__run_num__", 0), k.split("_|-")[1]) for k, v in states.items() if isinstance(v, dict))
+    return [name for _, name in rows]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", type=float, default=60.0, help="seconds of steady state under load")
@@ -131,14 +146,34 @@ def main() -> int:
         new = compile_catalog(ops.catalog_file(lab))
         api = [s for s in fl.probe_specs(lab, new, "client", None) if s["service"] == "api"]
         served = all(r["ok"] for r in fl.run_probes(lab, "client", api))
+        print(f"drain auto: {', '.join(steps(ret))}", flush=True)
+
+        # the comparison: a weight change, every node drained and undrained in turn
+        cat = ops.catalog_file(lab)
+        cat.write_text(cat.read_text().replace("weight: 80", "weight: 70", 1))
+        always = loads(lab, fleet, 900, "always")
+        time.sleep(3)
+        t2 = time.monotonic()
+        rc, data, raw = ops.orchestrate(lab, pillar={"anycastlb_deploy": {"drain": "always"}})
+        deploy2 = time.monotonic() - t2
+        time.sleep(3)
+        drained = collect(always, t2)
+        ok2 = rc == 0
+        names = [n for n in steps({"return": data}) if n.startswith(("drain", "undrain"))]
+        print(f"drain always: {len(names)} drain/undrain steps", flush=True)
     print(f"\n{machine()}\n")
     print(f"change {rev[:10]}: git push → orch.deploy {'succeeded' if ok else 'FAILED'} in {deploy:.1f} s; "
           f"api served after it: {served}")
     print("| phase | requests | failed |\n| --- | --- | --- |")
     print(f"| steady state, {a.baseline:.0f} s (baseline) | {steady['requests']} | {steady['failed']} |")
-    print(f"| rolling deploy, {deploy:.0f} s | {during['requests']} | {during['failed']} |")
+    print(f"| rolling deploy, drain auto (nodes applied in place), {deploy:.0f} s | {during['requests']} | "
+          f"{during['failed']} |")
+    print(f"| rolling deploy, drain always ({'ok' if ok2 else 'FAILED'}), {deploy2:.0f} s | {drained['requests']} | "
+          f"{drained['failed']} |")
     for f in during["failures"][:20]:
-        print(f"  failed at {f['at_s']:+.2f} s from the push: {f['target']}: {f['detail']}")
+        print(f"  drain auto: failed at {f['at_s']:+.2f} s from the push: {f['target']}: {f['detail']}")
+    for f in drained["failures"][:20]:
+        print(f"  drain always: failed at {f['at_s']:+.2f} s from the start: {f['target']}: {f['detail']}")
     total = during["requests"]
     met = ok and served and during["failed"] == 0 and total >= 20000
     print(f"\ntarget (>= 20,000 requests during the deploy, 0 failed): {'met' if met else 'NOT met'} "

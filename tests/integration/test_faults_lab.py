@@ -11,12 +11,6 @@ the reactor and the rolling orchestration. One lab for the module.
 
 from __future__ import annotations
 
-import io
-import os
-import secrets
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,44 +19,14 @@ import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
-ROOT = Path(__file__).resolve().parents[2]
-CAMPUS = ROOT / "anycastlb" / "examples" / "campus.yaml"
 WWW = {"kind": "http", "address": "192.0.2.10", "port": 80, "host": "www.example.org", "expect": "301"}
 LB1 = "198.51.100.21"
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("haproxy"):
-        pytest.skip("the lab needs root, iproute2 and the daemons (run .ci/setup)")
-
-
 @pytest.fixture(scope="module")
-def lab():
-    _need_root()
-    from anycastlb.lab import ops
-    from anycastlb.lab.cli import lab_up
-
-    work = Path(tempfile.mkdtemp(prefix="aclb-faults-", dir="/var/tmp"))
-    catalog = work / "campus.yaml"
-    shutil.copy(CAMPUS, catalog)
-    prefix = "aclbf" + secrets.token_hex(2)
-    out = io.StringIO()
-    try:
-        lab = lab_up(catalog, prefix=prefix, statedir=work / "state", out=out)
-    except Exception:
-        print(out.getvalue())
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    try:
-        # the first highstate's firewall catches the minions' connections mid-stream (docs/salt.md)
-        ops.restart_minions(lab)
-        yield lab
-    finally:
-        lab.down()
-        shutil.rmtree(work, ignore_errors=True)
-        left = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-                if n.startswith(prefix)]
-        assert not left, f"the lab left namespaces behind: {left}"
+def lab(campus_lab_factory):
+    with campus_lab_factory("faults", restart_minions=True) as the_lab:
+        yield the_lab
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,8 @@ addresses, bounded in count and time.
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import secrets
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,37 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CAMPUS = ROOT / "anycastlb" / "examples" / "campus.yaml"
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("haproxy"):
-        pytest.skip("the lab needs root, iproute2 and the daemons (run .ci/setup)")
-
-
 @pytest.fixture(scope="module")
-def lab():
-    _need_root()
-    from anycastlb.lab.cli import lab_up
-    from anycastlb.lab.core import LabError
-    work = Path(tempfile.mkdtemp(prefix="aclb-labtest-", dir="/var/tmp"))
-    catalog = work / "campus.yaml"
-    shutil.copy(CAMPUS, catalog)
-    prefix = "aclbl" + secrets.token_hex(2)
-    out = io.StringIO()
-    t0 = time.monotonic()
-    lab = lab_up(catalog, prefix=prefix, statedir=work / "state", out=out)
-    lab.up_seconds = time.monotonic() - t0
-    lab.up_output = out.getvalue()
-    print(lab.up_output)
-    print(f"lab up took {lab.up_seconds:.1f} s")
-    try:
-        yield lab
-    finally:
-        try:
-            lab.down()
-        except LabError as exc:  # pragma: no cover - reported, the next assertion shows it
-            print(f"teardown: {exc}")
-        shutil.rmtree(work, ignore_errors=True)
-        assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-                    if n.startswith(prefix)], "the lab left namespaces behind"
+def lab(campus_lab_factory):
+    with campus_lab_factory("labtest") as the_lab:
+        print(the_lab.up_output)
+        print(f"lab up took {the_lab.up_seconds:.1f} s")
+        yield the_lab
 
 
 @pytest.fixture(scope="module")
