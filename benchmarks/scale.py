@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -132,7 +133,6 @@ def measure(n: int) -> dict[str, float]:
             print(f"{n} services: {out}", flush=True)
             return out
     finally:
-        import shutil
         shutil.rmtree(work, ignore_errors=True)
 
 
