@@ -104,16 +104,6 @@ def edit(checkout: Path) -> None:
     p.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def steps(ret: dict) -> list[str]:
-    """The orchestration's state ids in order (``drain lb1``, ``apply lb1`` ...)."""
-    data = (ret.get("return") or {}).get("data") or {}
-    states = next(iter(data.values()), {}) if isinstance(data, dict) else {}
-    if not isinstance(states, dict):
-        return []
-    rows = sorted((v.get("__run_num__", 0), k.split("_|-")[1]) for k, v in states.items() if isinstance(v, dict))
-    return [name for _, name in rows]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", type=float, default=60.0, help="seconds of steady state under load")
@@ -146,7 +136,7 @@ def main() -> int:
         new = compile_catalog(ops.catalog_file(lab))
         api = [s for s in fl.probe_specs(lab, new, "client", None) if s["service"] == "api"]
         served = all(r["ok"] for r in fl.run_probes(lab, "client", api))
-        print(f"drain auto: {', '.join(steps(ret))}", flush=True)
+        print(f"drain auto: {', '.join(ops.orchestration_steps(ret))}", flush=True)
 
         # the comparison: a weight change, every node drained and undrained in turn
         cat = ops.catalog_file(lab)
@@ -159,7 +149,7 @@ def main() -> int:
         time.sleep(3)
         drained = collect(always, t2)
         ok2 = rc == 0
-        names = [n for n in steps({"return": data}) if n.startswith(("drain", "undrain"))]
+        names = [n for n in ops.orchestration_steps({"return": data}) if n.startswith(("drain", "undrain"))]
         print(f"drain always: {len(names)} drain/undrain steps", flush=True)
     print(f"\n{machine()}\n")
     print(f"change {rev[:10]}: git push → orch.deploy {'succeeded' if ok else 'FAILED'} in {deploy:.1f} s; "

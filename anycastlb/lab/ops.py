@@ -303,7 +303,21 @@ class OrchestrationWatch:
         self.close()
 
 
-__all__ = ["EVENT_TAG", "OpsError", "OrchestrationWatch", "bootstrap", "forget_minion", "make_catalog_repo", "orchestrate", "prepare",
+def orchestration_steps(ret: dict[str, Any]) -> list[str]:
+    """The state ids of an orchestration's return, in the order they ran (``drain lb1``, ``apply lb1`` ...).
+
+    ``ret`` is the runner's return event (:meth:`OrchestrationWatch.wait`) or
+    ``{"return": <salt-run --out=json output>}``.
+    """
+    data = (ret.get("return") or {}).get("data") or {}
+    states = next(iter(data.values()), {}) if isinstance(data, dict) else {}
+    if not isinstance(states, dict):
+        return []
+    rows = sorted((v.get("__run_num__", 0), k.split("_|-")[1]) for k, v in states.items() if isinstance(v, dict))
+    return [name for _, name in rows]
+
+
+__all__ = ["EVENT_TAG", "OpsError", "OrchestrationWatch", "bootstrap", "orchestration_steps", "forget_minion", "make_catalog_repo", "orchestrate", "prepare",
            "push_catalog", "salt_cmd", "salt_run", "start_sshd"]
 
 
