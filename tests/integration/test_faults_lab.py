@@ -11,7 +11,9 @@ the reactor and the rolling orchestration. One lab for the module.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -44,9 +46,24 @@ def converged(lab, fleet):
     fl.wait_converged(lab, fleet, timeout=180)
 
 
-def prober(lab, target=WWW, interval=0.02, timeout=0.2, duration=120.0):
+@contextlib.contextmanager
+def probing(lab, repair=lambda: None, target=WWW, interval=0.02, timeout=0.2, duration=120.0, settle=1.0):
+    """The client probes ``target`` while the block breaks something, after ``settle`` s of normal
+    service; afterwards ``run.timeline`` holds every request and ``run.t0`` when the block began.
+    ``repair`` runs however the block ends."""
     from anycastlb.lab.outage import Prober
-    return Prober(lab, "client", dict(target), interval=interval, timeout=timeout, duration=duration)
+
+    run = types.SimpleNamespace(t0=0.0, timeline=[])
+    p = Prober(lab, "client", dict(target), interval=interval, timeout=timeout, duration=duration).start()
+    try:
+        time.sleep(settle)
+        run.t0 = time.monotonic()
+        yield run
+    finally:
+        try:
+            run.timeline = p.stop()
+        finally:
+            repair()
 
 
 def report(what: str, timeline, since: float, interval: float = 0.02) -> float:
@@ -69,25 +86,16 @@ def test_lb_node_link_down(lab, converged):
     """lb1's only link goes down: BFD on the route reflectors withdraws its paths."""
     from anycastlb.lab import faults
 
-    with faults.BirdSocket(lab, "rr1") as rr1:
-        p = prober(lab).start()
-        try:
-            time.sleep(1.0)
-            t0 = time.monotonic()
-            faults.link_down(lab, "lb1")
-            withdrawn = faults.wait_until(lambda: not rr1.carries("192.0.2.10/32", LB1), 15,
-                                          "rr1 still carries lb1's path for www", every=0.002)
-            time.sleep(1.5)
-        finally:
-            try:
-                timeline = p.stop()
-            finally:
-                faults.link_up(lab, "lb1")
-    ms = report("lb1 link down", timeline, t0)
+    with faults.BirdSocket(lab, "rr1") as rr1, probing(lab, lambda: faults.link_up(lab, "lb1")) as run:
+        faults.link_down(lab, "lb1")
+        withdrawn = faults.wait_until(lambda: not rr1.carries("192.0.2.10/32", LB1), 15,
+                                      "rr1 still carries lb1's path for www", every=0.002)
+        time.sleep(1.5)
+    ms = report("lb1 link down", run.timeline, run.t0)
     print(f"rr1 withdrew lb1's path {withdrawn * 1000:.0f} ms after the link went down")
     assert withdrawn < 1.5, "BFD (100 ms x 3) must notice long before the hold timer"
     assert ms < 1500
-    assert answered_after(timeline)
+    assert answered_after(run.timeline)
 
 
 @pytest.mark.parametrize("node,daemon", [("lb1", "haproxy"), ("lb1", "bird"), ("rr1", "bird")])
@@ -97,10 +105,7 @@ def test_daemon_dies(lab, converged, node, daemon):
 
     before = faults.daemon_pid(lab, node, daemon)
     assert before
-    p = prober(lab).start()
-    try:
-        time.sleep(1.0)
-        t0 = time.monotonic()
+    with probing(lab, lambda: faults.control(lab, node, "start", daemon)) as run:
         faults.kill_daemon(lab, node, daemon)
         if node == "lb1":
             with faults.BirdSocket(lab, "rr2") as rr2:
@@ -108,15 +113,10 @@ def test_daemon_dies(lab, converged, node, daemon):
                                          f"rr2 still carries lb1's path after {daemon} died", every=0.002)
             print(f"\nrr2 withdrew lb1's path {gone * 1000:.0f} ms after {daemon} died")
         time.sleep(2.0)
-    finally:
-        try:
-            timeline = p.stop()
-        finally:
-            faults.control(lab, node, "start", daemon)
-    ms = report(f"{daemon} on {node} killed", timeline, t0)
+    ms = report(f"{daemon} on {node} killed", run.timeline, run.t0)
     assert faults.daemon_pid(lab, node, daemon) not in (None, before)
     assert ms < 1000
-    assert answered_after(timeline)
+    assert answered_after(run.timeline)
 
 
 def test_web_backend_dies(lab, fleet, converged):
@@ -126,23 +126,15 @@ def test_web_backend_dies(lab, fleet, converged):
 
     https = {"kind": "https", "address": "192.0.2.10", "port": 443, "host": "www.example.org", "path": "/healthz",
              "cafile": str(lab.statedir / "pki" / "campus-wildcard.crt")}
-    p = prober(lab, https, interval=0.05, timeout=2.0).start()
-    try:
-        time.sleep(1.0)
-        t0 = time.monotonic()
+    with probing(lab, lambda: faults.control(lab, "web1", "start", "apache2"), https, 0.05, 2.0) as run:
         faults.kill_daemon(lab, "web1", "apache2")
         down = faults.wait_until(lambda: fl.haproxy_states(lab, "lb1")["www-8080"]["web1"].startswith("DOWN"), 30,
                                  "lb1's HAProxy never marked web1 DOWN", every=0.2)
         time.sleep(1.0)
-    finally:
-        try:
-            timeline = p.stop()
-        finally:
-            faults.control(lab, "web1", "start", "apache2")
-    report("apache2 on web1 killed", timeline, t0, interval=0.05)
+    report("apache2 on web1 killed", run.timeline, run.t0, interval=0.05)
     print(f"HAProxy marked web1 DOWN after {down:.1f} s (checks every 2 s, fall 3)")
-    assert len(timeline) > 50
-    assert not [s for s in timeline if not s[1]], "HAProxy retries an idempotent request on the other server"
+    assert len(run.timeline) > 50
+    assert not [s for s in run.timeline if not s[1]], "HAProxy retries an idempotent request on the other server"
     faults.wait_until(lambda: fl.haproxy_states(lab, "lb1")["www-8080"]["web1"] == "UP", 30,
                       "web1 did not come back UP", every=0.5)
 
@@ -155,25 +147,17 @@ def test_kdc_dies_and_its_announcement_goes(lab, converged):
 
     kdc = {"kind": "tcp", "address": "192.0.2.88", "port": 88}
     kdc1 = lab.host("kdc1").address
+    _, ports = cat_mod.stand_ins(lab.catalog)
     with faults.BirdSocket(lab, "rr1") as rr1:
         assert rr1.carries("192.0.2.88/32", kdc1)
-        p = prober(lab, kdc).start()
-        try:
-            time.sleep(1.0)
-            t0 = time.monotonic()
+        with probing(lab, lambda: start_responder(lab, "kdc1", *ports["kdc1"]), kdc) as run:
             lab.stop("kdc1", "responder", grace=0)
             gone = faults.wait_until(lambda: not rr1.carries("192.0.2.88/32", kdc1), 15,
                                      "rr1 still carries kdc1's path", every=0.002)
             time.sleep(1.5)
-        finally:
-            try:
-                timeline = p.stop()
-            finally:
-                _, ports = cat_mod.stand_ins(lab.catalog)
-                start_responder(lab, "kdc1", *ports["kdc1"])
-    ms = report("the KDC on kdc1 killed", timeline, t0)
+    ms = report("the KDC on kdc1 killed", run.timeline, run.t0)
     print(f"rr1 withdrew kdc1's path {gone * 1000:.0f} ms after the KDC died")
-    tail = [s for s in timeline if s[0] > t0 + gone + 0.5]
+    tail = [s for s in run.timeline if s[0] > run.t0 + gone + 0.5]
     assert tail and all(s[1] and "kdc2" in s[3] for s in tail), "kdc2 answers every request"
     assert gone < 3.0, "a refused connection is a hard failure: withdrawn at the next check (2 s)"
     assert ms < 3500
@@ -190,20 +174,15 @@ def test_config_the_checker_rejects_reloads_nothing(lab, fleet, converged):
     cert = bad["certificates"]["campus-wildcard"]
     cert["cert"] = cert["cert"].replace(cert["cert"].splitlines()[5], "A" * 64)  # garbled, still PEM-shaped
     before = faults.node_snapshot(lab, "lb1")
-    p = prober(lab).start()
-    try:
+    with probing(lab, lambda: path.write_text(good), settle=0.5) as run:
         path.write_text(yaml.safe_dump(bad))
-        t0 = time.monotonic()
         with pytest.raises(fl.FleetError) as err:
             fl.apply(lab, "lb1")
-        took = time.monotonic() - t0
-    finally:
-        path.write_text(good)
-        timeline = p.stop()
+        took = time.monotonic() - run.t0
     print(f"\nstate.apply lb1 refused in {took:.1f} s: {str(err.value)[:300]}")
     assert "haproxy" in str(err.value).lower()
     assert faults.node_snapshot(lab, "lb1") == before, "no file rewritten, no daemon restarted"
-    assert report("apply with a rejected certificate", timeline, t0) == 0.0
+    assert report("apply with a rejected certificate", run.timeline, run.t0) == 0.0
 
 
 def test_bad_catalog_push_is_refused_and_changes_nothing(lab, converged):
@@ -218,18 +197,13 @@ def test_bad_catalog_push_is_refused_and_changes_nothing(lab, converged):
         p.write_text(p.read_text().replace("cluster: edge\n    backends: [web1, web2]",
                                            "cluster: nosuch\n    backends: [web1, web2]", 1))
 
-    p = prober(lab, duration=300).start()
-    try:
-        t0 = time.monotonic()
-        with ops.OrchestrationWatch(lab) as watch:
-            ops.push_catalog(lab, edit, "www: a cluster that does not exist")
-            ret = watch.wait(300)
-        took = time.monotonic() - t0
-    finally:
-        timeline = p.stop()
+    with probing(lab, duration=300, settle=0.5) as run, ops.OrchestrationWatch(lab) as watch:
+        ops.push_catalog(lab, edit, "www: a cluster that does not exist")
+        ret = watch.wait(300)
+        took = time.monotonic() - run.t0
     text = str(ret.get("return"))
     print(f"\nrefused push: the orchestration returned after {took:.1f} s")
     assert ret.get("success") is False
     assert "cluster 'nosuch' does not exist" in text and "campus.yaml" in text, text[:3000]
     assert {n: faults.node_snapshot(lab, n) for n in nodes} == before
-    assert report("a refused catalog push", timeline, t0) == 0.0
+    assert report("a refused catalog push", run.timeline, run.t0) == 0.0
