@@ -363,13 +363,15 @@ def undrain(node: str, timeout: float = 30, in_place: bool = False) -> dict[str,
         return _failed({**ret, "comment": f"{node} is not a node of the catalog"})
     model = fleet.nodes[node]
     t0 = time.monotonic()
-    if in_place:
+    if in_place:  # never drained: only read what it announces now
         now = set(_announced_now(node))
-        got: Any = (0, {"prefixes": {p: True for p in now}})
+        node_ret: Any = {"announced": sorted(now)}
     else:
         got = _cmd([node], "anycastlb.undrain", {"timeout": timeout}, wait=timeout + 30).get(node)
         if got is None or got[0] != 0:
             return _failed({**ret, "comment": f"{node}: undrain failed: {_silent(got)}"})
+        node_ret = got[1]
+        now = {p for p, a in (node_ret.get("prefixes") or {}).items() if a}
     memo = os.path.join(_state_dir(), f"{node}.json")
     try:
         with open(memo, encoding="utf-8") as fh:
@@ -377,7 +379,6 @@ def undrain(node: str, timeout: float = 30, in_place: bool = False) -> dict[str,
     except (OSError, ValueError):
         before = set()
     catalog_announce = set((model.get("bgp") or {}).get("announce") or [])
-    now = {p for p, a in (got[1].get("prefixes") or {}).items() if a}
     expect = sorted((before & catalog_announce) | now)
     if model.get("state", "active") != "active":
         expect = []
@@ -387,7 +388,7 @@ def undrain(node: str, timeout: float = 30, in_place: bool = False) -> dict[str,
     problems = [f"{rr}: {_silent(waits.get(rr))}" for rr in rrs if expect and waits.get(rr, (1,))[0] != 0]
     missing = sorted((before & catalog_announce) - now)
     ms = round((time.monotonic() - t0) * 1000)
-    ret.update(expected=expect, seconds=round(ms / 1000, 2), node_undrain=got[1],
+    ret.update(expected=expect, seconds=round(ms / 1000, 2), node_undrain=node_ret,
                announced_ms={rr: _waited(waits, rr) for rr in rrs})
     if problems:
         why = f" (anycastlb-healthd does not announce {', '.join(missing)}: see salt {node} anycastlb.status)" \

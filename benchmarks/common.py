@@ -10,16 +10,12 @@ machine: two labs at once share two cores, and every absolute time doubles.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import platform
-import secrets
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -68,34 +64,13 @@ def machine() -> str:
 @contextlib.contextmanager
 def lab(catalog: Path = CAMPUS, tag: str = "bench", restart_minions: bool = True,
         salt: bool = True) -> Iterator["object"]:
-    """A campus lab (copy of ``catalog``) for the duration of the block; always torn down."""
-    from anycastlb.lab import ops
-    from anycastlb.lab.cli import lab_up
-    from anycastlb.lab.core import teardown_on_failure
+    """A lab of a copy of ``catalog`` for the duration of the block; always torn down
+    (:func:`anycastlb.lab.cli.temporary_lab`)."""
+    from anycastlb.lab.cli import temporary_lab
 
-    work = Path(tempfile.mkdtemp(prefix=f"aclb-{tag}-", dir="/var/tmp"))
-    cat = work / Path(catalog).name
-    shutil.copy(catalog, cat)
-    prefix = f"aclb{tag[:3]}{secrets.token_hex(2)}"
-    out = io.StringIO()
-    t0 = time.monotonic()
-    try:
-        the_lab = lab_up(cat, prefix=prefix, statedir=work / "state", out=out, salt=salt)
-    except BaseException:
-        print(out.getvalue()[-3000:], file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    the_lab.up_seconds = time.monotonic() - t0  # type: ignore[attr-defined]
-    try:
-        with teardown_on_failure(the_lab):
-            print(f"lab {prefix} up in {the_lab.up_seconds:.1f} s", flush=True)  # type: ignore[attr-defined]
-            if salt and restart_minions:
-                ops.restart_minions(the_lab)  # the first firewall load catches them mid-stream
-            yield the_lab
-    finally:
-        with contextlib.suppress(Exception):
-            the_lab.down()
-        shutil.rmtree(work, ignore_errors=True)
+    with temporary_lab(catalog, tag, restart_minions=restart_minions, salt=salt) as the_lab:
+        print(f"lab {the_lab.prefix} up in {the_lab.up_seconds:.1f} s", flush=True)  # type: ignore[attr-defined]
+        yield the_lab
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

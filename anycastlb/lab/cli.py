@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import secrets
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from . import catalog as cat_mod
-from .core import DEFAULT_PREFIX, Lab, load_lab, teardown_on_failure, up_network
+from .core import DEFAULT_PREFIX, Lab, LabError, load_lab, teardown_on_failure, up_network
 from .peer import start_peers
 from .responder import start_responder
 from .salt import start_salt
@@ -66,6 +72,42 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
     print(f"lab up in {lab.meta['up_seconds']} s; `anycastlb lab status`, `anycastlb lab shell NODE`, "
           f"`anycastlb lab down`", file=out)
     return lab
+
+
+@contextlib.contextmanager
+def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", restart_minions: bool = False,
+                  salt: bool = True) -> Iterator[Lab]:
+    """``lab up`` of a copy of ``catalog`` in its own ``/var/tmp/aclb-<tag>-*`` (prefix
+    ``aclb<tag[:3]><hex4>``) for the duration of the block, torn down after it, also on
+    SIGTERM/SIGHUP. The lab carries ``up_seconds`` and ``up_output`` (what ``lab up`` printed).
+    Used by the lab tests and the benchmarks."""
+    from .ops import restart_minions as restart
+
+    work = Path(tempfile.mkdtemp(prefix=f"aclb-{tag}-", dir="/var/tmp"))
+    copy = work / Path(catalog).name
+    shutil.copy(catalog, copy)
+    out = io.StringIO()
+    t0 = time.monotonic()
+    try:
+        lab = lab_up(copy, prefix=f"aclb{tag[:3]}{secrets.token_hex(2)}", statedir=work / "state", out=out,
+                     salt=salt)
+    except BaseException:
+        print(out.getvalue()[-3000:], file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    lab.up_seconds = time.monotonic() - t0  # type: ignore[attr-defined]
+    lab.up_output = out.getvalue()  # type: ignore[attr-defined]
+    try:
+        with teardown_on_failure(lab):
+            if salt and restart_minions:
+                restart(lab)  # the first firewall load catches their connections mid-stream (docs/salt.md)
+            yield lab
+    finally:
+        try:
+            lab.down()
+        except LabError as exc:
+            print(f"teardown: {exc}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _cmd_up(a: argparse.Namespace) -> int:

@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from . import net, nodefs, proc
-from .salt import BIN
+from .salt import PYTHON
 
 if TYPE_CHECKING:
     from .core import Lab
-
-PYTHON = str(BIN / "python")
 
 
 class FaultError(RuntimeError):

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..compiler import Fleet, compile_catalog
-from .salt import BIN, master_node, salt_cmd
+from .salt import PYTHON, master_node, salt_cmd
 
 if TYPE_CHECKING:
     from .core import Lab
 
 CLIENT = "client"
-PYTHON = str(BIN / "python")
 
 
 class FleetError(RuntimeError):

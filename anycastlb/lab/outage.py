@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .probe import probe
-from .salt import BIN
-
-PYTHON = str(BIN / "python")
+from .salt import PYTHON
 
 if TYPE_CHECKING:
     from .core import Lab

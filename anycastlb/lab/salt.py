@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from .core import Lab
 
 BIN = Path(sys.executable).parent
+#: The Python of this venv, which every lab node runs anycastlb and the lab clients with.
+PYTHON = str(BIN / "python")
 
 
 class SaltBootstrapError(RuntimeError):

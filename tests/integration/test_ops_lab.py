@@ -2,7 +2,6 @@
 under client load, salt-ssh bootstrap of a node without a minion. One lab for the module."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -83,16 +82,6 @@ def rr_view(lab):
     return {rr: fl.announcers(lab, fleet, rr) for rr in ("rr1", "rr2")}
 
 
-def node_files(lab, node: str) -> dict[str, tuple[str, int]]:
-    """sha256 and mtime_ns of every file under the node's private /etc (its upper dir)."""
-    root = lab.node_root(node) / "upper" / "etc"
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and "salt" not in p.parts:
-            out[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-    return out
-
-
 def test_runtime_drain_withdraws_and_keeps_bgp_established(lab):
     t0 = time.monotonic()
     rc, ret, raw = run(lab, "anycastlb.drain", "node=lb1")
@@ -111,11 +100,11 @@ def test_runtime_drain_withdraws_and_keeps_bgp_established(lab):
 
 
 def test_refused_catalog_stops_at_lint_and_changes_nothing(lab):
-    from anycastlb.lab import ops
+    from anycastlb.lab import faults, ops
 
     cat = ops.catalog_file(lab)
     good = cat.read_text()
-    before = {n: node_files(lab, n) for n in ("lb1", "rr1", "web1")}
+    before = {n: faults.node_snapshot(lab, n) for n in ("lb1", "rr1", "web1")}
     try:
         cat.write_text(good.replace("cluster: edge\n    backends: [web1, web2]", "cluster: nosuch\n    backends: [web1, web2]"))
         rc, data, raw = ops.orchestrate(lab)
@@ -126,7 +115,7 @@ def test_refused_catalog_stops_at_lint_and_changes_nothing(lab):
         assert "salt.state" not in raw and "apply lb1" not in raw, "no node was applied"
     finally:
         cat.write_text(good)
-    after = {n: node_files(lab, n) for n in ("lb1", "rr1", "web1")}
+    after = {n: faults.node_snapshot(lab, n) for n in ("lb1", "rr1", "web1")}
     assert after == before, "a refused catalog touches no file on any node"
 
 
