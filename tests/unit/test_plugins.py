@@ -510,6 +510,28 @@ def test_haproxy_stats_cache_must_be_private(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ UDP, notifications
 
 
+def test_udp_sends_again_when_a_datagram_is_lost():
+    """The first datagram goes unanswered (lost); the probe sends again after --retry and passes."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    seen = []
+
+    def answer_the_second() -> None:
+        for _ in range(2):
+            data, peer = srv.recvfrom(100)
+            seen.append(time.monotonic())
+        srv.sendto(b"~KRB-ERROR " + data, peer)
+
+    t = threading.Thread(target=answer_the_second, daemon=True)
+    t.start()
+    state, line = udp.probe("127.0.0.1", port, b"probe", 2.0, retry=0.3)
+    t.join(2)
+    srv.close()
+    assert state == udp.OK, line
+    assert len(seen) == 2 and 0.25 <= seen[1] - seen[0] < 1.0
+
+
 def test_udp_ok_on_an_answer_critical_on_refusal():
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     srv.bind(("127.0.0.1", 0))
