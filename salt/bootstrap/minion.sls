@@ -1,7 +1,7 @@
 {#- Bootstrap a fresh node into Salt, over salt-ssh (no minion needed):
 
-      anycastlb roster CATALOG --priv KEY > /etc/salt/roster
-      salt-ssh --roster-file=/etc/salt/roster NODE state.apply bootstrap.minion
+      anycastlb roster CATALOG --priv KEY > /etc/anycastlb/roster   # its own file, never /etc/salt/roster
+      salt-ssh --roster-file=/etc/anycastlb/roster NODE state.apply bootstrap.minion
 
     Installs salt-minion, writes /etc/salt/minion.d/anycastlb.conf (id = the minion id,
     master = the catalog's salt-master node) and starts the minion. The differences
