@@ -185,7 +185,7 @@ def main() -> int:
         print(f"| {label} | {summary(ms[key])} | {ratio:.1f}x |")
     ok = bfd <= 300 and median(ms["keepalived"]) >= 10 * bfd
     print(f"\ntarget (BFD <= 300 ms and >= 10x faster than keepalived): {'met' if ok else 'NOT met'}")
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -86,20 +87,44 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def kill_daemon(lab: "Lab", node: str, daemon: str) -> int:
-    """SIGKILL a daemon and every process below it (a crash, not a stop); return its PID."""
+@dataclass(frozen=True)
+class Killed:
+    """A daemon's process tree SIGKILLed: ``at`` is ``time.monotonic()`` just before the first
+    ``kill(2)``, the instant a measurement of what follows must start from."""
+
+    node: str
+    daemon: str
+    pid: int
+    tree: tuple[int, ...]
+    at: float
+
+    def wait_dead(self, timeout: float = 10) -> None:
+        """Until no process of the tree is alive (the kernel reaps them in a few ms)."""
+        wait_until(lambda: not any(proc.alive(p) for p in self.tree), timeout,
+                   f"{self.node}: {self.daemon} still alive after SIGKILL")
+
+
+def kill_daemon(lab: "Lab", node: str, daemon: str, wait: bool = True) -> Killed:
+    """SIGKILL a daemon and every process below it (a crash, not a stop).
+
+    ``wait=False`` returns right after the signals are sent, so the caller can watch what
+    follows from :attr:`Killed.at` on (and call :meth:`Killed.wait_dead` afterwards).
+    """
     pid = daemon_pid(lab, node, daemon)
     if pid is None:
         raise FaultError(f"{node}: {daemon} does not run")
     ours = node_pids(lab, node)
-    tree = [p for p in descendants(pid) if p in ours]
+    tree = tuple(p for p in descendants(pid) if p in ours)
+    at = time.monotonic()
     for p in tree:
         try:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    wait_until(lambda: not any(proc.alive(p) for p in tree), 10, f"{node}: {daemon} still alive after SIGKILL")
-    return pid
+    killed = Killed(node, daemon, pid, tree, at)
+    if wait:
+        killed.wait_dead()
+    return killed
 
 
 def control(lab: "Lab", node: str, verb: str, daemon: str, timeout: float = 60) -> str:
@@ -123,14 +148,16 @@ def link_up(lab: "Lab", node: str, iface: str = "eth0") -> None:
     net.ip_batch(lab.ns(node), net.host_commands(lab.host(node), iface))
 
 
-def wait_until(cond: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> float:
-    """Poll ``cond`` until true; return the seconds it took; raise FaultError naming ``what``."""
+def wait_until(cond: Callable[[], object], timeout: float, what: str, every: float = 0.05,
+               since: float | None = None) -> float:
+    """Poll ``cond`` until true; return the seconds it took (counted from the monotonic
+    time ``since`` when given, e.g. :attr:`Killed.at`); raise FaultError naming ``what``."""
     t0 = time.monotonic()
     while not cond():
         if time.monotonic() - t0 > timeout:
             raise FaultError(f"{what} (waited {timeout:.0f} s)")
         time.sleep(every)
-    return time.monotonic() - t0
+    return time.monotonic() - (t0 if since is None else since)
 
 
 class BirdSocket:

@@ -1,7 +1,9 @@
 """Bounded client probes run inside a lab namespace: ``python -m anycastlb.lab.probe SPEC.json``.
 
 Each probe makes at most one connection (or one datagram) with a short timeout
-and stops by itself; results are printed as JSON. Used by ``lab status`` (from
+and stops by itself; results are printed as JSON. A probe succeeds only on an answer:
+an HTTP status, a datagram, or for tcp the server's first line (a bare connect is not
+enough: HAProxy accepts on a tcp frontend whose backends are all down). Used by ``lab status`` (from
 the client and from a campus host) and by the integration tests.
 """
 
@@ -25,13 +27,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
         if kind in ("http", "https"):
             ok, detail = _http(spec, kind, addr, port, timeout)
         elif kind == "tcp":
-            with socket.create_connection((addr, port), timeout=timeout) as s:
-                s.settimeout(timeout)
-                try:
-                    banner = s.recv(200).decode(errors="replace").strip()
-                except socket.timeout:
-                    banner = ""
-            ok, detail = True, f"connected{': ' + banner if banner else ''}"
+            ok, detail = _tcp(spec, addr, port, timeout)
         elif kind == "udp":
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
             with socket.socket(fam, socket.SOCK_DGRAM) as s:
@@ -46,6 +42,31 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
         ok, detail = False, f"{type(exc).__name__}: {exc}"
     return {"ok": ok, "detail": detail, "ms": round((time.monotonic() - t0) * 1000, 1)}
+
+
+def _tcp(spec: dict[str, Any], addr: str, port: int, timeout: float) -> tuple[bool, str]:
+    """Connect and require the server's first line (a banner, as IMAP and the lab's responders
+    send): HAProxy accepts on a tcp frontend even when no backend is up, so a bare connect,
+    a close without a word or a receive timeout is a failure. ``expect``: a text the line
+    must contain."""
+    with socket.create_connection((addr, port), timeout=timeout) as s:
+        data = b""
+        try:
+            while b"\n" not in data and len(data) < 512:
+                chunk = s.recv(512)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            return False, f"connected, but no answer within {timeout:g} s" + (
+                f" (got {data[:80].decode(errors='replace')!r})" if data else "")
+    banner = data.decode(errors="replace").strip().splitlines()[0] if data.strip() else ""
+    if not banner:
+        return False, "connected, but closed without an answer"
+    expect = str(spec.get("expect") or "")
+    if expect and expect not in banner:
+        return False, f"answered {banner[:80]!r}, expected {expect!r}"
+    return True, f"connected: {banner}"
 
 
 def _http(spec: dict[str, Any], kind: str, addr: str, port: int, timeout: float) -> tuple[bool, str]:
@@ -108,28 +129,38 @@ def scan(address: str, ports: list[int], timeout: float = 1.5, batch: int = 200)
 
 def load(spec: dict[str, Any]) -> dict[str, Any]:
     """A bounded load: cycle through ``targets`` every ``interval`` s until ``max_requests``, ``duration``
-    or the ``stop_file`` appears; count the failures (each a new connection, short timeout)."""
+    or the ``stop_file`` appears; count the failures (each a new connection, short timeout).
+
+    ``marks``: files the caller creates, in order, at the instants that delimit what it
+    measures (e.g. a deploy's start and end); ``at_marks`` then holds, per mark seen, the
+    requests and failures counted before it appeared, so the caller can count a window.
+    """
     import os
     targets = spec["targets"]
     interval = float(spec.get("interval", 0.01))
     end = time.monotonic() + float(spec.get("duration", 60))
     limit = int(spec.get("max_requests", 20000))
     stop = spec.get("stop_file")
-    done = 0
+    marks = list(spec.get("marks") or [])
+    at_marks: list[dict[str, Any]] = []
+    done = failed = 0
     failures: list[dict[str, Any]] = []
     per_target: dict[str, int] = {}
     t0 = time.monotonic()
     while done < limit and time.monotonic() < end and not (stop and os.path.exists(stop)):
+        while len(at_marks) < len(marks) and os.path.exists(marks[len(at_marks)]):
+            at_marks.append({"requests": done, "failed": failed, "at_s": round(time.monotonic() - t0, 3)})
         t = targets[done % len(targets)]
         r = probe(t)
         done += 1
         key = f"{t['kind']} {t['address']}:{t['port']}"
         per_target[key] = per_target.get(key, 0) + 1
         if not r["ok"]:
+            failed += 1
             failures.append({"at_s": round(time.monotonic() - t0, 3), "target": key, "detail": r["detail"]})
         time.sleep(interval)
-    return {"requests": done, "failed": len(failures), "failures": failures[:50], "per_target": per_target,
-            "seconds": round(time.monotonic() - t0, 1)}
+    return {"requests": done, "failed": failed, "failures": failures[:50], "per_target": per_target,
+            "at_marks": at_marks, "seconds": round(time.monotonic() - t0, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-TIMES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +44,7 @@ def master(salt_factories, catalog, campus_secrets):
             "log_level_logfile": "info",
         },
     )
-    t0 = time.monotonic()
     with factory.started():
-        TIMES["master_start_s"] = time.monotonic() - t0
         yield factory
 
 
@@ -60,9 +56,7 @@ def minions(master):
                  "enable_gpu_grains": False}
     lb1 = master.salt_minion_daemon("lb1", overrides=overrides)
     web1 = master.salt_minion_daemon("web1", overrides=overrides)
-    t0 = time.monotonic()
     with lb1.started(), web1.started():
-        TIMES["two_minions_start_s"] = time.monotonic() - t0
         yield {"lb1": lb1, "web1": web1}
 
 
@@ -72,9 +66,7 @@ def salt_cli(master, minions):
 
 
 def test_lb1_gets_its_slice_with_the_certificate(salt_cli, campus_secrets):
-    t0 = time.monotonic()
     ret = salt_cli.run("pillar.items", "unmask=True", minion_tgt="lb1")
-    TIMES["pillar_items_lb1_s"] = time.monotonic() - t0
     assert ret.returncode == 0, ret
     data = ret.data["anycastlb"]
     assert data["node"] == "lb1" and "haproxy" in data["roles"]
@@ -127,8 +119,3 @@ def test_broken_catalog_fails_pillar_and_state_apply_refuses(salt_cli, catalog):
     assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="lb1").returncode == 0
     ret = salt_cli.run("pillar.items", "unmask=True", minion_tgt="lb1")
     assert "_errors" not in ret.data and ret.data["anycastlb"]["node"] == "lb1"
-
-
-def test_report_timings():
-    """Not an assertion of speed: prints the figures this module measured."""
-    print("\n" + ", ".join(f"{k} {v:.2f}" for k, v in TIMES.items()))
