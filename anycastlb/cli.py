@@ -68,7 +68,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"  apache vhost {v['server_name']}:{v['port']} ({v['service']})")
     if m["monitoring"]:
         print(f"  monitoring: {len(m['monitoring']['hosts'])} hosts, {len(m['monitoring']['checks'])} checks")
-    print(f"  firewall: default {m['firewall']['policy']}, {len(m['firewall']['rules'])} accept rules")
+    fw = m["firewall"]
+    print(f"  firewall: default {fw['policy']}, {len(fw['rules'])} accept rules" if fw.get("managed", True)
+          else f"  firewall: unmanaged (the site's must open {len(fw['rules'])} rules: anycastlb ports)")
     return 0
 
 
@@ -102,6 +104,25 @@ def cmd_roster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ports(args: argparse.Namespace) -> int:
+    """The port matrix: every flow the fleet's firewalls accept (for the firewalls between segments)."""
+    from .ports import markdown, rows, unmanaged
+    fleet = _compile(args.catalog)
+    unknown = [n for n in args.node if n not in fleet.nodes]
+    if unknown:
+        print(f"error: not in the catalog: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    table = rows(fleet, args.node or None)
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    sys.stdout.write(markdown(table))
+    for nid in unmanaged(fleet):
+        if not args.node or nid in args.node:
+            print(f"\nnode {nid}: firewall unmanaged: the site's firewall must open its rows above")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anycastlb", description=__doc__)
     p.add_argument("--version", action="version", version=f"anycastlb {__version__}")
@@ -129,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--priv", help="ssh private key for salt-ssh")
     s.add_argument("--port", type=int, default=22)
     s.set_defaults(func=cmd_roster)
+    s = sub.add_parser("ports", help="port matrix: who talks to whom on which port")
+    s.add_argument("catalog")
+    s.add_argument("node", nargs="*", help="only flows to these nodes (default: all)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ports)
     for modname in _EXTRA:
         try:
             mod = __import__(modname, fromlist=["register"])

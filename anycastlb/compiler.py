@@ -30,6 +30,7 @@ SSH_PORT = 22
 SALT_PORTS = (4505, 4506)
 BGP_PORT = 179
 BFD_PORTS = (3784, 3785)
+BFD_MULTIHOP_PORT = 4784
 SECTION_KIND = {"nodes": "node", "peers": "peer", "clusters": "cluster", "templates": "template",
                 "services": "service"}
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -294,6 +295,9 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
         bgp = _pydantic(ctx, S.Bgp, ctx.raw["bgp"], "bgp", "", ctx.raw["bgp"])
     pools = _prefixes(ctx, "vip_pools")
     management = _prefixes(ctx, "management")
+    firewall = S.Firewall()
+    if ctx.raw.get("firewall") is not None:
+        firewall = _pydantic(ctx, S.Firewall, ctx.raw["firewall"], "firewall", "", ctx.raw["firewall"]) or firewall
 
     nodes: dict[str, S.Node] = {}
     for nid, body in _section(ctx, "nodes").items():
@@ -307,6 +311,9 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
             p = _pydantic(ctx, S.Peer, body if body is not None else {}, "peers", pid, body)
             if p is not None:
                 peers[pid] = p
+                if p.local_pref is not None and bgp is not None and p.asn != bgp.asn:
+                    ctx.err("peers", pid, "local_pref", f"LOCAL_PREF is not sent over eBGP (asn {p.asn} is not "
+                            f"bgp.asn {bgp.asn}): use med or prepend", body, ["local_pref"])
     _check_addresses(ctx, nodes, peers)
 
     clusters: dict[str, S.Cluster] = {}
@@ -363,7 +370,7 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     if ctx.errors:
         raise CatalogRefused(_dedupe(ctx.errors))
     assert bgp is not None
-    return _build(name, bgp, pools, management, nodes, peers, clusters, services)
+    return _build(name, bgp, pools, management, nodes, peers, clusters, services, firewall)
 
 
 # --------------------------------------------------------------------------- checks
@@ -562,9 +569,10 @@ def _check_secrets(ctx: _Ctx, services: dict[str, _Svc], bgp: S.Bgp | None, peer
 
 
 def _build(name: str, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes: dict[str, S.Node],
-           peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc]) -> Fleet:
+           peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc],
+           firewall: S.Firewall | None = None) -> Fleet:
     """Compute every node's model from validated objects."""
-    b = _Builder(bgp, pools, management, nodes, peers, clusters, services)
+    b = _Builder(bgp, pools, management, nodes, peers, clusters, services, firewall or S.Firewall())
     models = NodeModels(sorted(nodes), b.node_model)
     svc_summary = {sname: b.service_summary(sname) for sname in sorted(services)}
     roles: dict[str, int] = {}
@@ -581,8 +589,10 @@ class _Builder:
     """Derives per-node models; indexes the fleet once so each node's slice is cheap."""
 
     def __init__(self, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes: dict[str, S.Node],
-                 peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc]):
+                 peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc],
+                 firewall: S.Firewall | None = None):
         self.bgp, self.pools, self.management = bgp, pools, management
+        self.firewall = firewall or S.Firewall()
         self.nodes, self.peers, self.clusters, self.services = nodes, peers, clusters, services
         self.rrs = sorted(n for n, x in nodes.items() if "route-reflector" in x.roles)
         self.monitors = sorted(n for n, x in nodes.items() if "monitoring" in x.roles)
@@ -690,14 +700,27 @@ class _Builder:
         neighbors: list[dict[str, Any]] = []
 
         def add(name: str, kind: str, addr: str | None, asn: int, password: str | None,
-                add_paths: str | None, local: str | None) -> None:
+                add_paths: str | None, local: str | None, peer: S.Peer | None = None) -> None:
             if addr is None or local is None:
                 return
             fam = family(ipaddress.ip_address(addr))
+            session = peer.session if peer is not None else self.bgp.session
+            pb = peer.bfd if peer is not None else S.PeerBfd()
+            timers = None
+            if pb.enabled and (pb.interval is not None or pb.multiplier is not None):
+                timers = {"interval_ms": pb.interval or self.bgp.bfd.interval,
+                          "multiplier": pb.multiplier or self.bgp.bfd.multiplier}
+            export = None
+            if peer is not None:
+                parsed = [[int(x) for x in c.split(":")] for c in peer.communities]
+                export = {"communities": [c for c in parsed if len(c) == 2],
+                          "large_communities": [c for c in parsed if len(c) == 3],
+                          "med": peer.med, "prepend": peer.prepend, "local_pref": peer.local_pref}
             neighbors.append({"name": name, "ident": ident(f"{kind[:4]}_{name}_{fam[-1]}"), "kind": kind,
                               "address": addr, "family": fam, "local_address": local, "asn": asn,
-                              "password": password, "add_paths": add_paths, "bfd": True,
-                              "ebgp": asn != self.bgp.asn})
+                              "password": password, "add_paths": add_paths, "bfd": pb.enabled,
+                              "bfd_timers": timers, "multihop": session == "multihop",
+                              "export": export, "ebgp": asn != self.bgp.asn})
 
         if "route-reflector" in roles:
             role = "route-reflector"
@@ -713,8 +736,8 @@ class _Builder:
                 add(mon, "listener", o.address6, self.bgp.asn, self.bgp.password, "tx", n.address6)
             for pid in sorted(self.peers):
                 p = self.peers[pid]
-                add(pid, "peer", p.address, p.asn, p.password, "tx", n.address)
-                add(pid, "peer", p.address6, p.asn, p.password, "tx", n.address6)
+                add(pid, "peer", p.address, p.asn, p.password, "tx", n.address, p)
+                add(pid, "peer", p.address6, p.asn, p.password, "tx", n.address6, p)
         else:
             role = "speaker" if ("haproxy" in roles or "anycast" in roles) else "listener"
             for rr in self.rrs:
@@ -841,12 +864,17 @@ class _Builder:
             rule("salt from management and minions", "tcp", SALT_PORTS, mgmt + minions, own)
         bgp = model["bgp"]
         if bgp is not None:
-            by_name: dict[tuple[str, str], list[str]] = {}
+            by_name: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for nb in bgp["neighbors"]:
-                by_name.setdefault((nb["kind"], nb["name"]), []).append(nb["address"])
-            for (kind, name), addrs in by_name.items():
+                by_name.setdefault((nb["kind"], nb["name"]), []).append(nb)
+            for (kind, name), nbs in by_name.items():
+                addrs = [nb["address"] for nb in nbs]
                 rule(f"bgp from {kind} {name}", "tcp", [BGP_PORT], addrs, own)
-                rule(f"bfd from {kind} {name}", "udp", BFD_PORTS, addrs, own)
+                # single-hop BFD: control 3784 and echo 3785; multihop BFD (RFC 5883): 4784
+                bfd_ports = {p for nb in nbs if nb["bfd"]
+                             for p in ((BFD_MULTIHOP_PORT,) if nb["multihop"] else BFD_PORTS)}
+                if bfd_ports:
+                    rule(f"bfd from {kind} {name}", "udp", bfd_ports, addrs, own)
         monitors = [a for x in self.monitors for a in self.addrs(x)]
         vips_of: dict[str, list[str]] = {}
         for v in (bgp["vips"] if bgp else []):
@@ -872,8 +900,13 @@ class _Builder:
                 ports = [p.port for p in svc.ports if p.protocol == proto]
                 if ports and monitors:
                     rule(f"monitoring of {sname} on the node", proto, ports, monitors, self.addrs(nid))
+        node_fw = self.nodes[nid].firewall
+        extra = list(self.firewall.accept) + (list(node_fw.accept) if node_fw is not None else [])
+        for x in extra:
+            rule(f"site: {x.name}", x.protocol, x.ports, x.sources)
         rules.sort(key=lambda r: (r["comment"], r["protocol"]))
-        return {"policy": "drop", "rules": rules}
+        # unmanaged: nothing is rendered or loaded; the rules say what the site's firewall must open
+        return {"policy": "drop", "managed": not (node_fw is not None and node_fw.unmanaged), "rules": rules}
 
     def monitoring_model(self) -> dict[str, Any]:
         """Hosts and checks for a monitoring node (identical on every monitoring node)."""

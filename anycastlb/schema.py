@@ -14,7 +14,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
-                      field_validator)
+                      field_validator, model_validator)
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
@@ -106,6 +106,9 @@ class Bfd(Strict):
     multiplier: int = Field(3, ge=1, le=255)
 
 
+Session = Literal["direct", "multihop"]
+
+
 class Bgp(Strict):
     """The iBGP domain."""
 
@@ -113,7 +116,77 @@ class Bgp(Strict):
     bfd: Bfd = Bfd()
     password: str | None = Field(None, description="name of a BGP password in the secrets pillar")
     hold: Duration = Field(6000, description="BGP hold time")
+    session: Session = Field("direct", description="the fleet's own sessions (speakers, listeners and route "
+                                                   "reflectors): direct (one segment) or multihop (routed)")
 
+
+#: A rule name: printable, no quotes, no line breaks (it becomes an nft comment).
+RULE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9 _.:/()+,-]{0,63}$"
+
+
+def _prefix_or_any(v: list[str]) -> list[str]:
+    if not v:
+        raise ValueError("sources may not be empty: write [any] to accept everyone")
+    for i, item in enumerate(v):
+        if item == "any":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=True)
+        except ValueError:
+            raise ValueError(f"sources[{i}]: {item!r} is neither 'any' nor a network prefix") from None
+    return v
+
+
+class AcceptRule(Strict):
+    """One accept rule of the site, added to a node's nftables input chain (no raw nft text)."""
+
+    name: Annotated[str, Field(pattern=RULE_NAME_RE, description="why the rule exists (its nft comment)")]
+    protocol: Literal["tcp", "udp", "icmp"]
+    ports: list[PortNumber] = Field([], description="destination ports (tcp, udp); none for icmp")
+    sources: Annotated[StrList, Field(description="prefixes, or [any]")]
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        return _prefix_or_any(v)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("a port is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _ports_fit_protocol(self) -> "AcceptRule":
+        if self.protocol == "icmp" and self.ports:
+            raise ValueError("icmp has no ports: leave ports out")
+        if self.protocol != "icmp" and not self.ports:
+            raise ValueError(f"a {self.protocol} rule needs ports (a list of port numbers)")
+        return self
+
+
+class Firewall(Strict):
+    """Extra accept rules for every managed node's firewall."""
+
+    accept: list[AcceptRule] = []
+
+
+class NodeFirewall(Firewall):
+    """A node's own accept rules; ``unmanaged`` leaves its firewall to the site (nothing rendered or loaded)."""
+
+    unmanaged: bool = False
+
+
+def _node_firewall(value: Any) -> Any:
+    if value == "unmanaged":
+        return {"unmanaged": True}
+    if isinstance(value, str):
+        raise ValueError(f"{value!r}: write unmanaged, or a mapping with accept rules")
+    return value
+
+
+NodeFirewallField = Annotated[NodeFirewall | None, BeforeValidator(_node_firewall)]
 
 NodeRole = Literal["salt-master", "route-reflector", "monitoring"]
 
@@ -125,6 +198,28 @@ class Node(Strict):
     address6: str | None = None
     roles: list[NodeRole] = []
     state: State = "active"
+    firewall: NodeFirewallField = Field(
+        None, description="extra accept rules of this node, or 'unmanaged': no ruleset is rendered or loaded")
+
+
+class PeerBfd(Strict):
+    """BFD of one peer's sessions: off, the fleet's timers, or its own."""
+
+    enabled: bool = True
+    interval: Duration | None = None
+    multiplier: int | None = Field(None, ge=1, le=255)
+
+
+def _peer_bfd(value: Any) -> Any:
+    if isinstance(value, bool):
+        return {"enabled": value}
+    if value is None or isinstance(value, (dict, PeerBfd)):
+        return {} if value is None else value
+    raise ValueError(f"{value!r}: write true, false (off), or {{interval, multiplier}}")
+
+
+PeerBfdField = Annotated[PeerBfd, BeforeValidator(_peer_bfd),
+                         WithJsonSchema({"anyOf": [{"type": "boolean"}, PeerBfd.model_json_schema()]})]
 
 
 class Peer(Strict):
@@ -134,6 +229,28 @@ class Peer(Strict):
     address6: str | None = None
     asn: int = Field(ge=1, le=4294967295)
     password: str | None = None
+    session: Session = Field("direct", description="direct (a shared segment) or multihop (routed)")
+    bfd: PeerBfdField = Field(default_factory=lambda: PeerBfd(),
+                              description="true: bgp.bfd timers; false: no BFD; or its own {interval, multiplier}")
+    communities: StrList = Field([], description="added to every route sent: 64500:100 or large 64512:1:2")
+    med: int | None = Field(None, ge=0, le=4294967295, description="MED of every route sent")
+    prepend: int = Field(0, ge=0, le=8, description="extra copies of bgp.asn on the AS path sent")
+    local_pref: int | None = Field(None, ge=0, le=4294967295,
+                                   description="LOCAL_PREF of every route sent (iBGP peers only)")
+
+    @field_validator("communities")
+    @classmethod
+    def _communities(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            m = re.fullmatch(r"(\d{1,10}):(\d{1,10})(?::(\d{1,10}))?", str(text))
+            parts = [int(x) for x in m.groups() if x is not None] if m else []
+            limit = 4294967295 if len(parts) == 3 else 65535
+            if not parts or any(x > limit for x in parts):
+                raise ValueError(f"communities[{i}]: {text!r} is neither a community (0-65535:0-65535) "
+                                 "nor a large community (three 32-bit numbers)")
+        if len(set(v)) != len(v):
+            raise ValueError("a community is listed twice")
+        return v
 
 
 class Cluster(Strict):
@@ -254,6 +371,7 @@ class CatalogSchema(Strict):
     bgp: Bgp
     vip_pools: StrList = []
     management: StrList = []
+    firewall: Firewall = Field(default_factory=Firewall)
     defaults: Service = Field(default_factory=Service)
     nodes: dict[Annotated[str, Field(pattern=NAME_RE)], Node] = {}
     peers: dict[Annotated[str, Field(pattern=NAME_RE)], Peer] = {}
@@ -266,4 +384,6 @@ def json_schema() -> dict[str, Any]:
     """The catalog's JSON Schema (draft 2020-12), for editors and users' CI."""
     schema = CatalogSchema.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    fw = schema["$defs"]["Node"]["properties"]["firewall"]
+    fw["anyOf"] = [{"const": "unmanaged"}] + fw["anyOf"]   # the BeforeValidator's shorthand
     return schema

@@ -38,21 +38,6 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _same_segment(nb: dict[str, Any], management: list[str]) -> bool:
-    """Whether neighbour and local address share a management prefix (a directly connected segment).
-
-    The model does not say how a neighbour is reached; the management prefixes
-    are the best evidence available (see docs/traffic.md).
-    """
-    local = ipaddress.ip_address(nb["local_address"])
-    peer = ipaddress.ip_address(nb["address"])
-    for text in management:
-        net = ipaddress.ip_network(text)
-        if net.version == local.version and local in net and peer in net:
-            return True
-    return False
-
-
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """bird.conf (mode 0600 when it holds a BGP password)."""
     bgp = model["bgp"]
@@ -69,7 +54,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
             secret = True
         else:
             nb["password_value"] = None
-        nb["direct"] = _same_segment(nb, model.get("management") or [])
+        nb["direct"] = not nb.get("multihop", False)   # stated in the catalog (bgp.session, peers' session)
         neighbors.append(nb)
     announce: dict[str, list[str]] = {"ipv4": [], "ipv6": []}
     for prefix in bgp["announce"]:

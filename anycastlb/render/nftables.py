@@ -5,7 +5,8 @@ re-applying swaps the ruleset atomically and leaves every other table on the hos
 alone. The input chain drops by default; established/related, loopback and the ICMP
 and ICMPv6 a network needs (echo, unreachable/packet-too-big, time-exceeded,
 parameter-problem, neighbour discovery) are accepted, then every rule of
-``model["firewall"]`` with its comment.
+``model["firewall"]`` with its comment (the site's own ``firewall.accept`` rules among
+them). A node whose firewall is ``unmanaged`` gets no file and nothing is loaded.
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def rule_lines(rule: dict[str, Any]) -> list[str]:
     dst = _split(rule["destinations"])
     proto = rule["protocol"]
     ports = sorted(set(rule["ports"]))
-    match_l4 = f"{proto} dport {_set(ports)}" if ports else f"meta l4proto {proto}"
-    tail = f'{match_l4} accept comment "{_comment(rule["comment"])}"'
-    if not rule["sources"] and not rule["destinations"]:
-        return [tail]
+    comment = f'accept comment "{_comment(rule["comment"])}"'
+    if proto == "icmp":   # every ICMP type; IPv6's is ipv6-icmp
+        l4 = {"ip": "meta l4proto icmp", "ip6": "meta l4proto ipv6-icmp"}
+    else:
+        l4 = dict.fromkeys(("ip", "ip6"), f"{proto} dport {_set(ports)}" if ports else f"meta l4proto {proto}")
+    if not rule["sources"] and not rule["destinations"] and proto != "icmp":
+        return [f"{l4['ip']} {comment}"]
     lines = []
     for fam in ("ip", "ip6"):
         if rule["sources"] and not src[fam]:
@@ -83,7 +87,7 @@ def rule_lines(rule: dict[str, Any]) -> list[str]:
             parts.append(f"{fam} saddr {_set(src[fam])}")
         if dst[fam]:
             parts.append(f"{fam} daddr {_set(dst[fam])}")
-        lines.append(" ".join(parts + [tail]))
+        lines.append(" ".join(parts + [l4[fam], comment]))
     return lines
 
 
@@ -113,7 +117,7 @@ def check(staging: str, files: list[RenderedFile]) -> CheckResult:
 
 SPEC = register(DaemonSpec(
     name="nftables",
-    wanted=lambda model: bool(model.get("firewall")),
+    wanted=lambda model: bool(model.get("firewall")) and model["firewall"].get("managed", True),
     render=render,
     check=check,
     owned=(PATH,),
