@@ -12,9 +12,11 @@ anycastlb ext_pillar: each minion's slice of the service catalog.
 
 A minion the catalog names gets ``anycastlb:`` = its node model (``anycastlb show
 CATALOG NODE --json``) with ``secrets`` holding only the secret values it uses.
-Any other minion gets nothing. A refused catalog fails the pillar of every
-minion with every lint message (Salt puts them in ``_errors`` and refuses to
-run states). The work is done by :mod:`anycastlb.pillar`.
+Any other minion gets nothing. A refused catalog fails the pillar of the
+catalog's own nodes with every lint message (Salt puts them in ``_errors`` and
+refuses to run states there); the master's other minions get nothing from this
+ext_pillar and keep working, and the refusal is logged once on the master.
+The work is done by :mod:`anycastlb.pillar`.
 
 The file is not called ``anycastlb.py`` on purpose: Salt puts a module's own
 directory on ``sys.path`` while loading it, and a file of the package's name would
@@ -46,5 +48,5 @@ def __virtual__() -> str | tuple[bool, str]:
 
 def ext_pillar(minion_id: str, pillar: dict[str, Any], catalog: str = "", secrets: str | None = None,
                service_mode: str | None = None) -> dict[str, Any]:
-    """The minion's ``anycastlb`` pillar; raises ``CatalogRefused`` (every error) on a bad catalog."""
-    return node_pillar(minion_id, catalog, secrets=secrets, service_mode=service_mode)
+    """The minion's ``anycastlb`` pillar; for the catalog's nodes raises ``CatalogRefused`` on a bad catalog."""
+    return node_pillar(minion_id, catalog, secrets=secrets, service_mode=service_mode, report=log.error)

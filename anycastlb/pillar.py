@@ -5,19 +5,26 @@ A master compiles pillar for every minion; the compiled fleet (or the refusal) i
 cached per process and keyed by the (path, mtime_ns, size) of every catalog file
 and of the secrets file, so 500 minions cost one compilation, and an edited
 catalog is picked up on the next pillar refresh without restarting the master.
+
+On a shared master a refused catalog fails the pillar of the catalog's own nodes
+only (:func:`catalog_nodes`: the ids under ``nodes:``, read leniently from the
+broken files, plus the nodes of the last good compilation); every other minion
+gets no anycastlb data and keeps working.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .compiler import Fleet, compile_catalog
 from .errors import CatalogError, CatalogRefused
-from .loader import catalog_files
+from .loader import catalog_files, load_file
 from .secrets import load_secrets, slice_for
 
 #: The pillar key everything lives under.
@@ -50,6 +57,61 @@ class Compiled:
     fleet: Fleet | None
     store: dict[str, Any] | None
     refused: CatalogRefused | None
+    #: the minion ids this catalog is about (for a refusal: as far as they can be read)
+    nodes: frozenset[str] = frozenset()
+    #: a refusal was reported once for the minions it does not concern
+    reported: bool = field(default=False, compare=False)
+
+
+_TOP_NODES = re.compile(r"nodes\s*:\s*(#.*)?")
+_NODE_KEY = re.compile(r"""(\s+)(?:"([^"]+)"|'([^']+)'|([^\s#:'"{}\[\],][^\s:#]*))\s*:(\s|$)""")
+
+
+def _scan_nodes(text: str) -> set[str]:
+    """The keys directly under a top-level ``nodes:`` block of YAML that may not parse."""
+    names: set[str] = set()
+    indent: str | None = None
+    inside = False
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace():
+            inside = bool(_TOP_NODES.fullmatch(line.rstrip()))
+            indent = None
+            continue
+        if not inside:
+            continue
+        m = _NODE_KEY.match(line)
+        if m and (indent is None or m.group(1) == indent):
+            indent = m.group(1)
+            names.add(m.group(2) or m.group(3) or m.group(4))
+    return names
+
+
+def catalog_nodes(catalog: str) -> frozenset[str]:
+    """The minion ids the catalog's files name under ``nodes:``, read as leniently as possible.
+
+    Each file is parsed on its own (so a duplicate across files or a schema error does
+    not hide the names); a file that is not valid YAML is scanned line by line.
+    """
+    names: set[str] = set()
+    try:
+        files = catalog_files(catalog)
+    except CatalogRefused:
+        return frozenset()
+    for f in files:
+        try:
+            doc = load_file(f)
+        except CatalogRefused:
+            try:
+                names |= _scan_nodes(f.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                pass
+            continue
+        section = doc.get("nodes")
+        if isinstance(section, dict):
+            names |= {str(k) for k in section}
+    return frozenset(names)
 
 
 class FleetCache:
@@ -58,15 +120,17 @@ class FleetCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str | None], Compiled] = {}
+        self._good_nodes: dict[tuple[str, str | None], frozenset[str]] = {}
         self.compilations = 0
 
     def get(self, catalog: str, secrets: str | None = None) -> Compiled:
         """The fleet for these files, compiled at most once per change of the files."""
         with self._lock:
+            good = self._good_nodes.get((catalog, secrets), frozenset())
             try:
                 key = files_key(catalog, secrets)
             except CatalogRefused as exc:  # no catalog at all: nothing to cache
-                return Compiled((), None, None, exc)
+                return Compiled((), None, None, exc, good)
             entry = self._entries.get((catalog, secrets))
             if entry is not None and entry.key == key:
                 return entry
@@ -74,15 +138,17 @@ class FleetCache:
             try:
                 store = load_secrets(secrets) if secrets else None
                 fleet = compile_catalog(catalog, secrets=store)
-                entry = Compiled(key, fleet, store, None)
+                entry = Compiled(key, fleet, store, None, frozenset(fleet.nodes))
+                self._good_nodes[(catalog, secrets)] = entry.nodes
             except CatalogRefused as exc:
-                entry = Compiled(key, None, None, exc)
+                entry = Compiled(key, None, None, exc, catalog_nodes(catalog) | good)
             self._entries[(catalog, secrets)] = entry
             return entry
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._good_nodes.clear()
 
 
 #: One cache per process (a Salt master compiles pillar in its worker processes).
@@ -94,20 +160,35 @@ def _refuse(where: str, message: str) -> CatalogRefused:
 
 
 def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
-                service_mode: str | None = None, cache: FleetCache = CACHE) -> dict[str, Any]:
+                service_mode: str | None = None, cache: FleetCache = CACHE,
+                report: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``{"anycastlb": model + {"secrets": values}}`` for a minion the catalog names, else ``{}``.
 
     ``model["secrets"]`` (the names) is replaced by the values this node uses, and
-    nothing else of the store. Raises :class:`CatalogRefused` with every error of a
-    bad catalog, whichever minion asks: a refused catalog deploys nothing anywhere.
+    nothing else of the store. A bad catalog (or ext_pillar option) raises
+    :class:`CatalogRefused` with every error for the catalog's own nodes only: a
+    refused catalog deploys nothing anywhere, and the master's other minions get
+    ``{}`` and keep working. ``report`` is called once per refusal with its text
+    (the adapter logs it), so the refusal is never silent on the master.
     """
     if not catalog:
-        raise _refuse("master config", "ext_pillar anycastlb needs 'catalog: <file or directory>'")
-    if service_mode is not None and service_mode not in SERVICE_MODES:
-        raise _refuse("master config", f"service_mode {service_mode!r} is not one of {', '.join(SERVICE_MODES)}")
+        if report is not None:
+            report("ext_pillar anycastlb needs 'catalog: <file or directory>': no minion gets anycastlb data")
+        return {}
     compiled = cache.get(str(catalog), str(secrets) if secrets else None)
+    if service_mode is not None and service_mode not in SERVICE_MODES:
+        refused = _refuse("master config", f"service_mode {service_mode!r} is not one of {', '.join(SERVICE_MODES)}")
+        if minion_id in compiled.nodes:
+            raise refused
+        return {}
     if compiled.refused is not None:
-        raise compiled.refused
+        if minion_id in compiled.nodes:
+            raise compiled.refused
+        if report is not None and not compiled.reported:
+            compiled.reported = True
+            report(f"{compiled.refused} (the pillar of the catalog's nodes fails; the other minions get no "
+                   f"anycastlb data)")
+        return {}
     assert compiled.fleet is not None
     model = compiled.fleet.nodes.get(minion_id)
     if model is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from anycastlb.errors import CatalogRefused
-from anycastlb.pillar import CACHE, FleetCache, node_pillar
+from anycastlb.pillar import CACHE, FleetCache, _scan_nodes, node_pillar
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,19 +57,68 @@ def test_service_mode_is_passed_on_and_checked(ext_pillar, campus_catalog):
         ext_pillar("lb1", {}, catalog=str(campus_catalog), service_mode="upstart")
 
 
-def test_broken_catalog_fails_every_minion_with_every_message(ext_pillar, tmp_path, campus_catalog):
+def test_broken_catalog_fails_its_own_nodes_with_every_message(ext_pillar, tmp_path, campus_catalog):
     bad = tmp_path / "campus.yaml"
     text = campus_catalog.read_text()
     text = text.replace("    balance: leastconn\n", "    balance: leastconn\n    balanse: roundrobin\n")
     text = text.replace("    vip: 192.0.2.20\n", "    vip: 203.0.113.20\n")
     bad.write_text(text)
-    for minion in ("lb1", "web1", "intruder"):
+    for minion in ("lb1", "web1", "salt"):
         with pytest.raises(CatalogRefused) as exc:
             ext_pillar(minion, {}, catalog=str(bad))
         msg = str(exc.value)
         assert f"{bad}:" in msg
         assert "service 'intranet', key 'balanse': unknown key 'balanse'" in msg
         assert "service 'imap', key 'vip[0]': VIP 203.0.113.20 is outside vip_pools" in msg
+    # a minion of the same master that the catalog does not name keeps its pillar working
+    assert ext_pillar("printserver42", {}, catalog=str(bad)) == {}
+
+
+def test_refusal_is_reported_once_for_the_other_minions(tmp_path, campus_catalog):
+    bad = tmp_path / "campus.yaml"
+    bad.write_text(campus_catalog.read_text() + "\nbogus_section: 1\n")
+    reports: list[str] = []
+    cache = FleetCache()
+    for minion in ("printserver42", "mail1", "printserver42"):
+        assert node_pillar(minion, str(bad), cache=cache, report=reports.append) == {}
+    assert len(reports) == 1 and f"{bad}:" in reports[0] and "bogus_section" in reports[0]
+
+
+def test_catalog_that_is_not_yaml_still_fails_only_its_nodes(tmp_path, campus_catalog):
+    """A YAML syntax error: the node names are read line by line from the broken file."""
+    bad = tmp_path / "campus.yaml"
+    text = campus_catalog.read_text()
+    assert "  lb2:  {address: 198.51.100.22," in text
+    bad.write_text(text.replace("  lb2:  {address: 198.51.100.22,", "  lb2:  {address: [198.51.100.22,"))
+    cache = FleetCache()
+    for minion in ("lb1", "lb2", "salt", "mon1", "web2"):
+        with pytest.raises(CatalogRefused) as exc:
+            node_pillar(minion, str(bad), cache=cache)
+        assert f"{bad}:" in str(exc.value) and "not valid YAML" in str(exc.value)
+    assert node_pillar("printserver42", str(bad), cache=cache) == {}
+    assert node_pillar("address", str(bad), cache=cache) == {}  # a nested key is no node
+
+
+def test_catalog_nodes_of_a_directory_and_of_the_last_good_compilation(tmp_path, campus_catalog):
+    d = tmp_path / "catalog"
+    d.mkdir()
+    shutil.copy(campus_catalog, d / "campus.yaml")
+    (d / "more.yaml").write_text("nodes:\n  lb9: {address: 198.51.100.29}\n"
+                                 "clusters:\n  edge2: {nodes: [lb9]}\n")
+    cache = FleetCache()
+    assert node_pillar("lb9", str(d), cache=cache)["anycastlb"]["node"] == "lb9"
+    # lb9 is renamed and the catalog broken in the same edit: lb9 (last good) and lb10 both fail
+    (d / "more.yaml").write_text("nodes:\n  lb10: {address: 198.51.100.29, bogus: 1}\n")
+    for minion in ("lb9", "lb10", "lb1"):
+        with pytest.raises(CatalogRefused, match="bogus"):
+            node_pillar(minion, str(d), cache=cache)
+    assert node_pillar("printserver42", str(d), cache=cache) == {}
+
+
+def test_scan_of_unparsable_yaml_reads_only_the_keys_under_nodes():
+    text = ("bgp: {asn: 1\nnodes:   # the fleet\n  a: {address: 1}\n  'b c': x\n  \"d\":\n"
+            "    address: 2\n  # e: commented out\n\n  f :\nclusters:\n  edge: {nodes: [a]}\n")
+    assert _scan_nodes(text) == {"a", "b c", "d", "f"}
 
 
 def test_missing_certificate_is_refused_at_deploy_time(ext_pillar, campus_catalog, tmp_path):
