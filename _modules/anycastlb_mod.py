@@ -62,6 +62,26 @@ def daemons() -> list[str]:
     return _minion.wanted(model)
 
 
+def units() -> dict[str, Any]:
+    """
+    On a systemd host: the unit files anycastlb ships for this node (``files``: path -> text)
+    and the units to enable (``enable``); on any other host, nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb1 anycastlb.units
+    """
+    from anycastlb import service, units as _units
+
+    model, _ = _node()
+    if service.detect_mode((__pillar__.get("anycastlb") or {}).get("service_mode")) != "systemd":
+        return {"files": {}, "enable": [], "nft_include": ""}
+    return {"files": _units.unit_files(model), "enable": _units.enabled_units(model),
+            "nft_include": _units.NFT_INCLUDE if "nftables.service" in _units.enabled_units(model) else ""}
+
+
 def render(daemon: str | None = None, show_secrets: bool = False) -> dict[str, dict[str, str]]:
     """
     What would be written: ``{daemon: {path: text}}`` for one daemon or all of this node's.

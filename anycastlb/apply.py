@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import grp
 import os
 import shutil
 import tempfile
@@ -53,6 +54,23 @@ def _mode(path: str) -> int | None:
         return None
 
 
+def _gid(group: str) -> int:
+    """The gid of ``group`` ("" = root); an unknown group is an error naming it."""
+    if not group:
+        return 0
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise OSError(f"group {group!r} does not exist on this host (is its package installed?)") from None
+
+
+def _same_owner(path: str, group: str) -> bool:
+    try:
+        return os.stat(path).st_gid == _gid(group)
+    except (FileNotFoundError, OSError):
+        return False
+
+
 def plan(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any], root: str = "/"
          ) -> tuple[list[RenderedFile], list[str], dict[str, str]]:
     """What would change: (files to write, files to remove, unified diff per path)."""
@@ -63,11 +81,10 @@ def plan(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any], root:
     for f in files:
         target = under(root, f.path)
         old = _read(target)
-        if old == f.content and _mode(target) == f.mode:
+        if old == f.content and _mode(target) == f.mode and (not f.group or _same_owner(target, f.group)):
             continue
         writes.append(f)
-        secret = f.mode & 0o077 == 0
-        if secret:
+        if f.secret:
             diffs[f.path] = "(secret file changed: diff hidden)"
         else:
             diffs[f.path] = "".join(difflib.unified_diff(
@@ -95,12 +112,12 @@ def stage_and_check(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, 
                 os.remove(path)
         files = spec.render(model, secrets, staging)
         for f in files:
-            _write(under(staging, f.path), f.content, f.mode)
+            _write(under(staging, f.path), f.content, f.mode, f.group)
         res = spec.check(staging, files)
         return res.ok, f"{res.command}\n{res.output}".strip()
 
 
-def _write(path: str, content: str, mode: int) -> None:
+def _write(path: str, content: str, mode: int, group: str = "") -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".aclb-", dir=os.path.dirname(path))
     try:
@@ -108,6 +125,8 @@ def _write(path: str, content: str, mode: int) -> None:
             fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
+        if group:
+            os.chown(tmp, 0 if os.geteuid() == 0 else -1, _gid(group))
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -160,10 +179,11 @@ def apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | Non
     if not ok:
         return ApplyResult(name, False, f"{name}: the checker refused the new config; the live config is "
                                         f"untouched and nothing was reloaded:\n{output}")
-    backup = {under(root, f.path): (_read(under(root, f.path)), _mode(under(root, f.path))) for f in writes}
-    backup.update({path: (_read(path), _mode(path)) for path in removes})
+    backup = {under(root, f.path): (_read(under(root, f.path)), _mode(under(root, f.path)),
+                                    _group(under(root, f.path))) for f in writes}
+    backup.update({path: (_read(path), _mode(path), _group(path)) for path in removes})
     for f in writes:
-        _write(under(root, f.path), f.content, f.mode)
+        _write(under(root, f.path), f.content, f.mode, f.group)
     for path in removes:
         os.remove(path)
     changes: dict[str, Any] = {"diff": diffs, **host}
@@ -180,14 +200,26 @@ def apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | Non
     return ApplyResult(name, True, f"{name}: {len(writes)} file(s) written, {len(removes)} removed", changes)
 
 
-def _restore(backup: dict[str, tuple[str | None, int | None]]) -> None:
+def _group(path: str) -> str:
+    """The group name of ``path`` ("" for root or a missing file)."""
+    try:
+        gid = os.stat(path).st_gid
+    except FileNotFoundError:
+        return ""
+    try:
+        return "" if gid == 0 else grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def _restore(backup: dict[str, tuple[str | None, int | None, str]]) -> None:
     """Put files back as they were (a file that did not exist is removed)."""
-    for path, (content, mode) in backup.items():
+    for path, (content, mode, group) in backup.items():
         if content is None:
             if os.path.exists(path):
                 os.remove(path)
         else:
-            _write(path, content, mode if mode is not None else 0o644)
+            _write(path, content, mode if mode is not None else 0o644, group)
 
 
 def check_node(model: dict[str, Any], secrets: dict[str, Any] | None = None) -> dict[str, tuple[bool, str]]:

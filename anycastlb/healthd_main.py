@@ -634,6 +634,25 @@ def print_status(state_file: str) -> int:
     return 0 if alive else 1
 
 
+def missing_paths(config: Config) -> list[str]:
+    """The HAProxy pidfiles and stats sockets the config names that do not exist (one line each).
+
+    A wrong path (another init mode's layout) would read as "HAProxy is dead" and withdraw
+    every VIP; so would starting before HAProxy. Either way healthd refuses to start.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for ann in config.announcements:
+        w = ann.watch
+        if not isinstance(w, HaproxyWatch):
+            continue
+        for what, path in (("HAProxy pidfile", w.pidfile), ("HAProxy stats socket", w.stats_socket)):
+            if path not in seen and not os.path.exists(path):
+                seen.add(path)
+                out.append(f"{what} {path} (announcement {ann.prefix}) does not exist")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``anycastlb-healthd [--config F] [--once | --status]``."""
     ap = argparse.ArgumentParser(prog="anycastlb-healthd", description="Announce VIPs only while they are healthy.")
@@ -652,6 +671,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.status:
         return print_status(agent_config.state_file)
+    missing = missing_paths(agent_config)
+    if missing:
+        for line in missing:
+            print(f"anycastlb-healthd: refusing to start: {line}", file=sys.stderr)
+        print("anycastlb-healthd: started without these it would withdraw every VIP they serve; start HAProxy "
+              "first, or render healthd.json for this host's init mode (anycastlb/paths.py)", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(_amain(args.config, args.once))
     except OSError as exc:

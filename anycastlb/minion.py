@@ -83,7 +83,7 @@ def _selected(model: dict[str, Any], name: str | None) -> list[Any]:
 
 
 def _shown(f: RenderedFile, show_secrets: bool) -> str:
-    if f.mode & 0o077 == 0 and not show_secrets:
+    if f.secret and not show_secrets:
         return f"(secret file, mode {f.mode:04o}, {len(f.content)} characters: not shown)"
     return f.content
 

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .paths import DIRECT, DaemonPaths, for_mode
 from .render import under
 
 
@@ -97,25 +98,26 @@ def _healthd_argv() -> tuple[str, ...]:
     return (exe,) if exe else (sys.executable, "-m", "anycastlb.healthd")
 
 
+_D = DIRECT  # direct-mode paths; systemd mode uses the units' own (anycastlb/paths.py)
 register_service(Service(
     name="haproxy", unit="haproxy",
-    command=("haproxy", "-W", "-D", "-f", "/etc/haproxy/haproxy.cfg", "-p", "/run/haproxy/haproxy.pid",
-             "-S", "/run/haproxy/master.sock"),
-    paths=("/etc/haproxy/haproxy.cfg", "/run/haproxy/haproxy.pid", "/run/haproxy/master.sock"),
-    pidfile="/run/haproxy/haproxy.pid", reload="haproxy", ready="/run/haproxy/master.sock",
+    command=("haproxy", "-W", "-D", "-f", "/etc/haproxy/haproxy.cfg", "-p", _D.haproxy_pidfile,
+             "-S", _D.haproxy_master_socket),
+    paths=("/etc/haproxy/haproxy.cfg", _D.haproxy_pidfile, _D.haproxy_master_socket),
+    pidfile=_D.haproxy_pidfile, reload="haproxy", ready=_D.haproxy_master_socket,
     dirs=("/run/haproxy", "/var/lib/haproxy")))
 register_service(Service(
     name="bird", unit="bird",
     # -g bird: the control socket is root:bird 0660, so members of group bird (the monitoring
     # node's plugin user) may read routes; BIRD itself keeps running as root.
-    command=("bird", "-c", "/etc/bird/bird.conf", "-s", "/run/bird/bird.ctl", "-P", "/run/bird/bird.pid",
+    command=("bird", "-c", "/etc/bird/bird.conf", "-s", _D.bird_socket, "-P", _D.bird_pidfile,
              "-g", "bird"),
-    paths=("/etc/bird/bird.conf", "/run/bird/bird.ctl", "/run/bird/bird.pid"),
-    pidfile="/run/bird/bird.pid", reload="birdc", ready="/run/bird/bird.ctl", dirs=("/run/bird",)))
+    paths=("/etc/bird/bird.conf", _D.bird_socket, _D.bird_pidfile),
+    pidfile=_D.bird_pidfile, reload="birdc", ready=_D.bird_socket, dirs=("/run/bird",)))
 register_service(Service(
     name="healthd", unit="anycastlb-healthd",
     command=("--config", "/etc/anycastlb/healthd.json"), paths=("/etc/anycastlb/healthd.json",),
-    pidfile="/run/anycastlb/healthd.pid", reload="SIGHUP", daemonizes=False,
+    pidfile=_D.healthd_pidfile, reload="SIGHUP", daemonizes=False,
     dirs=("/run/anycastlb", "/var/lib/anycastlb", "/var/log/anycastlb"),
     log="/var/log/anycastlb/healthd.log"))
 
@@ -240,6 +242,8 @@ class ServiceControl:
     def __init__(self, mode: str | None = None, root: str = "/", prefix: Sequence[str] = (),
                  run: Callable[..., subprocess.CompletedProcess[str]] | None = None):
         self.mode = detect_mode(mode)
+        #: Pidfiles and sockets of this init mode (the one table of them: anycastlb/paths.py).
+        self.paths: DaemonPaths = for_mode(self.mode)
         self.root = root
         self.prefix = list(prefix)
         self._run = run or self._subprocess
@@ -272,7 +276,11 @@ class ServiceControl:
         return ["systemctl", verb, self._service(daemon).unit]
 
     def pid(self, daemon: str) -> int | None:
-        """The pid in the daemon's pidfile, if that process runs."""
+        """The daemon's process if it runs: the unit's MainPID (systemd), else the pid in its pidfile."""
+        if self.mode == "systemd":
+            proc = self._run(["systemctl", "show", "-p", "MainPID", "--value", self._service(daemon).unit])
+            text = (proc.stdout or "").strip()
+            return int(text) if proc.returncode == 0 and text.isdigit() and int(text) > 0 else None
         try:
             with open(self.path(self._service(daemon).pidfile), encoding="ascii") as fh:
                 text = fh.readline().strip()
@@ -359,12 +367,12 @@ class ServiceControl:
         """Reload a running daemon (confirmed) or start a stopped one."""
         if self._service(daemon).oneshot:
             return self._oneshot(daemon)
-        if self.mode == "systemd":
-            self._check(self.systemctl("reload-or-restart", daemon), f"reload {daemon}")
-            return f"{daemon} reloaded (systemd)"
         if not self.running(daemon):
             return self.start(daemon)
         svc = self._service(daemon)
+        if self.mode == "systemd" and svc.reload not in ("haproxy", "birdc"):
+            self._check(self.systemctl("reload", daemon), f"reload {daemon}")
+            return f"{daemon} reloaded (systemctl reload {svc.unit})"
         if svc.reload == "haproxy":
             return self._reload_haproxy()
         if svc.reload == "birdc":
@@ -397,7 +405,7 @@ class ServiceControl:
 
     # ---------------------------------------------------------------- reloads
     def _master_proc(self) -> ProcInfo:
-        return parse_show_proc(unix_query(self.path("/run/haproxy/master.sock"), "show proc"))
+        return parse_show_proc(unix_query(self.path(self.paths.haproxy_master_socket), "show proc"))
 
     def _haproxy_preflight(self) -> None:
         """Refuse a reload whose binds another program holds.
@@ -419,11 +427,15 @@ class ServiceControl:
                                "(a reload that cannot bind would pause the running listeners)")
 
     def _reload_haproxy(self) -> str:
-        """Save server states, SIGUSR2 the master, confirm a new worker took the config."""
+        """Save server states, reload (SIGUSR2 to the master, or ``systemctl reload haproxy``, whose
+        ExecReload checks the config and sends the same signal), confirm a new worker took the config."""
         self._haproxy_preflight()
         saved = self.save_haproxy_state()
         before = self._master_proc()
-        os.kill(before.master_pid, signal.SIGUSR2)
+        if self.mode == "systemd":
+            self._check(self.systemctl("reload", "haproxy"), "reload haproxy")
+        else:
+            os.kill(before.master_pid, signal.SIGUSR2)
         deadline = time.monotonic() + RELOAD_TIMEOUT_S
         last = ""
         while time.monotonic() < deadline:
@@ -449,7 +461,7 @@ class ServiceControl:
         """Dump ``show servers state`` to the server-state file (read by the next worker)."""
         path = self.path("/var/lib/haproxy/server-state")
         try:
-            text = unix_query(self.path("/run/haproxy/admin.sock"), "show servers state")
+            text = unix_query(self.path(self.paths.haproxy_admin_socket), "show servers state")
         except OSError as exc:
             return f"server states not saved ({exc})"
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -460,7 +472,9 @@ class ServiceControl:
         return "server states saved"
 
     def _reload_bird(self) -> str:
-        argv = self.prefix + ["birdc", "-s", self.path("/run/bird/bird.ctl"), "configure"]
+        # Also under systemd: Debian's ExecReload is this very command, but `systemctl reload bird`
+        # exits 0 on a refused config; its output is what says whether BIRD took it.
+        argv = self.prefix + ["birdc", "-s", self.path(self.paths.bird_socket), "configure"]
         proc = self._run(argv)
         out = ((proc.stdout or "") + (proc.stderr or "")).strip()
         if not bird_configure_ok(out):

@@ -36,11 +36,17 @@ def hostport(address: str, port: int | str) -> str:
 
 @dataclass(frozen=True)
 class RenderedFile:
-    """One file a renderer produces: its production path, its text and its mode."""
+    """One file a renderer produces: its production path, its text, its mode and (if not root) its group."""
 
     path: str
     content: str
     mode: int = 0o644
+    group: str = ""  # a group that must read it (e.g. bird.conf: 0640 root:bird); "" = root
+
+    @property
+    def secret(self) -> bool:
+        """Not readable by everybody: its diff and content are never shown."""
+        return self.mode & 0o007 == 0
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ import ipaddress
 import math
 from typing import Any
 
+from ..paths import DIRECT
 from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, run_checker,
                under)
 
 CONFIG = "/etc/bird/bird.conf"
-CONTROL_SOCKET = "/run/bird/bird.ctl"
-PIDFILE = "/run/bird/bird.pid"
+CONTROL_SOCKET = DIRECT.bird_socket  # the same in both init modes (anycastlb/paths.py)
 #: Must match healthd.json (``table``/``proto``); :mod:`anycastlb.render.healthd` uses the same numbers.
 HEALTH_TABLE = 4242
 HEALTH_PROTO = 252
@@ -39,7 +39,7 @@ def _quote(value: str) -> str:
 
 
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
-    """bird.conf (mode 0600 when it holds a BGP password)."""
+    """bird.conf (0640 root:bird when it holds a BGP password)."""
     bgp = model["bgp"]
     passwords = secrets.get("bgp_passwords") or {}
     neighbors = []
@@ -74,7 +74,9 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         keepalive_s=max(1, hold_s // 3),
         health={"table": HEALTH_TABLE, "proto": HEALTH_PROTO},
     )
-    return [RenderedFile(CONFIG, text, 0o600 if secret else 0o644)]
+    # Debian's bird.service runs `bird -u bird -g bird`: a config with passwords is readable by
+    # root and group bird only (the daemon re-reads it as user bird on `birdc configure`).
+    return [RenderedFile(CONFIG, text, 0o640, "bird") if secret else RenderedFile(CONFIG, text, 0o644)]
 
 
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..paths import DIRECT
 from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, run_checker,
                under)
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/certs"
-ADMIN_SOCKET = "/run/haproxy/admin.sock"
-MASTER_SOCKET = "/run/haproxy/master.sock"
-PIDFILE = "/run/haproxy/haproxy.pid"
+#: The stats socket our haproxy.cfg declares (the same in both init modes, see anycastlb/paths.py).
+ADMIN_SOCKET = DIRECT.haproxy_admin_socket
 STATE_FILE = "/var/lib/haproxy/server-state"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, under
 from .bird import HEALTH_PROTO, HEALTH_TABLE
-from .haproxy import ADMIN_SOCKET, PIDFILE as HAPROXY_PIDFILE
+from ..paths import for_mode
 
 CONFIG = "/etc/anycastlb/healthd.json"
 PIDFILE = "/run/anycastlb/healthd.pid"
@@ -30,12 +30,13 @@ _PROBE_KEYS = {"tcp": ("address", "port", "interval_ms", "timeout_ms", "rise", "
                "http": ("address", "port", "path", "host", "expect", "interval_ms", "timeout_ms", "rise", "fall")}
 
 
-def _watch(prefix: str, watch: dict[str, Any], root: str) -> dict[str, Any]:
-    """A model watch in healthd's contract."""
+def _watch(prefix: str, watch: dict[str, Any], root: str, mode: str | None = None) -> dict[str, Any]:
+    """A model watch in healthd's contract; HAProxy's pidfile and socket are those of init ``mode``."""
     kind = watch["type"]
     if kind == "haproxy":
-        return {"type": "haproxy", "pidfile": under(root, HAPROXY_PIDFILE),
-                "stats_socket": under(root, ADMIN_SOCKET), "frontends": list(watch["frontends"]),
+        paths = for_mode(mode)
+        return {"type": "haproxy", "pidfile": under(root, paths.haproxy_pidfile),
+                "stats_socket": under(root, paths.haproxy_admin_socket), "frontends": list(watch["frontends"]),
                 "backends": list(watch["backends"]), "interval_ms": HAPROXY_INTERVAL_MS}
     if kind not in _PROBE_KEYS:
         raise RenderError(f"healthd: {prefix}: unknown watch type {kind!r}")
@@ -51,11 +52,12 @@ def _watch(prefix: str, watch: dict[str, Any], root: str) -> dict[str, Any]:
 
 
 def config(model: dict[str, Any], root: str = "/") -> dict[str, Any]:
-    """The healthd.json document (a plain dict)."""
+    """The healthd.json document (a plain dict) for this host's init mode (pillar ``service_mode``, else
+    detected: :func:`anycastlb.service.detect_mode`)."""
     anns = []
     for ann in model["health"]["announcements"]:
         anns.append({"prefix": ann["prefix"], "service": ",".join(ann["services"]),
-                     "watch": _watch(ann["prefix"], ann["watch"], root)})
+                     "watch": _watch(ann["prefix"], ann["watch"], root, model.get("service_mode"))})
     return {"table": HEALTH_TABLE, "proto": HEALTH_PROTO,
             "state_file": under(root, STATE_FILE), "drain_file": under(root, DRAIN_FILE),
             "announcements": anns}

@@ -65,3 +65,17 @@ def test_monitoring_node_installs_icinga2_and_plugins(make_minion_opts, tmp_path
 def test_a_minion_the_catalog_does_not_name_gets_no_states(make_minion_opts, tmp_path, catalog_copy, minion_id):
     top, low = lowstate(make_minion_opts, tmp_path, catalog_copy, minion_id)
     assert top == {"base": []} and low == []
+
+
+def test_on_systemd_the_units_are_installed_and_enabled(make_minion_opts, tmp_path, catalog_copy, monkeypatch):
+    monkeypatch.setenv("ANYCASTLB_SERVICE_MODE", "systemd")
+    _, low = lowstate(make_minion_opts, tmp_path, catalog_copy, "lb1")
+    daemons = minion.wanted(node_pillar("lb1", str(catalog_copy))["anycastlb"])
+    names = [s[0] for s in low]
+    assert low[names.index("anycastlb-unit-anycastlb-healthd.service")][1:] == (
+        "file.managed", "/etc/systemd/system/anycastlb-healthd.service")
+    assert names.index("anycastlb-units-daemon-reload") < names.index("anycastlb-healthd")
+    assert ("anycastlb-nftables-conf-include", "file.append", "/etc/nftables.conf") in low
+    enabled = [s[2] for s in low if s[1] == "service.enabled"]
+    assert enabled == ["nftables.service", "haproxy.service", "anycastlb-healthd.service", "bird.service"]
+    assert names.index(f"anycastlb-{daemons[-1]}") < names.index("anycastlb-enable-nftables.service")

@@ -109,7 +109,7 @@ def test_password_from_secrets_and_file_mode(fleet: dict[str, Any]) -> None:
         nb["password"] = "fleet"
     f = bird.render(model, {"certificates": {}, "bgp_passwords": {"fleet": 'se"cret'}}, "/")[0]
     assert 'password "se\\"cret";' in f.content
-    assert f.mode == 0o600
+    assert (f.mode, f.group, f.secret) == (0o640, "bird", True)  # Debian's unit runs bird -u bird -g bird
     with pytest.raises(RenderError, match="fleet"):
         bird.render(model, {"certificates": {}, "bgp_passwords": {}}, "/")
 
@@ -192,3 +192,19 @@ def test_healthd_checker_refuses_a_bad_watch(tmp_path: Path, fleet: dict[str, An
     res = apply_daemon("healthd", bad, root=str(tmp_path))
     assert res.result is False and "rise" in res.comment
     assert not (tmp_path / "etc/anycastlb/healthd.json").exists()
+
+
+@needs_bird
+def test_a_config_with_passwords_is_written_0640_root_bird(tmp_path: Path, fleet: dict[str, Any]) -> None:
+    import grp
+    import os
+    model = copy.deepcopy(fleet["lb1"])
+    for nb in model["bgp"]["neighbors"]:
+        nb["password"] = "fleet"
+    secrets = {"certificates": {}, "bgp_passwords": {"fleet": "s3cret"}}
+    res = apply_daemon("bird", model, secrets, root=str(tmp_path), reload=False)
+    assert res.result is True
+    assert res.changes["diff"]["/etc/bird/bird.conf"] == "(secret file changed: diff hidden)"
+    st = os.stat(tmp_path / "etc/bird/bird.conf")
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o640, 0, grp.getgrnam("bird").gr_gid)
+    assert apply_daemon("bird", model, secrets, root=str(tmp_path), reload=False).changes == {}

@@ -56,20 +56,45 @@ def test_mode_detection_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_systemd_commands() -> None:
-    run = FakeRun({"is-active": (3, "")})
+    run = FakeRun({"is-active --quiet": (3, ""), "is-active haproxy": (3, ""), "MainPID": (0, "4242\n")})
     ctl = ServiceControl("systemd", run=run)
     assert ctl.running("haproxy") is False
-    ctl.reload_or_start("bird")
+    ctl.reload_or_start("haproxy")  # not running: started
     ctl.start("healthd")
+    assert ctl.pid("haproxy") == 4242
     assert run.calls == [["systemctl", "is-active", "haproxy", "--quiet"],
-                         ["systemctl", "reload-or-restart", "bird"],
-                         ["systemctl", "start", "anycastlb-healthd"]]
+                         ["systemctl", "is-active", "haproxy", "--quiet"],
+                         ["systemctl", "start", "haproxy"],
+                         ["systemctl", "start", "anycastlb-healthd"],
+                         ["systemctl", "show", "-p", "MainPID", "--value", "haproxy"]]
+
+
+def test_systemd_reloads_a_running_unit_and_confirms_bird_by_its_output() -> None:
+    run = FakeRun({"birdc": (0, "Reading configuration from /etc/bird/bird.conf\nReconfigured")})
+    ctl = ServiceControl("systemd", run=run)
+    assert ctl.reload_or_start("healthd") == "healthd reloaded (systemctl reload anycastlb-healthd)"
+    assert run.calls[-1] == ["systemctl", "reload", "anycastlb-healthd"]
+    # `systemctl reload bird` exits 0 on a refused config: the unit's own ExecReload is run and read.
+    assert ctl.reload_or_start("bird") == "bird reconfigured"
+    assert run.calls[-1] == ["birdc", "-s", "/run/bird/bird.ctl", "configure"]
+    refused = ServiceControl("systemd", run=FakeRun({"birdc": (0, "bird.conf:3:1 syntax error")}))
+    with pytest.raises(ServiceError, match="refused"):
+        refused.reload_or_start("bird")
 
 
 def test_systemd_failure_is_a_service_error() -> None:
-    ctl = ServiceControl("systemd", run=FakeRun({"reload-or-restart": (1, "Job failed")}))
+    ctl = ServiceControl("systemd", run=FakeRun({"is-active": (3, ""), "start": (1, "Job failed")}))
     with pytest.raises(ServiceError, match="Job failed"):
         ctl.reload_or_start("haproxy")
+
+
+def test_systemd_mode_uses_the_debian_units_paths() -> None:
+    from anycastlb import paths
+    ctl = ServiceControl("systemd", run=FakeRun())
+    assert ctl.paths is paths.SYSTEMD
+    assert (ctl.paths.haproxy_pidfile, ctl.paths.haproxy_master_socket) == ("/run/haproxy.pid",
+                                                                            "/run/haproxy-master.sock")
+    assert ServiceControl("direct").paths is paths.DIRECT
 
 
 def test_direct_argv_with_root_and_netns_prefix() -> None:

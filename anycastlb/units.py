@@ -1,0 +1,67 @@
+"""The systemd units of a node: Debian's own for the daemons, anycastlb's own for the health agent.
+
+On a systemd host (:func:`anycastlb.service.detect_mode`) the Salt states
+(``salt/anycastlb/units.sls``) install :func:`unit_files` and enable :func:`enabled_units`,
+so a rebooted node comes back by itself: ``nftables.service`` loads the firewall before
+the network is up (Debian's unit: ``Before=network-pre.target``, and ``/etc/nftables.conf``
+includes our table, :data:`NFT_INCLUDE`), the daemons start from their own units, and
+``anycastlb-healthd`` announces a VIP only once HAProxy serves it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+HEALTHD_UNIT = "anycastlb-healthd.service"
+UNIT_DIR = "/etc/systemd/system"
+#: The line ``/etc/nftables.conf`` (loaded by Debian's nftables.service at boot) needs for our table.
+NFT_INCLUDE = 'include "/etc/nftables.d/*.nft"'
+
+
+def healthd_unit(python: str | None = None) -> str:
+    """``anycastlb-healthd.service``: runs the health agent with the Python anycastlb is installed in."""
+    exe = python or sys.executable
+    return f"""# managed by anycastlb (anycastlb/units.py)
+[Unit]
+Description=anycastlb health agent: announces each VIP only while its service is healthy
+# healthd watches HAProxy's pidfile and stats socket (it refuses to start without them) and
+# hands its routes to BIRD through a kernel table.
+After=network-online.target nftables.service haproxy.service bird.service
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={exe} -m anycastlb.healthd --config /etc/anycastlb/healthd.json
+ExecReload=/bin/kill -HUP $MAINPID
+# SIGTERM withdraws every route it installed before it exits.
+Restart=always
+RestartSec=1s
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def unit_files(model: dict[str, Any], python: str | None = None) -> dict[str, str]:
+    """Path → text of the unit files anycastlb ships that this node needs."""
+    from .render import daemons
+
+    wanted = {d.name for d in daemons() if d.wanted(model)}
+    return {f"{UNIT_DIR}/{HEALTHD_UNIT}": healthd_unit(python)} if "healthd" in wanted else {}
+
+
+def enabled_units(model: dict[str, Any]) -> list[str]:
+    """The units this node must have enabled, in apply order (``nftables`` is Debian's loader unit)."""
+    from .render import daemons
+    from .service import SERVICES
+
+    out = []
+    for spec in daemons():
+        if not spec.wanted(model):
+            continue
+        if spec.name == "nftables":
+            out.append("nftables.service")
+        elif spec.name in SERVICES and SERVICES[spec.name].unit:
+            out.append(SERVICES[spec.name].unit + ".service")
+    return out

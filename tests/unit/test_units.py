@@ -1,0 +1,61 @@
+"""systemd mode: the unit anycastlb ships, the paths of Debian's units, healthd refusing wrong paths."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anycastlb import paths, units
+from anycastlb.compiler import compile_catalog
+from anycastlb.render import healthd as healthd_render
+
+
+@pytest.fixture(scope="module")
+def fleet(campus_catalog: Path) -> dict[str, dict[str, Any]]:
+    return compile_catalog(campus_catalog).nodes
+
+
+def test_healthd_json_names_the_paths_of_the_init_mode(fleet: dict[str, Any]) -> None:
+    for mode, want in (("systemd", paths.SYSTEMD), ("direct", paths.DIRECT)):
+        doc = healthd_render.config({**fleet["lb1"], "service_mode": mode})
+        watches = [a["watch"] for a in doc["announcements"] if a["watch"]["type"] == "haproxy"]
+        assert watches and {(w["pidfile"], w["stats_socket"]) for w in watches} == {
+            (want.haproxy_pidfile, want.haproxy_admin_socket)}
+    assert paths.SYSTEMD.haproxy_pidfile == "/run/haproxy.pid"  # Debian's haproxy.service: -p /run/haproxy.pid
+
+
+def test_debian_haproxy_unit_matches_the_systemd_paths() -> None:
+    unit = Path("/lib/systemd/system/haproxy.service")
+    if not unit.exists():
+        pytest.skip("haproxy is not installed")
+    text = unit.read_text()
+    assert f"PIDFILE={paths.SYSTEMD.haproxy_pidfile}" in text
+    assert f"-S {paths.SYSTEMD.haproxy_master_socket}" in text
+
+
+def test_the_healthd_unit_and_what_a_node_enables(fleet: dict[str, Any]) -> None:
+    files = units.unit_files(fleet["lb1"], python="/opt/aclb/bin/python")
+    text = files["/etc/systemd/system/anycastlb-healthd.service"]
+    assert "ExecStart=/opt/aclb/bin/python -m anycastlb.healthd --config /etc/anycastlb/healthd.json" in text
+    assert "After=network-online.target nftables.service haproxy.service" in text
+    assert "WantedBy=multi-user.target" in text and "Restart=always" in text
+    assert units.enabled_units(fleet["lb1"]) == ["nftables.service", "haproxy.service",
+                                                 "anycastlb-healthd.service", "bird.service"]
+    assert units.unit_files(fleet["rr1"]) == {}  # no speaker, no healthd
+    assert "anycastlb-healthd.service" not in units.enabled_units(fleet["rr1"])
+
+
+def test_healthd_refuses_to_start_when_the_haproxy_paths_do_not_exist(fleet: dict[str, Any], tmp_path: Path) -> None:
+    doc = healthd_render.config({**fleet["lb1"], "service_mode": "systemd"}, root=str(tmp_path))
+    cfg = tmp_path / "healthd.json"
+    cfg.write_text(json.dumps(doc))
+    r = subprocess.run([sys.executable, "-m", "anycastlb.healthd", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"refusing to start: HAProxy pidfile {tmp_path}/run/haproxy.pid" in r.stderr
+    assert f"HAProxy stats socket {tmp_path}/run/haproxy/admin.sock" in r.stderr
+    assert "Traceback" not in r.stderr
