@@ -32,7 +32,7 @@ BGP_PORT = 179
 BFD_PORTS = (3784, 3785)
 BFD_MULTIHOP_PORT = 4784
 SECTION_KIND = {"nodes": "node", "peers": "peer", "clusters": "cluster", "templates": "template",
-                "services": "service"}
+                "services": "service", "contacts": "contact"}
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -298,6 +298,16 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     firewall = S.Firewall()
     if ctx.raw.get("firewall") is not None:
         firewall = _pydantic(ctx, S.Firewall, ctx.raw["firewall"], "firewall", "", ctx.raw["firewall"]) or firewall
+    monitoring = S.Monitoring()
+    if ctx.raw.get("monitoring") is not None:
+        monitoring = _pydantic(ctx, S.Monitoring, ctx.raw["monitoring"], "monitoring", "",
+                               ctx.raw["monitoring"]) or monitoring
+    contacts: dict[str, S.Contact] = {}
+    for cname, body in _section(ctx, "contacts").items():
+        if _check_name(ctx, "contacts", cname):
+            c = _pydantic(ctx, S.Contact, body if body is not None else {}, "contacts", cname, body)
+            if c is not None:
+                contacts[cname] = c
 
     nodes: dict[str, S.Node] = {}
     for nid, body in _section(ctx, "nodes").items():
@@ -363,6 +373,12 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
             services[sname] = svc
 
     _check_conflicts(ctx, services, clusters, nodes)
+    if contacts:   # once contacts are listed, every notify name must be one of them
+        for sname, svc in services.items():
+            for i, user in enumerate(svc.model.monitor.notify):
+                if user not in contacts:
+                    ctx.err("services", sname, f"monitor.notify[{i}]", f"{user!r} is not in contacts "
+                            f"({', '.join(sorted(contacts))})", svc.raw, ["monitor", "notify", i])
     if bgp is not None:
         _check_routing(ctx, nodes, services, clusters)
     if secrets is not None:
@@ -370,7 +386,9 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     if ctx.errors:
         raise CatalogRefused(_dedupe(ctx.errors))
     assert bgp is not None
-    return _build(name, bgp, pools, management, nodes, peers, clusters, services, firewall)
+    return _build(name, bgp, pools, management, nodes, peers, clusters, services, firewall,
+                  icinga={"mode": monitoring.icinga,
+                          "contacts": {k: v.model_dump() for k, v in sorted(contacts.items())}})
 
 
 # --------------------------------------------------------------------------- checks
@@ -570,9 +588,10 @@ def _check_secrets(ctx: _Ctx, services: dict[str, _Svc], bgp: S.Bgp | None, peer
 
 def _build(name: str, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes: dict[str, S.Node],
            peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc],
-           firewall: S.Firewall | None = None) -> Fleet:
+           firewall: S.Firewall | None = None, icinga: dict[str, Any] | None = None) -> Fleet:
     """Compute every node's model from validated objects."""
     b = _Builder(bgp, pools, management, nodes, peers, clusters, services, firewall or S.Firewall())
+    b.icinga = icinga or {"mode": "standalone", "contacts": {}}
     models = NodeModels(sorted(nodes), b.node_model)
     svc_summary = {sname: b.service_summary(sname) for sname in sorted(services)}
     roles: dict[str, int] = {}
@@ -593,6 +612,7 @@ class _Builder:
                  firewall: S.Firewall | None = None):
         self.bgp, self.pools, self.management = bgp, pools, management
         self.firewall = firewall or S.Firewall()
+        self.icinga: dict[str, Any] = {"mode": "standalone", "contacts": {}}
         self.nodes, self.peers, self.clusters, self.services = nodes, peers, clusters, services
         self.rrs = sorted(n for n, x in nodes.items() if "route-reflector" in x.roles)
         self.monitors = sorted(n for n, x in nodes.items() if "monitoring" in x.roles)
@@ -973,8 +993,10 @@ class _Builder:
                 c["host"] = c["service"] and f"vip-{c['service']}"
         users = sorted({u for s in self.services.values() for u in s.model.monitor.notify})
         vip_hosts = sorted({f"vip-{s}" for s in self.services if self.services[s].model.monitor.enabled})
+        icinga = self.icinga
         return {"hosts": hosts, "vip_hosts": vip_hosts, "checks": sorted(checks, key=lambda c: c["name"]),
-                "users": users}
+                "users": users, "icinga": icinga["mode"],
+                "contacts": {u: icinga["contacts"][u] for u in users if u in icinga["contacts"]}}
 
     def _service_check(self, svc: _Svc, port: S.Port, address: str) -> dict[str, Any]:
         m = svc.model

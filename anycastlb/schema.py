@@ -253,6 +253,26 @@ class Peer(Strict):
         return v
 
 
+#: An e-mail address: a dot-atom local part and a DNS name (no quotes, spaces or line breaks).
+EMAIL_RE = (r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+            r"@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+class Contact(Strict):
+    """Someone a ``monitor.notify`` name stands for: Icinga mails them."""
+
+    email: Annotated[str, Field(pattern=EMAIL_RE, max_length=254, description="mailed by Icinga's mail commands")]
+    display_name: Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f\"\\]{1,64}$")] | None = None
+
+
+class Monitoring(Strict):
+    """How the monitoring nodes' Icinga 2 is run."""
+
+    icinga: Literal["standalone", "conf.d"] = Field(
+        "standalone", description="standalone: anycastlb owns icinga2.conf; conf.d: only conf.d/anycastlb/ "
+                                  "is added to an existing Icinga 2")
+
+
 class Cluster(Strict):
     """A named set of HAProxy nodes."""
 
@@ -372,6 +392,8 @@ class CatalogSchema(Strict):
     vip_pools: StrList = []
     management: StrList = []
     firewall: Firewall = Field(default_factory=Firewall)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    contacts: dict[Annotated[str, Field(pattern=NAME_RE)], Contact] = {}
     defaults: Service = Field(default_factory=Service)
     nodes: dict[Annotated[str, Field(pattern=NAME_RE)], Node] = {}
     peers: dict[Annotated[str, Field(pattern=NAME_RE)], Peer] = {}

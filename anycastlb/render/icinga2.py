@@ -1,8 +1,13 @@
-"""Icinga2: hosts, VIP pseudo-hosts, services, users and log notifications of the fleet.
+"""Icinga2: hosts, VIP pseudo-hosts, services, users, log and mail notifications of the fleet.
 
-Files (owned): ``/etc/icinga2/icinga2.conf`` (Debian's, minus its example objects),
-``/etc/icinga2/conf.d/anycastlb/*.conf`` and the plugins anycastlb ships, deployed from
-:mod:`anycastlb.plugins` to ``/usr/local/lib/anycastlb/plugins/``.
+Two modes (catalog ``monitoring.icinga``). ``standalone``: ``/etc/icinga2/icinga2.conf``
+(Debian's, minus its example objects) is written too. ``conf.d``: only
+``/etc/icinga2/conf.d/anycastlb/*.conf`` is added to an existing Icinga 2, whose
+``icinga2.conf`` and ``conf.d`` stay as they are (checked together as one tree). Owned in
+both: ``conf.d/anycastlb/*.conf`` and the plugins anycastlb ships, deployed from
+:mod:`anycastlb.plugins` to ``/usr/local/lib/anycastlb/plugins/``. Contacts (``contacts``)
+get an ``email`` and mail through Debian's ``mail-host-notification`` and
+``mail-service-notification`` commands.
 
 Debian's ``conf.d`` examples are left out on purpose: their apply rules would add
 ping/ssh/disk/http services to every host we define, and ``object Host NodeName``
@@ -172,6 +177,7 @@ def objects(model: dict[str, Any]) -> dict[str, Any]:
     speakers = [f"{h['name']}=" + ",".join(a for a in (h["address"], h.get("address6")) if a)
                 for h in mon["hosts"] if h["managed"]]
     return {"hosts": mon["hosts"], "vips": list(vips.values()), "services": services, "users": mon["users"],
+            "contacts": mon.get("contacts", {}),
             "speakers": speakers, "intervals": {**INTERVALS, **mon.get("intervals", {})}}
 
 
@@ -182,11 +188,15 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     common = {"node": model["node"], "q": q, "plugin_dir": under(root, mon.get("plugin_dir", PLUGIN_DIR)),
               "bird_socket": mon.get("bird_socket", BIRD_SOCKET),
               "stats_uri": mon.get("haproxy_stats_uri", HAPROXY_STATS_URI), "udp_send": UDP_SEND, **ctx}
-    files = [RenderedFile(f"{CONFDIR}/icinga2.conf", render_template("icinga2/icinga2.conf.j2", **common))]
+    standalone = mon.get("icinga", "standalone") == "standalone"
+    files = []
+    if standalone:   # conf.d mode: the site's icinga2.conf stays as it is
+        files.append(RenderedFile(f"{CONFDIR}/icinga2.conf", render_template("icinga2/icinga2.conf.j2", **common)))
     for name in ("00-base", "hosts", "services", "users"):
         files.append(RenderedFile(f"{OURS}/{name}.conf", render_template(f"icinga2/{name}.conf.j2", **common)))
-    files.append(RenderedFile(f"{OURS}/status.conf", render_template(
-        "icinga2/status.conf.j2", socket=LIVESTATUS_SOCKET)))
+    if standalone:   # a site's own Livestatus feature would listen on the same socket
+        files.append(RenderedFile(f"{OURS}/status.conf", render_template(
+            "icinga2/status.conf.j2", socket=LIVESTATUS_SOCKET)))
     plugin_dir = mon.get("plugin_dir", PLUGIN_DIR)
     for src, dest in sorted(DEPLOYED.items()):
         files.append(RenderedFile(f"{plugin_dir}/{dest}", (_PLUGINS / src).read_text(encoding="utf-8"), 0o755))
@@ -241,7 +251,8 @@ SPEC = register(DaemonSpec(
     render=render,
     check=check,
     tree=(CONFDIR, "/var/lib/icinga2/certs"),
-    owned=(f"{CONFDIR}/icinga2.conf", f"{OURS}/*.conf", f"{PLUGIN_DIR}/*"),
+    # icinga2.conf is written in standalone mode only and never removed: in conf.d mode it is the site's
+    owned=(f"{OURS}/*.conf", f"{PLUGIN_DIR}/*"),
     binary="icinga2",
     packages=("icinga2", "monitoring-plugins"),
 ))
