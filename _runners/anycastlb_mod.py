@@ -311,7 +311,7 @@ def drain(node: str, timeout: float = 30, reason: str = "") -> dict[str, Any]:
         if rc != 0 or not isinstance(s, dict):
             problems.append(f"{rr}: sessions: {_silent(sess.get(rr))}")
             continue
-        with_node[rr] = {p: v["state"] for p, v in s.items() if v.get("neighbor") in addrs}
+        with_node[rr] = _orch.sessions_with(s, addrs)
         problems += [f"{rr}: BGP session {p} with {node} is {st}" for p, st in with_node[rr].items()
                      if st != "Established"]
         if (fleet.nodes[node].get("bgp") or {}).get("role") and not with_node[rr]:

@@ -65,6 +65,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+# The one parser of HAProxy's ``show stat`` CSV (re-exported here): it lives in the HAProxy
+# monitoring plugin, a standard-library-only script (see anycastlb.answers).
+from .plugins.check_anycastlb_haproxy import parse_show_stat
+
 DEFAULT_CONFIG = "/etc/anycastlb/healthd.json"
 DEFAULT_TABLE = 4242
 DEFAULT_PROTO = 252
@@ -332,38 +336,6 @@ class RiseFall:
 # ------------------------------------------------------------ haproxy stats
 
 STAT_COMMAND = "show stat -1 3 -1\n"  # frontends and backends only, all proxies
-
-
-_STAT_COLUMNS = ("pxname", "svname", "status", "act", "bck")
-
-
-def parse_show_stat(text: str) -> dict[tuple[str, str], dict[str, str]]:
-    """Parse HAProxy ``show stat`` CSV into ``{(pxname, svname): {column: value}}``.
-
-    Only the columns the verdict needs are kept (``pxname``, ``svname``,
-    ``status``, ``act``, ``bck``): this runs every 100 ms. Proxy and server
-    names cannot contain commas or quotes, so a plain split is exact for
-    these columns. Raises ValueError if the answer is not a stats CSV
-    (e.g. "Permission denied").
-    """
-    if not text.startswith("# "):
-        first = text.strip().splitlines()[0] if text.strip() else "empty answer"
-        raise ValueError(f"not a show stat answer: {first[:120]!r}")
-    header, _, body = text[2:].partition("\n")
-    names = header.split(",")
-    try:
-        idx = [names.index(c) for c in _STAT_COLUMNS]
-    except ValueError:
-        raise ValueError(f"show stat header lacks one of {', '.join(_STAT_COLUMNS)}") from None
-    last = max(idx)
-    rows: dict[tuple[str, str], dict[str, str]] = {}
-    for line in body.splitlines():
-        cells = line.split(",", last + 1)
-        if len(cells) <= last:
-            continue
-        row = {c: cells[i] for c, i in zip(_STAT_COLUMNS, idx)}
-        rows[(row["pxname"], row["svname"])] = row
-    return rows
 
 
 def haproxy_verdict(rows: Mapping[tuple[str, str], Mapping[str, str]],

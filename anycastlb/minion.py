@@ -274,14 +274,9 @@ def birdc(*command: str, socket: str = BIRD_SOCKET, timeout: float = 10.0) -> st
 
 def routes(via: list[str] | None = None, socket: str = BIRD_SOCKET) -> dict[str, list[str]]:
     """Prefix → next hops of every path BIRD carries (only prefixes with a path via one of ``via``)."""
-    from .orchestrate import parse_bird_routes
+    from .answers.bird import first_hops, parse_routes
 
-    parsed = parse_bird_routes(birdc("show", "route", "all", socket=socket))
-    want = set(via or ())
-    out = {p: sorted({x["next_hops"][0] for x in paths if x["next_hops"]}) for p, paths in parsed.items()}
-    if want:
-        out = {p: [h for h in hops if h in want] for p, hops in out.items()}
-    return {p: hops for p, hops in sorted(out.items()) if hops}
+    return first_hops(parse_routes(birdc("show", "route", "all", socket=socket)), via)
 
 
 def wait_routes(via: list[str], present: list[str] | None = None, timeout: float = 30.0,
@@ -290,10 +285,12 @@ def wait_routes(via: list[str], present: list[str] | None = None, timeout: float
 
     ``result`` False (with what is carried) when that did not happen within ``timeout``.
     """
+    from .answers.bird import carried_via, parse_routes
+
     start = time.monotonic()
     want = set(present or ())
     while True:
-        carried = sorted(routes(via, socket=socket))
+        carried = carried_via(parse_routes(birdc("show", "route", "all", socket=socket)), via)
         done = want <= set(carried) if present is not None else not carried
         waited = round((time.monotonic() - start) * 1000)
         if done or time.monotonic() - start > timeout:
@@ -307,19 +304,16 @@ def wait_routes(via: list[str], present: list[str] | None = None, timeout: float
 
 def sessions(socket: str = BIRD_SOCKET) -> dict[str, dict[str, str]]:
     """BGP protocol → ``{state, neighbor}``: ``Established`` or what it is instead."""
-    from .orchestrate import bgp_sessions, parse_bird_protocols
+    from .answers.bird import bgp_sessions, parse_protocols
 
-    protos = parse_bird_protocols(birdc("show", "protocols", "all", socket=socket))
-    states = bgp_sessions(protos)
-    return {n: {"state": st, "neighbor": protos[n].get("neighbor", "")} for n, st in states.items()}
+    return bgp_sessions(parse_protocols(birdc("show", "protocols", "all", socket=socket)))
 
 
 # ----------------------------------------------------------------- verify (after an apply)
 
 
 def _verify_once(model: dict[str, Any], ctl: Any, pending: list[str]) -> tuple[list[str], list[str]]:
-    from .healthd import STAT_COMMAND, parse_show_stat
-    from .orchestrate import verify_haproxy
+    from .answers.haproxy import STAT_COMMAND, parse_show_stat, verify_haproxy
     from .render.haproxy import ADMIN_SOCKET
     from .service import unix_query
 

@@ -36,6 +36,9 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from .answers.bird import (announcers, bgp_sessions, carried_via, node_addresses, parse_protocols,  # noqa: F401
+                           parse_routes, sessions_with)
+from .answers.haproxy import verify_haproxy  # noqa: F401
 from .compiler import Fleet, compile_catalog
 from .errors import CatalogRefused
 
@@ -235,149 +238,6 @@ def out_at_once(steps: Sequence[Step], fleet: Fleet) -> dict[str, int]:
         for c in (fleet.nodes[s.node].get("haproxy") or {}).get("clusters", []):
             out[c] = max(out.get(c, 0), 1 if "drain" in s.actions and "undrain" in s.actions else 0)
     return out
-
-
-def node_addresses(model: Mapping[str, Any]) -> list[str]:
-    """The addresses the node's BGP paths carry as next hop (v4 and v6, normalised)."""
-    return [str(ipaddress.ip_address(a)) for a in (model.get("address"), model.get("address6")) if a]
-
-
-# ----------------------------------------------------------------- BIRD answers
-
-
-def parse_bird_routes(text: str) -> dict[str, list[dict[str, Any]]]:
-    """``birdc show route all`` → prefix → paths (``protocol``, ``next_hops``, ``best``).
-
-    ``next_hops`` are the addresses of ``BGP.next_hop`` (the global one first, a
-    link-local one after it for IPv6), else the ``via`` gateway for non-BGP routes.
-    """
-    routes: dict[str, list[dict[str, Any]]] = {}
-    prefix: str | None = None
-    path: dict[str, Any] | None = None
-    for line in text.splitlines():
-        if not line.strip() or line.startswith(("BIRD ", "Table ")) or line[:4].isdigit() and line[4:5] == "-":
-            continue
-        if not line[0].isspace():  # "192.0.2.10/32   unicast [clie_lb1_4 07:41:39.146] * (100) [i]"
-            head = line.split()
-            if "/" not in head[0]:
-                continue
-            prefix = head[0]
-            path = _new_path(routes, prefix, line)
-            continue
-        if prefix is None:
-            continue
-        stripped = line.strip()
-        if line.startswith(" ") and "[" in stripped and not stripped.startswith(("via", "dev")):
-            path = _new_path(routes, prefix, line)  # another path of the same prefix
-        elif path is not None and stripped.startswith("via "):
-            path["via"] = stripped.split()[1]
-        elif path is not None and stripped.startswith("BGP.next_hop:"):
-            path["next_hops"] = [_addr(t) for t in stripped.split(":", 1)[1].split() if _addr(t)]
-    for paths in routes.values():
-        for p in paths:
-            if not p["next_hops"] and p.get("via"):
-                p["next_hops"] = [_addr(p["via"])] if _addr(p["via"]) else []
-            p.pop("via", None)
-    return routes
-
-
-def _addr(token: str) -> str:
-    try:
-        return str(ipaddress.ip_address(token))
-    except ValueError:
-        return ""
-
-
-def _new_path(routes: dict[str, list[dict[str, Any]]], prefix: str, line: str) -> dict[str, Any]:
-    proto = line.split("[", 1)[1].split()[0].rstrip("]") if "[" in line else ""
-    path = {"protocol": proto, "next_hops": [], "best": " * " in line}
-    routes.setdefault(prefix, []).append(path)
-    return path
-
-
-def carried_via(routes: Mapping[str, list[Mapping[str, Any]]], addresses: Iterable[str]) -> list[str]:
-    """The prefixes with at least one path whose first next hop is one of ``addresses``."""
-    want = {_addr(a) for a in addresses} - {""}
-    return sorted(p for p, paths in routes.items() if any(x["next_hops"][:1] and x["next_hops"][0] in want
-                                                          for x in paths))
-
-
-def announcers(routes: Mapping[str, list[Mapping[str, Any]]], fleet: Fleet) -> dict[str, list[str]]:
-    """Prefix → the fleet nodes a route reflector carries a path from."""
-    by_addr = {a: n for n, m in fleet.nodes.items() for a in node_addresses(m)}
-    out: dict[str, list[str]] = {}
-    for prefix, paths in routes.items():
-        nodes = sorted({by_addr[x["next_hops"][0]] for x in paths if x["next_hops"] and x["next_hops"][0] in by_addr})
-        if nodes:
-            out[prefix] = nodes
-    return out
-
-
-def parse_bird_protocols(text: str) -> dict[str, dict[str, str]]:
-    """``birdc show protocols [all]`` → name → ``proto``, ``state``, ``info`` (and ``neighbor`` with ``all``)."""
-    out: dict[str, dict[str, str]] = {}
-    cur: dict[str, str] | None = None
-    for line in text.splitlines():
-        if not line.strip() or line.startswith(("BIRD ", "Name ")) or line[:4].isdigit() and line[4:5] == "-":
-            continue
-        if not line[0].isspace():
-            cols = line.split(None, 5)
-            if len(cols) < 4:
-                cur = None
-                continue
-            cur = {"proto": cols[1], "state": cols[3], "info": cols[5].strip() if len(cols) > 5 else ""}
-            out[cols[0]] = cur
-        elif cur is not None:
-            key, _, value = line.strip().partition(":")
-            if key == "Neighbor address":
-                cur["neighbor"] = _addr(value.strip()) or value.strip()
-            elif key == "BGP state":
-                cur["bgp_state"] = value.strip()
-    return out
-
-
-def bgp_sessions(protocols: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """BGP protocol → ``Established`` or what it is instead (``Active``, ``Connect``, ``down`` ...)."""
-    out: dict[str, str] = {}
-    for name, p in protocols.items():
-        if p["proto"] != "BGP":
-            continue
-        info = p.get("bgp_state") or (p["info"].split()[0] if p["info"] else "")
-        out[name] = info if p["state"] == "up" and info else p["state"] + (f" ({info})" if info else "")
-    return out
-
-
-def sessions_with(protocols: Mapping[str, Mapping[str, str]], addresses: Iterable[str]) -> dict[str, str]:
-    """The BGP sessions whose neighbor is one of ``addresses`` (needs ``show protocols all``)."""
-    want = {_addr(a) for a in addresses} - {""}
-    states = bgp_sessions(protocols)
-    return {n: states[n] for n, p in protocols.items() if n in states and p.get("neighbor") in want}
-
-
-# ----------------------------------------------------------------- HAProxy answer
-
-
-def verify_haproxy(rows: Mapping[tuple[str, str], Mapping[str, str]], frontends: Iterable[str],
-                   backends: Iterable[str], pending: Iterable[str] = ()) -> tuple[list[str], list[str]]:
-    """(problems, notes): every frontend OPEN and every backend UP with a server up.
-
-    A backend in ``pending`` may be down (its servers are deployed later in the run):
-    that is a note, not a problem. ``rows`` is :func:`anycastlb.healthd.parse_show_stat`.
-    """
-    from .healthd import haproxy_verdict
-
-    problems: list[str] = []
-    notes: list[str] = []
-    for f in frontends:
-        ok, why = haproxy_verdict(rows, [f], [])
-        if not ok:
-            problems.append(why)
-    pend = set(pending)
-    for b in backends:
-        ok, why = haproxy_verdict(rows, [], [b])
-        if not ok:
-            (notes if b in pend else problems).append(why + (" (its servers are deployed later)" if b in pend else ""))
-    return problems, notes
 
 
 # ----------------------------------------------------------------- the catalog's git checkout

@@ -187,21 +187,17 @@ class BirdSocket:
                 return "\n".join(lines)
 
     def query(self, command: str) -> str:
-        """Send one CLI command, return the whole reply."""
+        """Send one CLI command, return the whole reply as ``birdc`` prints it."""
+        from ..answers.bird import unframe
+
         self.sock.sendall(command.encode() + b"\n")
-        return self._reply()
+        return unframe(self._reply())
 
     def next_hops(self, prefix: str) -> set[str]:
         """The BGP next hops of every path the node holds for ``prefix``."""
-        out = set()
-        for line in self.query(f"show route {prefix} all").splitlines():
-            if "BGP.next_hop:" in line:
-                for tok in line.split(":", 1)[1].split():
-                    try:
-                        out.add(str(ipaddress.ip_address(tok)))
-                    except ValueError:
-                        continue
-        return out
+        from ..answers.bird import parse_routes
+
+        return {h for r in parse_routes(self.query(f"show route {prefix} all")) for h in r.next_hops}
 
     def carries(self, prefix: str, from_address: str) -> bool:
         """True while the node holds a path for ``prefix`` with next hop ``from_address``."""

@@ -99,29 +99,12 @@ def apply(lab: "Lab", target: str = "*", timeout: int = 300, extra: tuple[str, .
 
 def announcers(lab: "Lab", fleet: Fleet, rr: str | None = None) -> dict[str, list[str]]:
     """Prefix → nodes whose path a route reflector carries (read with birdc on the RR)."""
+    from ..answers.bird import announcers as carried_from, parse_routes
+
     if rr is None:
         rr = next(n for n, m in fleet.nodes.items() if "route-reflector" in m["roles"])
-    by_addr = {}
-    for n, m in fleet.nodes.items():
-        by_addr[m["address"]] = n
-        if m["address6"]:
-            by_addr[str(ipaddress.ip_address(m["address6"]))] = n
     r = lab.exec(rr, ["birdc", "-s", "/run/bird/bird.ctl", "show", "route", "all"], timeout=20)
-    out: dict[str, set[str]] = {}
-    prefix = None
-    for line in r.stdout.splitlines():
-        head = line.split()
-        if line and not line[0].isspace() and head and "/" in head[0]:
-            prefix = head[0]
-        if prefix and "BGP.next_hop:" in line:
-            for tok in line.split(":", 1)[1].split():
-                try:
-                    addr = str(ipaddress.ip_address(tok))
-                except ValueError:
-                    continue
-                if addr in by_addr:
-                    out.setdefault(prefix, set()).add(by_addr[addr])
-    return {p: sorted(v) for p, v in out.items()}
+    return carried_from(parse_routes(r.stdout), fleet.nodes)
 
 
 def expected_announcers(fleet: Fleet) -> dict[str, list[str]]:
@@ -199,22 +182,23 @@ def run_probes(lab: "Lab", source: str, specs: list[dict[str, Any]]) -> list[dic
 
 
 def haproxy_states(lab: "Lab", node: str) -> dict[str, dict[str, str]]:
-    """Backend → server → status, from one LB node's stats socket."""
+    """Backend → server → status, from one LB node's stats socket (``DRAIN``: UP at weight 0)."""
+    from ..answers.haproxy import parse_show_stat
+
     r = lab.exec(node, ["sh", "-c", "echo 'show stat' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock"],
                  timeout=10)
+    try:
+        rows = parse_show_stat(r.stdout, ("status", "weight"))
+    except ValueError:
+        return {}
     out: dict[str, dict[str, str]] = {}
-    lines = r.stdout.splitlines()
-    if not lines or not lines[0].startswith("# "):
-        return out
-    cols = lines[0][2:].split(",")
-    for line in lines[1:]:
-        row = dict(zip(cols, line.split(",")))
-        if row.get("svname") in ("FRONTEND", "BACKEND", None) or not row.get("pxname"):
+    for (px, sv), row in rows.items():
+        if sv in ("FRONTEND", "BACKEND") or not px:
             continue
-        status = row.get("status", "")
-        if row.get("weight") == "0" and status.startswith("UP"):
+        status = row["status"]
+        if row["weight"] == "0" and status.startswith("UP"):
             status = "DRAIN"
-        out.setdefault(row["pxname"], {})[row["svname"]] = status
+        out.setdefault(px, {})[sv] = status
     return out
 
 

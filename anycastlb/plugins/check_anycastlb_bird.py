@@ -37,6 +37,16 @@ class Route:
     proto: str
     source: str | None = None
     attrs: dict[str, str] = field(default_factory=dict)
+    kind: str = ""              # unicast, unreachable, blackhole ...
+    best: bool = False          # BIRD's ``*``: the path it selected
+    via: str | None = None      # the ``via`` gateway line (non-BGP routes)
+
+    @property
+    def next_hops(self) -> list[str]:
+        """The path's next hops, normalised: ``BGP.next_hop`` (the global address first, a
+        link-local one after it for IPv6), else the ``via`` gateway."""
+        text = self.attrs.get("BGP.next_hop") or self.via or ""
+        return [a for a in (_addr(t) for t in text.split()) if a]
 
     @property
     def announcer(self) -> str | None:
@@ -60,7 +70,11 @@ class Protocol:
 
 
 def parse_routes(text: str) -> list[Route]:
-    """Routes of ``birdc show route [...] all`` output (every path, not only the best)."""
+    """Routes of ``birdc show route [...] all`` output (every path, not only the best).
+
+    The one parser of this format: the health agent's helpers, the orchestration, the
+    runner and the lab use it too (through :mod:`anycastlb.birdstate`).
+    """
     routes: list[Route] = []
     net = ""
     for line in text.splitlines():
@@ -69,7 +83,12 @@ def parse_routes(text: str) -> list[Route]:
         m = _ROUTE.match(line)
         if m and not line.startswith("\t"):
             net = m.group("net") or net
-            routes.append(Route(net=net, proto=m.group("proto"), source=m.group("src")))
+            best = line.split("]", 1)[1].lstrip().startswith("*")
+            routes.append(Route(net=net, proto=m.group("proto"), source=m.group("src"), kind=m.group("kind"),
+                                best=best))
+            continue
+        if routes and line.strip().startswith("via "):
+            routes[-1].via = line.split()[1]
             continue
         a = _ATTR.match(line)
         if a and routes:
@@ -78,7 +97,9 @@ def parse_routes(text: str) -> list[Route]:
 
 
 def parse_protocols(text: str) -> list[Protocol]:
-    """Protocols of ``birdc show protocols all`` (or plain ``show protocols``)."""
+    """Protocols of ``birdc show protocols all`` (or plain ``show protocols``); ``info`` is
+    the BGP state (``Established``, ``Active`` ...) for BGP protocols with ``all``. The one
+    parser of this format (see :func:`parse_routes`)."""
     protos: list[Protocol] = []
     for line in text.splitlines():
         if not line.strip() or line.startswith(("BIRD ", "Name ")):
@@ -94,6 +115,14 @@ def parse_protocols(text: str) -> list[Protocol]:
         if protos and key == "BGP state":
             protos[-1].info = value.strip()
     return protos
+
+
+def _addr(token: str) -> str:
+    """``token`` as a normalised IP address, or "" when it is not one."""
+    try:
+        return str(ipaddress.ip_address(token))
+    except ValueError:
+        return ""
 
 
 def _canon(addr: str) -> str:

@@ -17,10 +17,8 @@ private directory of the user running the checks, and one check at a time fetche
 from __future__ import annotations
 
 import argparse
-import csv
 import fcntl
 import hashlib
-import io
 import json
 import os
 import re
@@ -45,12 +43,46 @@ class Stats:
     up_counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # backend → (active UP, backup UP)
 
 
+#: The ``show stat`` columns the health agent's verdict needs (it parses every 100 ms).
+VERDICT_COLUMNS = ("pxname", "svname", "status", "act", "bck")
+
+
+def parse_show_stat(text: str, columns: tuple[str, ...] = VERDICT_COLUMNS) -> dict[tuple[str, str], dict[str, str]]:
+    """HAProxy's ``show stat`` CSV (stats socket, or the stats page's ``;csv``) →
+    ``{(pxname, svname): {column: value}}`` for ``columns`` (``pxname`` and ``svname`` always).
+
+    The one parser of this format: anycastlb-healthd, the orchestration, the lab and this
+    plugin use it. Only the wanted columns are kept (healthd runs it every 100 ms): proxy
+    and server names cannot hold commas or quotes and the leading columns are numbers and
+    states, so a plain split is exact up to the last wanted column. Raises ValueError if
+    the answer is not a stats CSV (e.g. "Permission denied").
+    """
+    if not text.startswith("# "):
+        first = text.strip().splitlines()[0] if text.strip() else "empty answer"
+        raise ValueError(f"not a show stat answer: {first[:120]!r}")
+    header, _, body = text[2:].partition("\n")
+    names = header.split(",")
+    want = tuple(dict.fromkeys(("pxname", "svname", *columns)))
+    try:
+        idx = [names.index(c) for c in want]
+    except ValueError:
+        raise ValueError(f"show stat header lacks one of {', '.join(want)}") from None
+    last = max(idx)
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for line in body.splitlines():
+        cells = line.split(",", last + 1)
+        if len(cells) <= last:
+            continue
+        row = {c: cells[i] for c, i in zip(want, idx)}
+        rows[(row["pxname"], row["svname"])] = row
+    return rows
+
+
 def parse_csv(text: str) -> Stats:
-    """HAProxy's ``show stat`` / ``;csv`` output."""
+    """HAProxy's ``show stat`` / ``;csv`` output (read with :func:`parse_show_stat`)."""
     st = Stats()
-    reader = csv.DictReader(io.StringIO(text.lstrip("# ")))
-    for row in reader:
-        px, sv, status = row.get("pxname", ""), row.get("svname", ""), row.get("status", "")
+    for (px, sv), row in parse_show_stat(text, ("status", "bck")).items():
+        status = row["status"]
         if sv == "FRONTEND":
             st.frontends[px] = status
         elif sv != "BACKEND" and px:
@@ -97,7 +129,7 @@ def parse_prometheus(text: str) -> Stats:
 def parse(text: str) -> Stats:
     """CSV or Prometheus, detected from the content."""
     if text.lstrip().startswith("# pxname"):
-        return parse_csv(text)
+        return parse_csv(text.lstrip())
     if "haproxy_" in text:
         return parse_prometheus(text)
     raise ValueError("neither HAProxy stats CSV nor Prometheus metrics")

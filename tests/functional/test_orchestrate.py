@@ -160,24 +160,29 @@ def test_lint_refusal_gives_no_fleet_and_every_error(tmp_path, campus_catalog):
 
 
 def test_route_parsing_from_birdc_output(fleet):
-    routes = orch.parse_bird_routes(ROUTES)
-    assert set(routes) == {"192.0.2.11/32", "2001:db8:1::88/128"}
-    assert [p["next_hops"] for p in routes["192.0.2.11/32"]] == [["198.51.100.21"], ["198.51.100.22"]]
-    assert [p["best"] for p in routes["192.0.2.11/32"]] == [True, False]
-    assert routes["2001:db8:1::88/128"][0]["next_hops"] == ["2001:db8:100::41", "fe80::90af:c8ff:feb8:ae4e"]
-    assert routes["2001:db8:1::88/128"][1]["protocol"] == "clie_kdc2_6"
-    assert orch.announcers(routes, fleet) == {"192.0.2.11/32": ["lb1", "lb2"], "2001:db8:1::88/128": ["kdc1", "kdc2"]}
+    routes = orch.parse_routes(ROUTES)
+    assert sorted({r.net for r in routes}) == ["192.0.2.11/32", "2001:db8:1::88/128"]
+    www = [r for r in routes if r.net == "192.0.2.11/32"]
+    assert [r.next_hops for r in www] == [["198.51.100.21"], ["198.51.100.22"]]
+    assert [r.best for r in www] == [True, False]
+    kdc = [r for r in routes if r.net == "2001:db8:1::88/128"]
+    assert kdc[0].next_hops == ["2001:db8:100::41", "fe80::90af:c8ff:feb8:ae4e"]
+    assert kdc[1].proto == "clie_kdc2_6"
+    assert orch.announcers(routes, fleet.nodes) == {"192.0.2.11/32": ["lb1", "lb2"],
+                                                    "2001:db8:1::88/128": ["kdc1", "kdc2"]}
     assert orch.carried_via(routes, orch.node_addresses(fleet.nodes["lb1"])) == ["192.0.2.11/32"]
     assert orch.carried_via(routes, orch.node_addresses(fleet.nodes["kdc2"])) == ["2001:db8:1::88/128"]
     assert orch.carried_via(routes, orch.node_addresses(fleet.nodes["lb3"])) == []
-    assert orch.parse_bird_routes("BIRD 2.0.12 ready.\n") == {}
+    assert orch.parse_routes("BIRD 2.0.12 ready.\n") == []
 
 
 def test_protocol_parsing_tells_established_from_not(fleet):
-    protos = orch.parse_bird_protocols(PROTOCOLS)
-    assert orch.bgp_sessions(protos) == {"clie_lb1_4": "Established", "clie_lb2_4": "start (Active)"}
-    assert orch.sessions_with(protos, orch.node_addresses(fleet.nodes["lb1"])) == {"clie_lb1_4": "Established"}
-    assert protos["device1"]["proto"] == "Device"
+    protos = orch.parse_protocols(PROTOCOLS)
+    sessions = orch.bgp_sessions(protos)
+    assert sessions == {"clie_lb1_4": {"state": "Established", "neighbor": "198.51.100.21"},
+                        "clie_lb2_4": {"state": "start (Active)", "neighbor": "198.51.100.22"}}
+    assert orch.sessions_with(sessions, orch.node_addresses(fleet.nodes["lb1"])) == {"clie_lb1_4": "Established"}
+    assert [p.proto for p in protos if p.name == "device1"] == ["Device"]
 
 
 def test_verify_haproxy_pending_backends_are_notes_not_problems():

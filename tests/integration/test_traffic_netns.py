@@ -199,7 +199,12 @@ def backends_up(lab: Lab) -> bool:
         text = unix_query(lab.path("lb", "/run/haproxy/admin.sock"), "show stat -1 4 -1")
     except OSError:
         return False
-    return text.count(",UP,") >= 1
+    from anycastlb.answers.haproxy import parse_show_stat
+    try:
+        rows = parse_show_stat(text)
+    except ValueError:
+        return False
+    return any(sv not in ("FRONTEND", "BACKEND") and row["status"].startswith("UP") for (_, sv), row in rows.items())
 
 
 def server_state(lab: Lab, server: str) -> list[str]:
