@@ -156,48 +156,85 @@ class _Ctx:
         self.errors.append(CatalogError(file or self.name, line, kind, name, key, message))
 
 
+#: pydantic's error types in our words: what was expected.
+_EXPECTED = {
+    "dict_type": "a mapping of keys", "model_type": "a mapping of keys", "model_attributes_type": "a mapping of keys",
+    "list_type": "a list", "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+    "int_from_float": "a whole number", "bool_type": "true or false", "bool_parsing": "true or false",
+    "float_type": "a number", "float_parsing": "a number", "none_required": "null",
+    "string_too_long": "a shorter string", "too_long": "a shorter list",
+}
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it (short, one line)."""
+    text = repr(value) if not isinstance(value, (dict, list)) else ("a mapping" if isinstance(value, dict)
+                                                                   else "a list")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(e: Any, loc: tuple[Any, ...]) -> str:
+    """One pydantic error in our own words, showing the expected form."""
+    kind, msg, value = e["type"], e["msg"], e.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown key {str(loc[-1])!r}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"{_shown(value)} is not allowed: {msg.replace('Input should be ', 'expected ')}"
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, "):]
+    if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
+        return f"{_shown(value)} is out of range: {msg[0].lower()}{msg[1:]}"
+    if kind in _EXPECTED:
+        return f"{_shown(value)} is not {_EXPECTED[kind]}" if kind not in ("missing",) else _EXPECTED[kind]
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{_shown(value)} is not of the expected type ({kind.split('_')[0]})"
+    return msg[0].lower() + msg[1:] if msg else kind
+
+
 def _pydantic(ctx: _Ctx, model: type[BaseModel], data: Any, section: str, name: str,
               obj: Any = None, prefix: tuple[Any, ...] = ()) -> Any:
-    """Validate ``data`` with ``model``; turn pydantic errors into catalog errors."""
+    """Validate ``data`` with ``model``; turn pydantic errors into catalog errors (in our words)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         seen: set[tuple[Any, ...]] = set()
         for e in exc.errors(include_url=False):
-            loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and ("[" in x or x.startswith("function-"))))
+            raw_loc = tuple(e["loc"])
+            bad_key = "[key]" in raw_loc
+            loc = tuple(x for x in raw_loc if not (isinstance(x, str) and ("[" in x or x.startswith("function-"))))
             # Union branches repeat one location; keep the first message per location.
             loc = tuple(x for x in loc if x not in ("int", "str", "list[str]", "is-instance[Port]"))
+            where = list(prefix + loc)
+            if bad_key and loc:
+                loc = loc[:-1]     # a bad name: the key is the mapping that holds it
             if loc in seen:
                 continue
             seen.add(loc)
             key = ".".join(str(x) for x in prefix + loc)
-            msg = e["msg"]
-            if e["type"] == "extra_forbidden":
-                msg = f"unknown key {str(loc[-1])!r}"
-            elif e["type"] == "missing":
-                msg = "required key is missing"
-            elif e["type"] == "literal_error":
-                msg = f"{e.get('input')!r} is not allowed: {msg.replace('Input should be ', 'expected ')}"
-            elif msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
-            elif e["type"] in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
-                msg = f"{e.get('input')!r} is out of range: {msg[0].lower()}{msg[1:]}"
-            ctx.err(section, name, key, msg, obj if obj is not None else data, list(prefix + loc))
+            ctx.err(section, name, key, _message(e, loc), obj if obj is not None else data, where)
         return None
 
 
-def _parse_net(text: str) -> Net | None:
+def _parse_net(text: Any) -> Net | None:
     try:
-        return ipaddress.ip_network(str(text), strict=True)
+        return S.parse_net(text)
     except ValueError:
         return None
 
 
 def _parse_ip(text: Any) -> IP | None:
     try:
-        return ipaddress.ip_address(str(text))
+        return S.parse_ip(text)
     except ValueError:
         return None
+
+
+#: Name prefixes the renderers use for objects of their own (apache's catch-all sites
+#: ``anycastlb-000-default-<port>``, Icinga's VIP hosts ``vip-<service>``).
+RESERVED_PREFIXES = {"services": ("000-default",), "nodes": ("vip-",), "peers": ("vip-",),
+                     "backends": ("vip-",)}
 
 
 def _section(ctx: _Ctx, key: str) -> Marked:
@@ -211,10 +248,30 @@ def _section(ctx: _Ctx, key: str) -> Marked:
 
 
 def _check_name(ctx: _Ctx, section: str, name: Any) -> bool:
-    if not isinstance(name, str) or not re.match(S.NAME_RE, name):
-        ctx.err(section, str(name), "", f"{name!r} is not a valid name (letters, digits, '.', '_', '-')")
+    if not isinstance(name, str) or not re.fullmatch(S.NAME_RE, name):
+        ctx.err(section, str(name)[:80], "", f"{str(name)[:80]!r} is not a valid name: a letter or digit, then "
+                f"up to 62 letters, digits, '.', '_' or '-' (e.g. web-1)")
         return False
+    for prefix in RESERVED_PREFIXES.get(section, ()):
+        if name.lower().startswith(prefix):
+            ctx.err(section, name, "", f"names starting with {prefix!r} are reserved for objects the renderers "
+                    f"generate themselves (rename it)")
+            return False
     return True
+
+
+def _check_distinct(ctx: _Ctx, groups: list[tuple[str, Iterable[str]]]) -> None:
+    """Names must stay distinct after ``ident()`` and case folding (BIRD, Icinga, file names)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for section, names in groups:
+        for name in names:
+            key = ident(name).lower()
+            first = seen.get(key)
+            if first is None:
+                seen[key] = (section, name)
+            elif first != (section, name):
+                ctx.err(section, name, "", f"{name!r} and {SECTION_KIND.get(first[0], first[0])} {first[1]!r} "
+                        f"become the same identifier {ident(name)!r} in the daemons' configs: rename one")
 
 
 def _prefixes(ctx: _Ctx, key: str) -> list[Net]:
@@ -325,6 +382,7 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
                     ctx.err("peers", pid, "local_pref", f"LOCAL_PREF is not sent over eBGP (asn {p.asn} is not "
                             f"bgp.asn {bgp.asn}): use med or prepend", body, ["local_pref"])
     _check_addresses(ctx, nodes, peers)
+    _check_distinct(ctx, [("nodes", nodes), ("peers", peers)])
 
     clusters: dict[str, S.Cluster] = {}
     for cid, body in _section(ctx, "clusters").items():
@@ -371,6 +429,8 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
         svc = _check_service(ctx, sname, m, resolved, pools, nodes, clusters)
         if svc is not None:
             services[sname] = svc
+    _check_distinct(ctx, [("services", [s for s in _section(ctx, "services") if isinstance(s, str)])])
+    _check_distinct(ctx, [("clusters", [c for c in _section(ctx, "clusters") if isinstance(c, str)])])
 
     _check_conflicts(ctx, services, clusters, nodes)
     if contacts:   # once contacts are listed, every notify name must be one of them
@@ -442,10 +502,11 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
         ok = False
     vips: list[IP] = []
     for i, text in enumerate(m.vip):
-        ip = _parse_ip(text)
         path = ["vip", i] if isinstance(raw.get("vip"), list) else ["vip"]
-        if ip is None:
-            err(f"vip[{i}]", f"{text!r} is not an IP address", path)
+        try:
+            ip = S.parse_ip(text)
+        except ValueError as exc:
+            err(f"vip[{i}]", str(exc), path)
             ok = False
             continue
         fam_pools = [p for p in pools if p.version == ip.version]
@@ -482,6 +543,10 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
         ok = False
     for bname, b in m.backends.items():
         bpath = ["backends", bname] if isinstance(raw.get("backends"), dict) else ["backends"]
+        if bname not in nodes and bname.lower().startswith("vip-"):
+            err(f"backends.{bname}", f"backend names starting with 'vip-' are reserved for the monitoring's "
+                "VIP hosts (rename it)", bpath)
+            ok = False
         if bname not in nodes and b.address is None:
             err(f"backends.{bname}", f"backend {bname!r} is not a node and has no address", bpath)
             ok = False
@@ -524,6 +589,20 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             ok = False
     if m.apache is not None and not any(b in nodes for b in m.backends):
         err("apache", "apache vhosts go on managed backends, and this service has none")
+    if m.apache is not None and m.mode == "http":
+        # apache serves the health check from a static file under the vhost's document root.
+        if m.check.http is None:
+            err("check", "a service with apache needs an http check (check: {http: {path: /healthz}}): "
+                "apache answers it from a static file")
+            ok = False
+        elif m.check.http.path == "/":
+            err("check.http.path", "'/' is the vhost's index page: on a service with apache the check path names "
+                "the health file apache serves, e.g. /healthz")
+            ok = False
+    if m.mode == "anycast" and m.check.http is not None and "-" in m.check.http.expect:
+        err("check.http.expect", f"{m.check.http.expect!r}: the health agent of an anycast service expects one "
+            "status code, e.g. 200")
+        ok = False
     return _Svc(name, m, raw, vips, list(m.ports)) if ok else None
 
 
@@ -974,6 +1053,9 @@ class _Builder:
                     for sport in sorted({self.server_port(svc, p) for p in svc.ports}):
                         c = self.check_model(svc, sport)
                         c.pop("interval_ms", None)
+                        if c.get("expect") and "-" in c["expect"]:
+                            # check_http -e takes a list of status strings, not a range
+                            c["expect"] = ",".join(str(x) for x in S.status_codes(c["expect"]))
                         checks.append({"name": f"backend {sname} {bid}:{sport}", "host": bid, "service": sname,
                                        "address": addr, "notify": notify, "backend_state": be.state,
                                        **{k: v for k, v in c.items() if k in ("type", "path", "expect", "port")},

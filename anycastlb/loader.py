@@ -87,6 +87,21 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> MarkedList:
                       marks=[child.start_mark.line + 1 for child in node.value])
 
 
+#: Longest integer or float written in a catalog (an ASN has 10 digits).
+MAX_NUMBER_CHARS = 20
+
+
+def _construct_number(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    if len(node.value) > MAX_NUMBER_CHARS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a number of {len(node.value)} characters (at most {MAX_NUMBER_CHARS})", node.start_mark)
+    if node.tag.endswith(":int"):
+        return _BaseLoader.construct_yaml_int(loader, node)
+    return _BaseLoader.construct_yaml_float(loader, node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_number)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_number)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 

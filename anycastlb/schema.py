@@ -13,28 +13,172 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
                       field_validator, model_validator)
 
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+# ------------------------------------------------------------------ string grammars
+# Every string that reaches a config has a grammar, matched whole (re.fullmatch, \A..\Z:
+# ``$`` would also match before a final newline). docs/catalog.md has the table.
+
+#: A name: nodes, peers, clusters, templates, services, backends, certificates, passwords, users.
+NAME_RE = r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: A host name per RFC 1123: dot-separated labels of letters, digits and inner hyphens.
+HOSTNAME_RE = rf"\A{_LABEL}(?:\.{_LABEL})*\Z"
+#: A host name, or ``*.`` and a host name (apache aliases).
+WILDCARD_HOSTNAME_RE = rf"\A(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\Z"
+#: An absolute URI path (RFC 3986 path-absolute, a subset): no query, fragment, space,
+#: quote, backslash, percent-encoding, empty or dot segment.
+URI_PATH_RE = r"\A(?:/[A-Za-z0-9._~!*+,;=:@-]*)+\Z"
+#: An HTTP status: a code, ``2xx``, or a range ``200-299``.
+STATUS_RE = r"\A(?:[1-5][0-9][0-9]|[1-5]xx|[1-5][0-9][0-9]-[1-5][0-9][0-9])\Z"
+#: Free text (descriptions): printable characters, no line break or control character.
+TEXT_MAX = 200
+
+
+def _grammar(regex: str, what: str, example: str, max_len: int) -> Any:
+    """A string type matched whole by ``regex``; the error names the expected form."""
+    compiled = re.compile(regex)
+
+    def check(value: str) -> str:
+        if len(value) > max_len:
+            raise ValueError(f"{what} is longer than {max_len} characters")
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what} (expected a form such as {example})")
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": js_pattern(regex),
+                                                                 "maxLength": max_len})]
+
+
+def js_pattern(regex: str) -> str:
+    """The ECMA-262 spelling of a fullmatch pattern, for the JSON Schema export."""
+    return regex.replace("\\A", "^").replace("\\Z", "$")
+
+
+Name = _grammar(NAME_RE, "a name (a letter or digit, then letters, digits, '.', '_', '-')", "web-1", 63)
+Hostname = _grammar(HOSTNAME_RE, "a host name (RFC 1123)", "www.example.org", 253)
+WildcardHostname = _grammar(WILDCARD_HOSTNAME_RE, "a host name or *.host name", "*.example.org", 253)
+
+
+def _uri_path(value: str) -> str:
+    if len(value) > 1024:
+        raise ValueError("a path is at most 1024 characters")
+    if not re.fullmatch(URI_PATH_RE, value):
+        raise ValueError(f"{value!r} is not an absolute URI path: '/' then letters, digits and "
+                         f"-._~!*+,;=:@ (no query '?', fragment '#', space, quote, '%' or '\\'), e.g. /healthz")
+    segments = value.split("/")[1:]
+    if any(seg in (".", "..") for seg in segments) or any(seg == "" for seg in segments[:-1]):
+        raise ValueError(f"{value!r} has an empty, '.' or '..' segment: write the plain path, e.g. /healthz")
+    return value
+
+
+UriPath = Annotated[str, AfterValidator(_uri_path), WithJsonSchema({"type": "string", "pattern": js_pattern(URI_PATH_RE)})]
+
+
+def _text(value: str) -> str:
+    if len(value) > TEXT_MAX or not value.isprintable():
+        raise ValueError(f"free text is one line of at most {TEXT_MAX} printable characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text), WithJsonSchema({"type": "string", "maxLength": TEXT_MAX})]
+
+
+def parse_status(value: Any) -> str:
+    """``200`` / ``"2xx"`` / ``"200-299"`` → ``"200"`` or ``"200-299"`` (the canonical form)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("an HTTP status is expected: a code such as 200, 2xx or a range such as 200-299")
+    text = str(value) if isinstance(value, int) and 100 <= value <= 599 else value
+    if not isinstance(text, str) or len(text) > 7 or not re.fullmatch(STATUS_RE, text):
+        raise ValueError(f"{str(value)[:20]!r} is not an HTTP status: a code 100-599 such as 200, "
+                         f"a class such as 2xx, or a range such as 200-299")
+    if text.endswith("xx"):
+        return f"{text[0]}00-{text[0]}99"
+    if "-" in text:
+        low, high = text.split("-")
+        if int(low) > int(high):
+            raise ValueError(f"{text!r}: the range's low end is above its high end")
+        return text if low != high else low
+    return text
+
+
+def status_codes(canonical: str) -> list[int]:
+    """Every code a canonical status admits (``"200-202"`` → ``[200, 201, 202]``)."""
+    low, _, high = canonical.partition("-")
+    return list(range(int(low), int(high or low) + 1))
+
+
+HttpStatus = Annotated[str, BeforeValidator(parse_status),
+                       WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 100, "maximum": 599},
+                                                 {"type": "string", "pattern": js_pattern(STATUS_RE)}]})]
+
+
+def parse_ip(text: Any, version: int | None = None) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A plain IP address (no scope id, not IPv4-mapped); ``version`` 4 or 6 restricts the family."""
+    want = f"an IPv{version} address" if version else "an IP address"
+    if not isinstance(text, str) or len(text) > 45 or "%" in text:
+        raise ValueError(f"{str(text)[:50]!r} is not {want}")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not {want}") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        raise ValueError(f"{text!r} is an IPv4-mapped IPv6 address: write {ip.ipv4_mapped}")
+    if version and ip.version != version:
+        raise ValueError(f"{text!r} is not {want}")
+    return ip
+
+
+def parse_net(text: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network prefix with its host bits zero (no scope id)."""
+    if not isinstance(text, str) or len(text) > 49 or "%" in text:
+        raise ValueError(f"{str(text)[:50]!r} is not a network prefix such as 192.0.2.0/24")
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a network prefix such as 192.0.2.0/24 "
+                         f"(host bits must be zero)") from None
+
+
+def _address(version: int | None) -> Any:
+    def check(value: Any) -> str:
+        return str(parse_ip(value, version))
+    return check
+
+
+IPv4Str = Annotated[str, BeforeValidator(_address(4)), WithJsonSchema({"type": "string", "format": "ipv4"})]
+IPv6Str = Annotated[str, BeforeValidator(_address(6)), WithJsonSchema({"type": "string", "format": "ipv6"})]
+IPStr = Annotated[str, BeforeValidator(_address(None)), WithJsonSchema({"type": "string"})]
+
+_DURATION = re.compile(r"\A(\d{1,9}(?:\.\d{1,6})?)(ms|s|m)\Z")
+#: Lower bounds (milliseconds) for the timers a daemon runs.
+MIN_BFD_INTERVAL_MS = 10
+MIN_CHECK_INTERVAL_MS = 100
 
 
 def parse_duration(value: Any) -> int:
-    """``100ms``, ``2s``, ``1.5s``, ``1m`` or a number of seconds → milliseconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration such as 2s or 100ms is expected")
+    """``100ms``, ``2s``, ``1.5s``, ``1m`` → milliseconds. A bare number is refused: write its unit."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError("a duration with a unit is expected, such as 2s or 100ms")
     if isinstance(value, (int, float)):
-        ms = value * 1000
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"{value!r} is not a duration such as 2s or 100ms")
-        number, unit = float(m.group(1)), m.group(2) or "s"
-        ms = number * {"ms": 1, "s": 1000, "m": 60000}[unit]
+        shown = str(value)[:12]
+        raise ValueError(f"{shown} has no unit: write {shown}ms or {shown}s")
+    m = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) and len(value) < 40 else None
+    if not m:
+        raise ValueError(f"{str(value)[:40]!r} is not a duration such as 2s, 1.5s, 100ms or 1m")
+    ms = float(m.group(1)) * {"ms": 1, "s": 1000, "m": 60000}[m.group(2)]
     if ms < 1 or ms > 3_600_000:
         raise ValueError(f"{value!r} is out of range (1ms .. 1h)")
     return int(round(ms))
+
+
+def _at_least(low_ms: int) -> Any:
+    def check(ms: int) -> int:
+        if ms < low_ms:
+            raise ValueError(f"{ms}ms is below the lower bound {low_ms}ms")
+        return ms
+    return check
 
 
 def _as_list(value: Any) -> Any:
@@ -44,8 +188,10 @@ def _as_list(value: Any) -> Any:
 
 
 Duration = Annotated[int, BeforeValidator(parse_duration),
-                     WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m)?$"},
-                                               {"type": "number"}]})]
+                     WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m)$"})]
+BfdInterval = Annotated[Duration, AfterValidator(_at_least(MIN_BFD_INTERVAL_MS))]
+CheckInterval = Annotated[Duration, AfterValidator(_at_least(MIN_CHECK_INTERVAL_MS))]
+HoldTime = Annotated[Duration, AfterValidator(_at_least(3000))]
 StrList = Annotated[list[str], BeforeValidator(_as_list),
                     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
@@ -102,7 +248,7 @@ State = Literal["active", "drain", "maintenance"]
 class Bfd(Strict):
     """BFD timers for every BGP session of the fleet."""
 
-    interval: Duration = 100
+    interval: BfdInterval = 100
     multiplier: int = Field(3, ge=1, le=255)
 
 
@@ -114,10 +260,8 @@ class Bgp(Strict):
 
     asn: int = Field(ge=1, le=4294967295)
     bfd: Bfd = Bfd()
-    password: str | None = Field(None, description="name of a BGP password in the secrets pillar")
-    hold: Duration = Field(6000, description="BGP hold time")
-    session: Session = Field("direct", description="the fleet's own sessions (speakers, listeners and route "
-                                                   "reflectors): direct (one segment) or multihop (routed)")
+    password: Name | None = Field(None, description="name of a BGP password in the secrets pillar")
+    hold: HoldTime = Field(6000, description="BGP hold time (at least 3s)")
 
 
 #: A rule name: printable, no quotes, no line breaks (it becomes an nft comment).
@@ -194,8 +338,8 @@ NodeRole = Literal["salt-master", "route-reflector", "monitoring"]
 class Node(Strict):
     """A managed host, keyed by its Salt minion id."""
 
-    address: str
-    address6: str | None = None
+    address: IPv4Str
+    address6: IPv6Str | None = None
     roles: list[NodeRole] = []
     state: State = "active"
     firewall: NodeFirewallField = Field(
@@ -225,32 +369,10 @@ PeerBfdField = Annotated[PeerBfd, BeforeValidator(_peer_bfd),
 class Peer(Strict):
     """A router outside the fleet that the route reflectors feed."""
 
-    address: str
-    address6: str | None = None
+    address: IPv4Str
+    address6: IPv6Str | None = None
     asn: int = Field(ge=1, le=4294967295)
-    password: str | None = None
-    session: Session = Field("direct", description="direct (a shared segment) or multihop (routed)")
-    bfd: PeerBfdField = Field(default_factory=lambda: PeerBfd(),
-                              description="true: bgp.bfd timers; false: no BFD; or its own {interval, multiplier}")
-    communities: StrList = Field([], description="added to every route sent: 64500:100 or large 64512:1:2")
-    med: int | None = Field(None, ge=0, le=4294967295, description="MED of every route sent")
-    prepend: int = Field(0, ge=0, le=8, description="extra copies of bgp.asn on the AS path sent")
-    local_pref: int | None = Field(None, ge=0, le=4294967295,
-                                   description="LOCAL_PREF of every route sent (iBGP peers only)")
-
-    @field_validator("communities")
-    @classmethod
-    def _communities(cls, v: list[str]) -> list[str]:
-        for i, text in enumerate(v):
-            m = re.fullmatch(r"(\d{1,10}):(\d{1,10})(?::(\d{1,10}))?", str(text))
-            parts = [int(x) for x in m.groups() if x is not None] if m else []
-            limit = 4294967295 if len(parts) == 3 else 65535
-            if not parts or any(x > limit for x in parts):
-                raise ValueError(f"communities[{i}]: {text!r} is neither a community (0-65535:0-65535) "
-                                 "nor a large community (three 32-bit numbers)")
-        if len(set(v)) != len(v):
-            raise ValueError("a community is listed twice")
-        return v
+    password: Name | None = None
 
 
 #: An e-mail address: a dot-atom local part and a DNS name (no quotes, spaces or line breaks).
@@ -276,13 +398,13 @@ class Monitoring(Strict):
 class Cluster(Strict):
     """A named set of HAProxy nodes."""
 
-    nodes: list[str]
+    nodes: list[Name]
 
 
 class HttpCheck(Strict):
-    path: str = "/"
-    expect: int | str = 200
-    host: str | None = None
+    path: UriPath = "/"
+    expect: HttpStatus = "200"
+    host: Hostname | None = None
     port: PortNumber | None = None
 
 
@@ -295,30 +417,30 @@ class Check(Strict):
 
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
-    interval: Duration = 2000
+    interval: CheckInterval = 2000
     rise: int = Field(2, ge=1, le=100)
     fall: int = Field(3, ge=1, le=100)
-    timeout: Duration | None = None
+    timeout: Annotated[Duration, AfterValidator(_at_least(10))] | None = None
 
 
 class Tls(Strict):
-    certificate: str = Field(description="name of a certificate in the secrets pillar")
+    certificate: Name = Field(description="name of a certificate in the secrets pillar")
 
 
 class Apache(Strict):
-    server_name: str | None = None
-    aliases: list[str] = []
+    server_name: Hostname | None = None
+    aliases: list[WildcardHostname] = []
 
 
 class Monitor(Strict):
-    notify: list[str] = []
+    notify: list[Name] = []
     enabled: bool = True
 
 
 class Backend(Strict):
     """One backend of a service: a node, or a host Salt does not manage (with an address)."""
 
-    address: str | None = None
+    address: IPStr | None = None
     weight: int = Field(100, ge=0, le=256)
     backup: bool = False
     state: State = "active"
@@ -342,7 +464,7 @@ def _backends(value: Any) -> Any:
     return value
 
 
-Backends = Annotated[dict[str, Backend], BeforeValidator(_backends),
+Backends = Annotated[dict[Name, Backend], BeforeValidator(_backends),
                      WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "string"}},
                                                {"type": "object", "additionalProperties": Backend.model_json_schema()}]})]
 
@@ -367,21 +489,24 @@ class Service(Strict):
     redirect_http: bool = False
     apache: Apache | None = None
     monitor: Monitor = Monitor()
-    description: str | None = None
+    description: Text | None = None
 
     @field_validator("allow")
     @classmethod
     def _allow_prefixes(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("allow may not be empty: write [any] to allow everyone")
+        out = []
         for i, item in enumerate(v):
             if item == "any":
+                out.append(item)
                 continue
             try:
-                ipaddress.ip_network(item, strict=True)
+                out.append(str(parse_net(item)))
             except ValueError:
-                raise ValueError(f"allow[{i}]: {item!r} is neither 'any' nor a network prefix") from None
-        return v
+                raise ValueError(f"allow[{i}]: {str(item)[:50]!r} is neither 'any' nor a network prefix "
+                                 f"such as 198.51.100.0/24") from None
+        return out
 
 
 class CatalogSchema(Strict):
@@ -395,11 +520,11 @@ class CatalogSchema(Strict):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     contacts: dict[Annotated[str, Field(pattern=NAME_RE)], Contact] = {}
     defaults: Service = Field(default_factory=Service)
-    nodes: dict[Annotated[str, Field(pattern=NAME_RE)], Node] = {}
-    peers: dict[Annotated[str, Field(pattern=NAME_RE)], Peer] = {}
-    clusters: dict[Annotated[str, Field(pattern=NAME_RE)], Cluster] = {}
-    templates: dict[Annotated[str, Field(pattern=NAME_RE)], Service] = {}
-    services: dict[Annotated[str, Field(pattern=NAME_RE)], Service] = {}
+    nodes: dict[Name, Node] = {}
+    peers: dict[Name, Peer] = {}
+    clusters: dict[Name, Cluster] = {}
+    templates: dict[Name, Service] = {}
+    services: dict[Name, Service] = {}
 
 
 def json_schema() -> dict[str, Any]:
