@@ -262,6 +262,8 @@ class Bgp(Strict):
     bfd: Bfd = Bfd()
     password: Name | None = Field(None, description="name of a BGP password in the secrets pillar")
     hold: HoldTime = Field(6000, description="BGP hold time (at least 3s)")
+    session: Session = Field("direct", description="the fleet's own sessions (speakers, listeners and route "
+                                                   "reflectors): direct (one segment) or multihop (routed)")
 
 
 #: A rule name: printable, no quotes, no line breaks (it becomes an nft comment).
@@ -275,9 +277,9 @@ def _prefix_or_any(v: list[str]) -> list[str]:
         if item == "any":
             continue
         try:
-            ipaddress.ip_network(item, strict=True)
+            parse_net(item)
         except ValueError:
-            raise ValueError(f"sources[{i}]: {item!r} is neither 'any' nor a network prefix") from None
+            raise ValueError(f"sources[{i}]: {str(item)[:50]!r} is neither 'any' nor a network prefix") from None
     return v
 
 
@@ -350,7 +352,7 @@ class PeerBfd(Strict):
     """BFD of one peer's sessions: off, the fleet's timers, or its own."""
 
     enabled: bool = True
-    interval: Duration | None = None
+    interval: BfdInterval | None = None
     multiplier: int | None = Field(None, ge=1, le=255)
 
 
@@ -373,6 +375,28 @@ class Peer(Strict):
     address6: IPv6Str | None = None
     asn: int = Field(ge=1, le=4294967295)
     password: Name | None = None
+    session: Session = Field("direct", description="direct (a shared segment) or multihop (routed)")
+    bfd: PeerBfdField = Field(default_factory=lambda: PeerBfd(),
+                              description="true: bgp.bfd timers; false: no BFD; or its own {interval, multiplier}")
+    communities: StrList = Field([], description="added to every route sent: 64500:100 or large 64512:1:2")
+    med: int | None = Field(None, ge=0, le=4294967295, description="MED of every route sent")
+    prepend: int = Field(0, ge=0, le=8, description="extra copies of bgp.asn on the AS path sent")
+    local_pref: int | None = Field(None, ge=0, le=4294967295,
+                                   description="LOCAL_PREF of every route sent (iBGP peers only)")
+
+    @field_validator("communities")
+    @classmethod
+    def _communities(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            m = re.fullmatch(r"(\d{1,10}):(\d{1,10})(?::(\d{1,10}))?", str(text))
+            parts = [int(x) for x in m.groups() if x is not None] if m else []
+            limit = 4294967295 if len(parts) == 3 else 65535
+            if not parts or any(x > limit for x in parts):
+                raise ValueError(f"communities[{i}]: {text!r} is neither a community (0-65535:0-65535) "
+                                 "nor a large community (three 32-bit numbers)")
+        if len(set(v)) != len(v):
+            raise ValueError("a community is listed twice")
+        return v
 
 
 #: An e-mail address: a dot-atom local part and a DNS name (no quotes, spaces or line breaks).
