@@ -542,7 +542,7 @@ class CatalogSchema(Strict):
     management: StrList = []
     firewall: Firewall = Field(default_factory=Firewall)
     monitoring: Monitoring = Field(default_factory=Monitoring)
-    contacts: dict[Annotated[str, Field(pattern=NAME_RE)], Contact] = {}
+    contacts: dict[Name, Contact] = {}
     defaults: Service = Field(default_factory=Service)
     nodes: dict[Name, Node] = {}
     peers: dict[Name, Peer] = {}
