@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from .render import DaemonSpec, RenderedFile, daemon, under
+from .render import DaemonSpec, RenderedFile, confine, daemon, under
 
 
 @dataclass
@@ -75,11 +75,11 @@ def plan(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any], root:
          ) -> tuple[list[RenderedFile], list[str], dict[str, str]]:
     """What would change: (files to write, files to remove, unified diff per path)."""
     files = spec.render(model, secrets, root)
-    rendered = {under(root, f.path) for f in files}
+    rendered = {confine(root, f.path) for f in files}
     writes: list[RenderedFile] = []
     diffs: dict[str, str] = {}
     for f in files:
-        target = under(root, f.path)
+        target = confine(root, f.path)
         old = _read(target)
         if old == f.content and _mode(target) == f.mode and (not f.group or _same_owner(target, f.group)):
             continue
@@ -112,7 +112,7 @@ def stage_and_check(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, 
                 os.remove(path)
         files = spec.render(model, secrets, staging)
         for f in files:
-            _write(under(staging, f.path), f.content, f.mode, f.group)
+            _write(confine(staging, f.path), f.content, f.mode, f.group)
         res = spec.check(staging, files)
         return res.ok, f"{res.command}\n{res.output}".strip()
 
@@ -175,15 +175,18 @@ def apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | Non
         return ApplyResult(name, True, f"{name}: config is in the desired state")
     if test:
         return ApplyResult(name, None, f"{name}: would change {len(diffs)} file(s)", {"diff": diffs, **host})
-    ok, output = stage_and_check(spec, model, secrets, root)
+    try:
+        ok, output = stage_and_check(spec, model, secrets, root)
+    except RenderError as exc:
+        return ApplyResult(name, False, f"{name}: cannot render: {exc}; nothing was changed")
     if not ok:
         return ApplyResult(name, False, f"{name}: the checker refused the new config; the live config is "
                                         f"untouched and nothing was reloaded:\n{output}")
-    backup = {under(root, f.path): (_read(under(root, f.path)), _mode(under(root, f.path)),
-                                    _group(under(root, f.path))) for f in writes}
+    backup = {confine(root, f.path): (_read(confine(root, f.path)), _mode(confine(root, f.path)),
+                                      _group(confine(root, f.path))) for f in writes}
     backup.update({path: (_read(path), _mode(path), _group(path)) for path in removes})
     for f in writes:
-        _write(under(root, f.path), f.content, f.mode, f.group)
+        _write(confine(root, f.path), f.content, f.mode, f.group)
     for path in removes:
         os.remove(path)
     changes: dict[str, Any] = {"diff": diffs, **host}

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from . import __version__
 from .compiler import Fleet, compile_catalog
 from .errors import CatalogRefused
+from .render import RenderError
 
 #: Subcommand registrations contributed by other modules (render/check, lab ...).
 _EXTRA: list[str] = ["anycastlb.render_cli", "anycastlb.lab.cli"]
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         for e in exc.errors:
             print(f"error: {e}", file=sys.stderr)
         print(f"refused: {len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    except RenderError as exc:
+        print(f"error: cannot render: {exc}", file=sys.stderr)
         return 1
 
 

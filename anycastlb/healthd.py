@@ -129,7 +129,7 @@ class HttpWatch:
     port: int
     path: str = "/"
     host: str = ""
-    expect: int = 200
+    expect: int | str = 200  # a code, or codes and ranges as anycastlb.httpstatus reads them ("200-299")
     interval_ms: int = 2000
     timeout_ms: int = 1000
     rise: int = 2
@@ -184,6 +184,24 @@ def _str(where: str, value: Any) -> str:
     return value
 
 
+def _token(where: str, value: Any) -> str:
+    """A string sent on the wire (request target, Host header): printable ASCII, no space."""
+    text = _str(where, value)
+    if any(not 0x20 < ord(c) < 0x7f for c in text):
+        raise ConfigError(f"{where}: must be printable ASCII without spaces (percent-encode the rest), "
+                          f"not {value!r}")
+    return text
+
+
+def _expect(where: str, value: Any) -> int | str:
+    from . import httpstatus
+    try:
+        httpstatus.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return value
+
+
 def _names(where: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: must be a list of proxy names, not {value!r}")
@@ -220,7 +238,9 @@ def parse_watch(where: str, data: Any) -> Watch:
         at = f"{where}.{key}"
         if key == "type":
             continue
-        if key in ("pidfile", "stats_socket", "path", "host"):
+        if key in ("path", "host"):
+            args[key] = _token(at, value)
+        elif key in ("pidfile", "stats_socket"):
             args[key] = _str(at, value)
         elif key in ("frontends", "backends"):
             args[key] = _names(at, value)
@@ -229,7 +249,7 @@ def parse_watch(where: str, data: Any) -> Watch:
         elif key == "port":
             args[key] = _int(at, value, 1, 65535)
         elif key == "expect":
-            args[key] = _int(at, value, 100, 599)
+            args[key] = _expect(at, value)
         elif key in ("interval_ms", "timeout_ms"):
             args[key] = _int(at, value, 10, 3_600_000)
         elif key in ("rise", "fall"):

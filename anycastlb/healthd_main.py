@@ -31,6 +31,7 @@ import tempfile
 import time
 from typing import Callable, Sequence
 
+from anycastlb import httpstatus
 from anycastlb.healthd import (
     DEFAULT_CONFIG,
     STAT_COMMAND,
@@ -158,7 +159,7 @@ async def http_probe(w: HttpWatch) -> tuple[bool, str, bool]:
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         return False, f"{target}: not an HTTP answer", False
     code = int(parts[1])
-    if code != w.expect:
+    if not httpstatus.allows(httpstatus.parse(w.expect), code):
         return False, f"{target}: status {code}, expected {w.expect}", False
     return True, f"{target}: status {code}", False
 

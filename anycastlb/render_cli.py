@@ -18,7 +18,7 @@ from typing import Any
 
 from .apply import _write, check_node
 from .compiler import compile_catalog
-from .render import RenderError, daemons, under
+from .render import RenderError, confine, daemons
 from .secrets import load_secrets, slice_for
 
 
@@ -26,11 +26,11 @@ def throwaway_certificates(names: list[str]) -> dict[str, dict[str, str]]:
     """A self-signed certificate and key per name (for checking only; never deployed)."""
     out: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="aclb-cert-") as tmp:
-        for name in names:
-            key, crt = os.path.join(tmp, f"{name}.key"), os.path.join(tmp, f"{name}.crt")
+        for i, name in enumerate(names):  # the name is catalog text: it names neither a file nor a subject
+            key, crt = os.path.join(tmp, f"{i}.key"), os.path.join(tmp, f"{i}.crt")
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                            "-nodes", "-days", "2", "-subj", f"/CN={name}.invalid", "-keyout", key, "-out", crt],
-                           check=True, capture_output=True)
+                            "-nodes", "-days", "2", "-subj", "/CN=anycastlb-check.invalid", "-keyout", key,
+                            "-out", crt], check=True, capture_output=True)
             with open(crt, encoding="ascii") as c, open(key, encoding="ascii") as k:
                 out[name] = {"cert": c.read(), "key": k.read()}
     return out
@@ -58,19 +58,20 @@ def cmd_render(args: argparse.Namespace) -> int:
     print(f"# {note}")
     failed = 0
     for nid, model in sorted(fleet.nodes.items()):
-        node_root = os.path.join(args.out, nid)
         secrets = slice_for(model["secrets"], store)
         for spec in daemons():
             if not spec.wanted(model):
                 continue
             try:
+                node_root = confine(args.out, f"/{nid}")
                 files = spec.render(model, secrets, "/")
+                targets = [(f, confine(node_root, f.path)) for f in files]  # every path checked before any write
             except RenderError as exc:
-                print(f"{nid}: {spec.name}: cannot render: {exc}", file=sys.stderr)
+                print(f"error: cannot render: {exc.located(nid, spec.name)}", file=sys.stderr)
                 failed += 1
                 continue
-            for f in files:
-                _write(under(node_root, f.path), f.content, f.mode)
+            for f, target in targets:
+                _write(target, f.content, f.mode)
                 print(f"{nid}: {spec.name}: {f.path}")
     return 1 if failed else 0
 

@@ -26,7 +26,39 @@ HEADER = "managed by anycastlb: edit the catalog, not this file"
 
 
 class RenderError(ValueError):
-    """The model and secrets cannot make a config (e.g. a certificate's value is missing)."""
+    """The model and secrets cannot make a config (a certificate's value is missing, a string
+    its dialect cannot carry ...). The only exception a renderer raises; ``node``, ``daemon``
+    and ``file`` say where, when known."""
+
+    def __init__(self, message: str, node: str = "", daemon: str = "", file: str = ""):
+        super().__init__(message)
+        self.message, self.node, self.daemon, self.file = message, node, daemon, file
+
+    def __str__(self) -> str:
+        where = [f"node {self.node}" if self.node else "", self.daemon, self.file]
+        where = [w for w in where if w]
+        return ": ".join(where + [self.message])
+
+    def located(self, node: str = "", daemon: str = "", file: str = "") -> "RenderError":
+        """This error with the missing parts of its location filled in."""
+        return RenderError(self.message, self.node or node, self.daemon or daemon, self.file or file)
+
+
+def renderer(daemon: str) -> Callable[[Callable[..., list["RenderedFile"]]], Callable[..., list["RenderedFile"]]]:
+    """Decorate a daemon's ``render``: every failure leaves it as a :class:`RenderError` naming
+    the node and the daemon (an unexpected exception too, with its type: never a traceback)."""
+    def wrap(func: Callable[..., list[RenderedFile]]) -> Callable[..., list[RenderedFile]]:
+        @functools.wraps(func)
+        def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
+            node = str(model.get("node", "")) if isinstance(model, dict) else ""
+            try:
+                return func(model, secrets, root)
+            except RenderError as exc:
+                raise exc.located(node, daemon) from None
+            except Exception as exc:  # pylint: disable=broad-except
+                raise RenderError(f"cannot render ({type(exc).__name__}: {exc})", node, daemon) from None
+        return render
+    return wrap
 
 
 def hostport(address: str, port: int | str) -> str:
@@ -97,26 +129,58 @@ def under(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/"))
 
 
+def confine(root: str, path: str) -> str:
+    """Where a rendered file ``path`` is written under ``root``, refused unless it stays inside:
+    ``path`` must be absolute with no ``..`` segment, and its directory (symlinks resolved,
+    as far as it exists) must lie under ``root``."""
+    if not path.startswith("/") or ".." in path.split("/") or "\0" in path:
+        raise RenderError(f"path {path!r} is not an absolute path without '..': not written", file=path)
+    target = under(root, path)
+    base = os.path.realpath(root or "/")
+    parent = os.path.realpath(os.path.dirname(target))
+    if os.path.commonpath([base, parent]) != base:
+        raise RenderError(f"path {path!r} would be written outside {base} (to {parent}): not written", file=path)
+    return target
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    """The one Jinja environment: StrictUndefined, no autoescape, trimmed blocks."""
+    """The one Jinja environment: StrictUndefined, trimmed blocks, the quoting filters of
+    :mod:`anycastlb.render.quote` (one per dialect), HTML autoescape for ``*.html.j2``, and a
+    ``finalize`` that refuses to print a string no filter has quoted."""
+    from . import quote
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        autoescape=False,
+        autoescape=lambda name: bool(name) and name.endswith(".html.j2"),
+        finalize=quote.finalize,
     )
-    env.globals["HEADER"] = HEADER
+    env.globals["HEADER"] = quote.Quoted(HEADER)
     env.filters["under"] = lambda path, root: under(root, path)
-    env.filters["hostport"] = hostport
+    env.filters.update(quote.FILTERS)
     return env
 
 
 def render_template(name: str, **context: Any) -> str:
-    """Render ``templates/<name>`` with ``context``; a missing variable raises."""
-    return environment().get_template(name).render(**context)
+    """Render ``templates/<name>`` with ``context``; a missing variable or an unquoted string raises
+    :class:`RenderError` naming the template."""
+    try:
+        return environment().get_template(name).render(**context)
+    except RenderError as exc:
+        raise exc.located(file=f"template {name}") from None
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template {name}: {type(exc).__name__}: {exc}") from None
+
+
+def template_file(path: str, template: str, mode: int = 0o644, group: str = "", **context: Any) -> "RenderedFile":
+    """The file ``path`` rendered from ``template``; a failure names ``path``."""
+    try:
+        return RenderedFile(path, render_template(template, **context), mode, group)
+    except RenderError as exc:
+        raise RenderError(exc.message, exc.node, exc.daemon, path) from None
 
 
 _REGISTRY: dict[str, DaemonSpec] = {}

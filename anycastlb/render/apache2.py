@@ -28,9 +28,11 @@ import re
 import shlex
 import subprocess
 from typing import Any
+from urllib.parse import unquote
 
 from ..service import Service, register_service
-from . import CheckResult, DaemonSpec, RenderedFile, register, render_template, under
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, template_file, under
+from .quote import carry, request_target
 
 CONFDIR = "/etc/apache2"
 WWW = "/var/www/anycastlb"
@@ -44,51 +46,66 @@ SERVICE = register_service(Service(
     name="apache2", unit="apache2", command=("apache2ctl", "start"), pidfile="/run/apache2/apache2.pid",
     reload="SIGUSR1", dirs=("/run/apache2", "/var/log/apache2", "/var/lock/apache2")))
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _name(text: str, what: str) -> str:
     """A name safe in a file name and an apache directive."""
-    if not _SAFE.match(text):
-        raise ValueError(f"apache2: {what} {text!r} is not a plain name")
+    if not _SAFE.fullmatch(carry(text, "apache2", what)):
+        raise RenderError(f"{what} {text!r} is not a plain name")
     return text
 
 
-def _health_file(document_root: str, health_path: str) -> str:
-    """The static file that answers ``health_path`` under ``document_root``."""
-    rel = posixpath.normpath("/" + health_path.lstrip("/")).lstrip("/")
-    if rel in ("", ".") or rel.startswith(".."):
-        raise ValueError(f"apache2: health path {health_path!r} does not name a file")
-    if health_path.endswith("/"):
-        rel = posixpath.join(rel, "index.html")
+def _health_file(document_root: str, health_path: str | None) -> str | None:
+    """The static file that answers ``health_path`` under ``document_root``.
+
+    None when no health file is needed: no http check, or a path that names the
+    index page (``/``, ``/index.html``: the index page answers 200 already). The
+    query is not part of the file (apache serves the file whatever the query); the
+    path is percent-decoded as apache decodes it. A path that leaves the document
+    root is refused.
+    """
+    if health_path is None:
+        return None
+    target = request_target(health_path, "apache2")
+    decoded = unquote(target.split("?", 1)[0])
+    carry(decoded, "apache2", "health path")
+    rel = posixpath.normpath("/" + decoded.lstrip("/")).lstrip("/")
+    if rel.startswith(".."):
+        raise RenderError(f"health path {health_path!r} leaves the document root")
+    if decoded.endswith("/") or rel in ("", "."):
+        rel = posixpath.join("" if rel == "." else rel, "index.html")
+    if rel == "index.html":
+        return None
     return posixpath.join(document_root, rel)
 
 
+@renderer("apache2")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """The vhosts, ports, module loads and document roots of this backend node."""
     ap = model["apache"]
     node = _name(model["node"], "node")
     files: list[RenderedFile] = []
     ports = sorted(set(ap["listen"]) | {v["port"] for v in ap["vhosts"]})
-    files.append(RenderedFile(f"{CONFDIR}/ports.conf", render_template(
-        "apache2/ports.conf.j2", node=node, ports=ports)))
-    files.append(RenderedFile(f"{CONFDIR}/mods-enabled/zz-anycastlb.load", render_template(
-        "apache2/anycastlb.load.j2", modules=MODULES)))
-    files.append(RenderedFile(f"{CONFDIR}/conf-enabled/anycastlb.conf", render_template(
-        "apache2/global.conf.j2", node=node)))
+    files.append(template_file(f"{CONFDIR}/ports.conf", "apache2/ports.conf.j2", node=node, ports=ports))
+    files.append(template_file(f"{CONFDIR}/mods-enabled/zz-anycastlb.load", "apache2/anycastlb.load.j2",
+                               modules=MODULES))
+    files.append(template_file(f"{CONFDIR}/conf-enabled/anycastlb.conf", "apache2/global.conf.j2", node=node))
     for port in ports:
-        files.append(RenderedFile(f"{CONFDIR}/sites-enabled/anycastlb-000-default-{port}.conf", render_template(
-            "apache2/default.conf.j2", node=node, port=port)))
+        files.append(template_file(f"{CONFDIR}/sites-enabled/anycastlb-000-default-{port}.conf",
+                                   "apache2/default.conf.j2", node=node, port=port))
     for v in sorted(ap["vhosts"], key=lambda v: v["service"]):
         service = _name(v["service"], "service")
-        docroot = v["document_root"]
-        health = _health_file(docroot, v["health_path"])
-        files.append(RenderedFile(f"{CONFDIR}/sites-enabled/anycastlb-{service}.conf", render_template(
-            "apache2/vhost.conf.j2", node=node, vhost=v, service=service,
-            document_root=under(root, docroot), state=v.get("state", "active"))))
-        files.append(RenderedFile(posixpath.join(docroot, "index.html"), render_template(
-            "apache2/index.html.j2", node=node, vhost=v)))
-        files.append(RenderedFile(health, f"ok {service} {node}\n"))
+        docroot = f"{WWW}/{service}"
+        health = _health_file(docroot, v.get("health_path"))
+        files.append(template_file(
+            f"{CONFDIR}/sites-enabled/anycastlb-{service}.conf", "apache2/vhost.conf.j2", node=node, vhost=v,
+            service=service, document_root=under(root, docroot), state=v.get("state", "active"),
+            health_path=None if v.get("health_path") is None else request_target(v["health_path"], "apache2")))
+        files.append(template_file(posixpath.join(docroot, "index.html"), "apache2/index.html.j2",
+                                   node=node, vhost=v))
+        if health is not None:
+            files.append(RenderedFile(health, f"ok {service} {node}\n"))
     return files
 
 

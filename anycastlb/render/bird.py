@@ -21,8 +21,8 @@ import math
 from typing import Any
 
 from ..paths import DIRECT
-from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, run_checker,
-               under)
+from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, run_checker,
+               template_file, under)
 
 CONFIG = "/etc/bird/bird.conf"
 CONTROL_SOCKET = DIRECT.bird_socket  # the same in both init modes (anycastlb/paths.py)
@@ -31,13 +31,7 @@ HEALTH_TABLE = 4242
 HEALTH_PROTO = 252
 
 
-def _quote(value: str) -> str:
-    """A BIRD string literal body (passwords may hold quotes or backslashes)."""
-    if "\n" in value or "\r" in value:
-        raise RenderError("bird: a BGP password may not contain a line break")
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
+@renderer("bird")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """bird.conf (0640 root:bird when it holds a BGP password)."""
     bgp = model["bgp"]
@@ -50,7 +44,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
             if nb["password"] not in passwords:
                 raise RenderError(f"bird: BGP password {nb['password']!r} (neighbour {nb['name']}) "
                                   "is not in the secrets")
-            nb["password_value"] = _quote(str(passwords[nb["password"]]))
+            nb["password_value"] = str(passwords[nb["password"]])
             secret = True
         else:
             nb["password_value"] = None
@@ -60,8 +54,10 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     for prefix in bgp["announce"]:
         announce["ipv4" if ipaddress.ip_network(prefix).version == 4 else "ipv6"].append(prefix)
     hold_s = max(3, math.ceil(bgp["hold_ms"] / 1000))
-    text = render_template(
-        "bird/bird.conf.j2",
+    # Debian's bird.service runs `bird -u bird -g bird`: a config with passwords is readable by
+    # root and group bird only (the daemon re-reads it as user bird on `birdc configure`).
+    return [template_file(
+        CONFIG, "bird/bird.conf.j2", 0o640 if secret else 0o644, "bird" if secret else "",
         node=model["node"],
         state=model["state"],
         bgp=bgp,
@@ -73,10 +69,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         hold_s=hold_s,
         keepalive_s=max(1, hold_s // 3),
         health={"table": HEALTH_TABLE, "proto": HEALTH_PROTO},
-    )
-    # Debian's bird.service runs `bird -u bird -g bird`: a config with passwords is readable by
-    # root and group bird only (the daemon re-reads it as user bird on `birdc configure`).
-    return [RenderedFile(CONFIG, text, 0o640, "bird") if secret else RenderedFile(CONFIG, text, 0o644)]
+    )]
 
 
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:

@@ -10,11 +10,14 @@ gets no new sessions and keeps its running ones), ``maintenance`` is
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from .. import httpstatus
 from ..paths import DIRECT
-from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, render_template, run_checker,
-               under)
+from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, run_checker,
+               template_file, under)
+from .quote import carry, request_target, status_ranges
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/certs"
@@ -23,8 +26,16 @@ ADMIN_SOCKET = DIRECT.haproxy_admin_socket
 STATE_FILE = "/var/lib/haproxy/server-state"
 
 
+_CERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 def cert_path(name: str) -> str:
-    """Production path of the PEM bundle (certificate + key) of certificate ``name``."""
+    """Production path of the PEM bundle (certificate + key) of certificate ``name``.
+
+    The name becomes a file name: anything but a plain name (``../``, ``/``) is refused.
+    """
+    if not _CERT_NAME.fullmatch(carry(name, "haproxy", "certificate name")) or ".." in name:
+        raise RenderError(f"certificate name {name!r} is not a plain file name")
     return f"{CERT_DIR}/anycastlb-{name}.pem"
 
 
@@ -37,6 +48,16 @@ def _pem(name: str, secrets: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _check(check: dict[str, Any]) -> dict[str, Any]:
+    """A backend's check with what the template prints: the request target and the status list."""
+    check = dict(check)
+    if check.get("type") == "http":
+        check["target"] = request_target(check.get("path"), "haproxy")
+        check["status"] = httpstatus.text(status_ranges(check.get("expect", 200)))
+    return check
+
+
+@renderer("haproxy")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """haproxy.cfg plus one 0600 PEM bundle per certificate the node terminates."""
     hap = model["haproxy"]
@@ -46,17 +67,14 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         if fe["tls"]:
             fe["tls"] = {**fe["tls"], "pem": under(root, cert_path(fe["tls"]["certificate"]))}
         frontends.append(fe)
-    stats = hap["stats"]
-    text = render_template(
-        "haproxy/haproxy.cfg.j2",
+    files = [template_file(
+        CONFIG, "haproxy/haproxy.cfg.j2",
         node=model["node"],
         paths={"admin_socket": under(root, ADMIN_SOCKET), "state_file": under(root, STATE_FILE)},
-        stats_bind=f"[{stats['address']}]:{stats['port']}" if ":" in stats["address"]
-        else f"{stats['address']}:{stats['port']}",
+        stats=hap["stats"],
         frontends=frontends,
-        backends=hap["backends"],
-    )
-    files = [RenderedFile(CONFIG, text)]
+        backends=[{**be, "check": _check(be["check"])} for be in hap["backends"]],
+    )]
     for name in hap["certificates"]:
         files.append(RenderedFile(cert_path(name), _pem(name, secrets), 0o600))
     return files

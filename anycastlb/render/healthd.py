@@ -12,10 +12,12 @@ managed-by header (see docs/traffic.md).
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
 
-from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, under
+from .. import httpstatus
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, under
+from .quote import carry, request_target, status_ranges, tojson
 from .bird import HEALTH_PROTO, HEALTH_TABLE
 from ..paths import for_mode
 
@@ -47,8 +49,21 @@ def _watch(prefix: str, watch: dict[str, Any], root: str, mode: str | None = Non
         value = watch.get(key)
         if value is None:
             continue
-        out[key] = int(value) if key == "expect" else value
+        if key == "expect":
+            ranges = status_ranges(value)
+            value = ranges[0][0] if len(ranges) == 1 and ranges[0][0] == ranges[0][1] else httpstatus.text(ranges)
+        elif key == "path":
+            value = request_target(value, "healthd")
+        elif key == "host":
+            value = carry(value, "healthd", "Host header")
+            if not _HOST.fullmatch(value):
+                raise RenderError(f"{prefix}: Host header {value!r} is not a host name")
+        out[key] = value
     return out
+
+
+#: What healthd may send as a Host header: a host name, an IPv4 address or a bracketed IPv6 one, a port.
+_HOST = re.compile(r"[A-Za-z0-9._-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
 
 
 def config(model: dict[str, Any], root: str = "/") -> dict[str, Any]:
@@ -63,9 +78,10 @@ def config(model: dict[str, Any], root: str = "/") -> dict[str, Any]:
             "announcements": anns}
 
 
+@renderer("healthd")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
-    """healthd.json, deterministic (sorted keys)."""
-    return [RenderedFile(CONFIG, json.dumps(config(model, root), indent=2, sort_keys=True) + "\n")]
+    """healthd.json, deterministic (sorted keys, ASCII only)."""
+    return [RenderedFile(CONFIG, tojson(config(model, root), indent=2) + "\n")]
 
 
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:

@@ -29,7 +29,9 @@ from typing import Any
 
 from ..plugins import DEPLOYED
 from ..service import Service, register_service
-from . import CheckResult, DaemonSpec, RenderedFile, register, render_template, under
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, template_file, under
+from . import quote
+from .. import httpstatus
 
 CONFDIR = "/etc/icinga2"
 OURS = f"{CONFDIR}/conf.d/anycastlb"
@@ -59,18 +61,8 @@ SERVICE = register_service(Service(
 _PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
 
-def q(value: Any) -> str:
-    """An Icinga2 DSL literal (string, number, bool, null or array of those)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return "[ " + ", ".join(q(v) for v in value) + " ]" if value else "[]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"'
+#: The Icinga2 DSL literal filter (kept under its old name for callers).
+q = quote.icinga
 
 
 def _is6(addr: str | None) -> bool:
@@ -92,7 +84,7 @@ def _resolve_host(check: dict[str, Any], hosts: dict[str, dict[str, Any]], vip_h
     by_addr = [h for h, x in hosts.items() if check.get("address") in (x["address"], x.get("address6"))]
     if len(by_addr) == 1:
         return by_addr[0]
-    raise ValueError(f"icinga2: check {check['name']!r} names host {name!r}, which is neither a host nor a VIP host")
+    raise RenderError(f"check {check['name']!r} names host {name!r}, which is neither a host nor a VIP host")
 
 
 def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]], neighbors: dict[str, list[str]]
@@ -111,12 +103,13 @@ def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]],
     out = [base]
     if t in ("http", "https"):
         base["command"] = "http"
-        base["vars"].update({"http_address": addr, "http_port": check["port"], "http_uri": check.get("path") or "/",
+        base["vars"].update({"http_address": addr, "http_port": check["port"], "http_uri": quote.request_target(check.get("path") or "/", "icinga2"),
                              "http_ipv6": _is6(addr)})
         if check.get("http_host"):
             base["vars"]["http_vhost"] = check["http_host"]
         if check.get("expect"):
-            base["vars"]["http_expect"] = str(check["expect"])
+            # check_http -e: a list of strings, one of which the status line must contain
+            base["vars"]["http_expect"] = ",".join(map(str, httpstatus.codes(quote.status_ranges(check["expect"]))))
         if t == "https" or check.get("tls"):
             base["vars"].update({"http_ssl": True, "http_sni": True})
             cert = {**base, "name": check["name"] + " certificate", "display": display + " certificate",
@@ -145,7 +138,7 @@ def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]],
         base["vars"].update({"anycastlb_rr": rr, "anycastlb_neighbors": nbs,
                              "anycastlb_expected": list(check["expected"])})
     else:
-        raise ValueError(f"icinga2: check {check['name']!r} has an unknown type {t!r}")
+        raise RenderError(f"check {check['name']!r} has an unknown type {t!r}")
     return out
 
 
@@ -173,7 +166,7 @@ def objects(model: dict[str, Any]) -> dict[str, Any]:
     names = [s["name"] for s in services]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"icinga2: two checks share a name: {', '.join(dup)}")
+        raise RenderError(f"two checks share a name: {', '.join(dup)}")
     speakers = [f"{h['name']}=" + ",".join(a for a in (h["address"], h.get("address6")) if a)
                 for h in mon["hosts"] if h["managed"]]
     return {"hosts": mon["hosts"], "vips": list(vips.values()), "services": services, "users": mon["users"],
@@ -181,6 +174,7 @@ def objects(model: dict[str, Any]) -> dict[str, Any]:
             "speakers": speakers, "intervals": {**INTERVALS, **mon.get("intervals", {})}}
 
 
+@renderer("icinga2")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """The Icinga2 configuration of a monitoring node, and the plugins it runs."""
     ctx = objects(model)
@@ -191,12 +185,11 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     standalone = mon.get("icinga", "standalone") == "standalone"
     files = []
     if standalone:   # conf.d mode: the site's icinga2.conf stays as it is
-        files.append(RenderedFile(f"{CONFDIR}/icinga2.conf", render_template("icinga2/icinga2.conf.j2", **common)))
+        files.append(template_file(f"{CONFDIR}/icinga2.conf", "icinga2/icinga2.conf.j2", **common))
     for name in ("00-base", "hosts", "services", "users"):
-        files.append(RenderedFile(f"{OURS}/{name}.conf", render_template(f"icinga2/{name}.conf.j2", **common)))
+        files.append(template_file(f"{OURS}/{name}.conf", f"icinga2/{name}.conf.j2", **common))
     if standalone:   # a site's own Livestatus feature would listen on the same socket
-        files.append(RenderedFile(f"{OURS}/status.conf", render_template(
-            "icinga2/status.conf.j2", socket=LIVESTATUS_SOCKET)))
+        files.append(template_file(f"{OURS}/status.conf", "icinga2/status.conf.j2", socket=LIVESTATUS_SOCKET))
     plugin_dir = mon.get("plugin_dir", PLUGIN_DIR)
     for src, dest in sorted(DEPLOYED.items()):
         files.append(RenderedFile(f"{plugin_dir}/{dest}", (_PLUGINS / src).read_text(encoding="utf-8"), 0o755))

@@ -18,7 +18,8 @@ import subprocess
 from typing import Any
 
 from ..service import Service, register_service
-from . import CheckResult, DaemonSpec, RenderedFile, register, render_template, under
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, template_file, under
+from .quote import Quoted, nft_comment, port
 
 PATH = "/etc/nftables.d/anycastlb.nft"
 TABLE = "anycastlb"
@@ -57,25 +58,24 @@ def _set(items: list[str] | list[int]) -> str:
     return texts[0] if len(texts) == 1 else "{ " + ", ".join(texts) + " }"
 
 
-def _comment(text: str) -> str:
-    """A comment nft accepts: no double quotes, at most 128 bytes."""
-    clean = text.replace('"', "'").replace("\\", "/")
-    return clean.encode()[:128].decode(errors="ignore")
+_PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "sctp")
 
 
-def rule_lines(rule: dict[str, Any]) -> list[str]:
+def rule_lines(rule: dict[str, Any]) -> list[Quoted]:
     """The nft statements for one model rule (one per address family it applies to)."""
     src = _split(rule["sources"])
     dst = _split(rule["destinations"])
     proto = rule["protocol"]
-    ports = sorted(set(rule["ports"]))
-    comment = f'accept comment "{_comment(rule["comment"])}"'
+    if proto not in _PROTOCOLS:
+        raise RenderError(f"firewall protocol {proto!r} is not one of {', '.join(_PROTOCOLS)}")
+    ports = sorted({int(port(p)) for p in rule["ports"]})
+    comment = f'accept comment {nft_comment(rule["comment"])}'
     if proto == "icmp":   # every ICMP type; IPv6's is ipv6-icmp
         l4 = {"ip": "meta l4proto icmp", "ip6": "meta l4proto ipv6-icmp"}
     else:
         l4 = dict.fromkeys(("ip", "ip6"), f"{proto} dport {_set(ports)}" if ports else f"meta l4proto {proto}")
     if not rule["sources"] and not rule["destinations"] and proto != "icmp":
-        return [f"{l4['ip']} {comment}"]
+        return [Quoted(f"{l4['ip']} {comment}")]
     lines = []
     for fam in ("ip", "ip6"):
         if rule["sources"] and not src[fam]:
@@ -87,19 +87,19 @@ def rule_lines(rule: dict[str, Any]) -> list[str]:
             parts.append(f"{fam} saddr {_set(src[fam])}")
         if dst[fam]:
             parts.append(f"{fam} daddr {_set(dst[fam])}")
-        lines.append(" ".join(parts + [l4[fam], comment]))
+        lines.append(Quoted(" ".join(parts + [l4[fam], comment])))
     return lines
 
 
+@renderer("nftables")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """``/etc/nftables.d/anycastlb.nft`` for this node."""
     fw = model["firewall"]
     if fw["policy"] not in ("drop", "accept"):
-        raise ValueError(f"firewall policy must be drop or accept, not {fw['policy']!r}")
+        raise RenderError(f"firewall policy must be drop or accept, not {fw['policy']!r}")
     rules = [{"comment": r["comment"], "lines": rule_lines(r)} for r in fw["rules"]]
-    text = render_template("nftables/anycastlb.nft.j2", node=model["node"], table=TABLE,
-                           policy=fw["policy"], rules=rules)
-    return [RenderedFile(PATH, text, 0o644)]
+    return [template_file(PATH, "nftables/anycastlb.nft.j2", node=model["node"], table=TABLE,
+                          policy=fw["policy"], rules=rules)]
 
 
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:

@@ -50,13 +50,13 @@ def test_vhost_per_service_with_its_own_root_and_logs(fleet):
     f = files(fleet.nodes["web2"])
     www = f["/etc/apache2/sites-enabled/anycastlb-www.conf"].content
     assert "<VirtualHost *:8080>" in www
-    assert "\tServerName www.example.org\n" in www
+    assert '\tServerName "www.example.org"\n' in www
     assert '\tDocumentRoot "/var/www/anycastlb/www"\n' in www
     assert "ErrorLog ${APACHE_LOG_DIR}/anycastlb-www-error.log" in www
     assert "CustomLog ${APACHE_LOG_DIR}/anycastlb-www-access.log combined" in www
     assert 'Header always set X-Served-By "web2"' in www
     intranet = f["/etc/apache2/sites-enabled/anycastlb-intranet.conf"].content
-    assert "ServerName intranet.example.org" in intranet and "/var/www/anycastlb/intranet" in intranet
+    assert 'ServerName "intranet.example.org"' in intranet and "/var/www/anycastlb/intranet" in intranet
 
 
 def test_index_names_service_and_node_and_health_file_exists(fleet):
@@ -89,9 +89,16 @@ def test_nested_health_path_and_refused_names(fleet):
     assert "/var/www/anycastlb/intranet/health/ready/index.html" in files(m)
     m["apache"]["vhosts"][0]["health_path"] = "/../../etc/passwd"  # cannot leave the document root
     assert "/var/www/anycastlb/intranet/etc/passwd" in files(m)
-    m["apache"]["vhosts"][0]["health_path"] = "/"
-    with pytest.raises(ValueError):
-        files(m)
+    for index in ("/", "/index.html", "/?ready"):  # the index page answers: no health file of its own
+        m["apache"]["vhosts"][0]["health_path"] = index
+        f = files(m)
+        assert f["/var/www/anycastlb/intranet/index.html"].content.startswith("<!DOCTYPE html>")
+        assert not [p for p in f if p.startswith("/var/www/anycastlb/intranet/") and not p.endswith("index.html")]
+    m["apache"]["vhosts"][0]["health_path"] = None  # a tcp check: no health file
+    assert [p for p in files(m) if p.startswith("/var/www/anycastlb/intranet/")] == [
+        "/var/www/anycastlb/intranet/index.html"]
+    m["apache"]["vhosts"][0]["health_path"] = "/ready?probe=1"  # the query is not part of the file
+    assert "/var/www/anycastlb/intranet/ready" in files(m)
     m["apache"]["vhosts"][0]["health_path"] = "/healthz"
     m["apache"]["vhosts"][0]["service"] = "we b"
     with pytest.raises(ValueError):
@@ -140,7 +147,7 @@ def snapshot(root):
 
 
 @needs_apache
-def test_apply_then_unchanged_then_rejected(fleet, live_root):
+def test_apply_then_unchanged_then_rejected(fleet, live_root, monkeypatch):
     rec = Recorder()
     model = fleet.nodes["web1"]
     assert os.path.lexists(live_root / "etc/apache2/sites-enabled/000-default.conf")
@@ -156,14 +163,13 @@ def test_apply_then_unchanged_then_rejected(fleet, live_root):
     assert res.result is True and "desired state" in res.comment
     assert ("reload", "apache2") not in rec.calls
 
-    # a vhost with an invalid directive (injected through the model): refused, nothing changes
-    bad = copy_model(model)
-    bad["apache"]["vhosts"][0]["aliases"] = ["ok.example.org\n\tNoSuchDirective on"]
+    # a config apache2 -t refuses (a module that does not exist): refused, nothing changes
     before = snapshot(live_root)
     rec.calls.clear()
-    res = apply_daemon("apache2", bad, root=str(live_root), control=rec)
+    monkeypatch.setattr(apache2, "MODULES", apache2.MODULES + ("nosuchmodule",))
+    res = apply_daemon("apache2", model, root=str(live_root), control=rec)
     assert res.result is False
-    assert "NoSuchDirective" in res.comment and "nothing was reloaded" in res.comment
+    assert "mod_nosuchmodule.so" in res.comment and "nothing was reloaded" in res.comment
     assert res.as_state()["changes"] == {} and res.as_state()["skip_watch"] is True
     assert rec.calls == []
     assert snapshot(live_root) == before

@@ -107,9 +107,11 @@ def test_password_from_secrets_and_file_mode(fleet: dict[str, Any]) -> None:
     model = copy.deepcopy(fleet["lb1"])
     for nb in model["bgp"]["neighbors"]:
         nb["password"] = "fleet"
-    f = bird.render(model, {"certificates": {}, "bgp_passwords": {"fleet": 'se"cret'}}, "/")[0]
-    assert 'password "se\\"cret";' in f.content
+    f = bird.render(model, {"certificates": {}, "bgp_passwords": {"fleet": "se'c\\ret #1"}}, "/")[0]
+    assert 'password "se\'c\\ret #1";' in f.content  # BIRD strings have no escapes: kept as written
     assert (f.mode, f.group, f.secret) == (0o640, "bird", True)  # Debian's unit runs bird -u bird -g bird
+    with pytest.raises(RenderError, match="double quote"):  # which BIRD cannot carry
+        bird.render(model, {"certificates": {}, "bgp_passwords": {"fleet": 'se"cret'}}, "/")
     with pytest.raises(RenderError, match="fleet"):
         bird.render(model, {"certificates": {}, "bgp_passwords": {}}, "/")
 
@@ -149,7 +151,8 @@ def test_apply_refuses_a_config_bird_rejects(tmp_path: Path, fleet: dict[str, An
     live = tmp_path / "etc/bird/bird.conf"
     before = live.read_bytes()
     bad = copy.deepcopy(fleet["rr1"])
-    bad["bgp"]["router_id"] = "not-an-address"
+    for nb in bad["bgp"]["neighbors"]:
+        nb["ident"] = "same"  # two protocols of one name: BIRD refuses it
     res = apply_daemon("bird", bad, root=str(tmp_path), control=rec)
     assert res.result is False and "bird -p -c" in res.comment
     assert live.read_bytes() == before

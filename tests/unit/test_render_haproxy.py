@@ -58,16 +58,16 @@ def test_header_and_master_worker(lb1_cfg: str) -> None:
     assert lb1_cfg.startswith("# managed by anycastlb")
     glob = section(lb1_cfg, "global")
     assert "master-worker" in glob
-    assert "stats socket /run/haproxy/admin.sock mode 660 level admin expose-fd listeners" in glob
-    assert "server-state-file /var/lib/haproxy/server-state" in glob
+    assert 'stats socket "/run/haproxy/admin.sock" mode 660 level admin expose-fd listeners' in glob
+    assert 'server-state-file "/var/lib/haproxy/server-state"' in glob
     assert "load-server-state-from-file global" in section(lb1_cfg, "defaults")
 
 
 def test_www_tls_frontend_binds_both_vips_with_the_bundle(lb1_cfg: str) -> None:
     fe = section(lb1_cfg, "frontend www-443")
     pem = "/etc/haproxy/certs/anycastlb-campus-wildcard.pem"
-    assert f"bind 192.0.2.10:443 transparent ssl crt {pem} alpn h2,http/1.1" in fe
-    assert f"bind [2001:db8:1::10]:443 transparent ssl crt {pem} alpn h2,http/1.1" in fe
+    assert f'bind 192.0.2.10:443 transparent ssl crt "{pem}" alpn h2,http/1.1' in fe
+    assert f'bind [2001:db8:1::10]:443 transparent ssl crt "{pem}" alpn h2,http/1.1' in fe
     assert "option forwardfor" in fe
     assert "default_backend www-8080" in fe
 
@@ -89,8 +89,8 @@ def test_intranet_backend_leastconn_httpchk_and_web2_drained(lb1_cfg: str) -> No
     be = section(lb1_cfg, "backend intranet-8080")
     assert "balance leastconn" in be
     assert "option httpchk" in be
-    assert "http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host intranet.example.org" in be
-    assert "http-check expect status 200" in be
+    assert 'http-check send meth GET uri "/healthz" ver HTTP/1.1 hdr Host "intranet.example.org"' in be
+    assert 'http-check expect status "200"' in be
     assert "default-server inter 2000ms rise 2 fall 3" in be
     assert "server web1 198.51.100.31:8080 check weight 100" in be
     # drain: no new sessions (weight 0), running ones kept; written in the config so it survives reloads
@@ -135,8 +135,8 @@ def test_bundle_is_secret_and_paths_follow_the_root(fleet: dict[str, Any], secre
     assert pem.mode == 0o600
     assert "BEGIN CERTIFICATE" in pem.content and "PRIVATE KEY" in pem.content
     cfg = files[CONFIG].content
-    assert "crt /srv/stage/etc/haproxy/certs/anycastlb-campus-wildcard.pem" in cfg
-    assert "stats socket /srv/stage/run/haproxy/admin.sock" in cfg
+    assert 'crt "/srv/stage/etc/haproxy/certs/anycastlb-campus-wildcard.pem"' in cfg
+    assert 'stats socket "/srv/stage/run/haproxy/admin.sock"' in cfg
 
 
 def test_missing_certificate_is_a_render_error(fleet: dict[str, Any]) -> None:
