@@ -10,8 +10,10 @@ includes our table, :data:`NFT_INCLUDE`), the daemons start from their own units
 
 from __future__ import annotations
 
+import ipaddress
+import subprocess
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 HEALTHD_UNIT = "anycastlb-healthd.service"
 UNIT_DIR = "/etc/systemd/system"
@@ -32,6 +34,9 @@ Wants=network-online.target
 
 [Service]
 Type=simple
+# After a reboot lo has none of the VIPs (Salt puts them there when it applies): put the
+# announced ones back before anything is announced, or their traffic would be dropped.
+ExecStartPre={exe} -m anycastlb.units vips /etc/anycastlb/healthd.json
 ExecStart={exe} -m anycastlb.healthd --config /etc/anycastlb/healthd.json
 ExecReload=/bin/kill -HUP $MAINPID
 # SIGTERM withdraws every route it installed before it exits.
@@ -65,3 +70,41 @@ def enabled_units(model: dict[str, Any]) -> list[str]:
         elif spec.name in SERVICES and SERVICES[spec.name].unit:
             out.append(SERVICES[spec.name].unit + ".service")
     return out
+
+
+def vip_addresses(config_path: str) -> list[str]:
+    """The host prefixes healthd announces (its VIPs), as ``addr/len`` for ``lo``."""
+    from .healthd import load_config
+
+    out = []
+    for ann in load_config(config_path).announcements:
+        net = ipaddress.ip_network(ann.prefix)
+        if net.prefixlen == net.max_prefixlen:
+            out.append(str(net))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m anycastlb.units vips HEALTHD_JSON``: put the announced VIPs on ``lo`` (idempotent)."""
+    from .healthd import ConfigError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "vips":
+        print("usage: python -m anycastlb.units vips HEALTHD_JSON", file=sys.stderr)
+        return 2
+    try:
+        vips = vip_addresses(args[1])
+    except ConfigError as exc:
+        print(f"anycastlb-vips: {exc}", file=sys.stderr)
+        return 1
+    for v in vips:
+        r = subprocess.run(["ip", "addr", "replace", v, "dev", "lo"], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"anycastlb-vips: ip addr replace {v} dev lo: {r.stderr.strip()}", file=sys.stderr)
+            return 1
+    print(f"anycastlb-vips: {len(vips)} VIP(s) on lo: {' '.join(vips) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 from . import catalog as cat_mod
-from .core import DEFAULT_PREFIX, Lab, LabError, load_lab, teardown_on_failure, up_network
+from .core import (DEFAULT_PREFIX, Lab, LabError, load_lab, missing_prerequisites, teardown_on_failure,
+                   up_network)
 from .peer import start_peers
 from .responder import start_responder
 from .salt import start_salt
@@ -27,13 +28,23 @@ DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "examples" / "campus.yam
 
 
 def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Path | None = None,
-           salt: bool = True, out=sys.stdout, apply_states: bool = True) -> Lab:
-    """Build network, filesystems, responders, peer BIRD and (optionally) Salt; tear down on failure."""
+           salt: bool = True, out=sys.stdout, apply_states: bool = True, init: str = "direct") -> Lab:
+    """Build network, filesystems, responders, peer BIRD and (optionally) Salt; tear down on failure.
+
+    ``init="systemd"``: every catalog node boots systemd (:mod:`anycastlb.lab.machine`) and
+    runs Salt and the daemons from units, as a production host does.
+    """
     t0 = time.monotonic()
+    missing = missing_prerequisites(init, salt=salt)
+    if missing:
+        raise LabError("lab up needs what this machine lacks:\n  " + "\n  ".join(missing))
     external, ports = cat_mod.stand_ins(catalog)
-    lab = up_network(catalog, prefix=prefix, statedir=statedir, external=external)
+    lab = up_network(catalog, prefix=prefix, statedir=statedir, external=external, init=init)
     with teardown_on_failure(lab):
         print(f"network and node filesystems up in {lab.meta['network_seconds']} s", file=out)
+        if init == "systemd":
+            print(f"{len(lab.nodes)} nodes booted systemd (is-system-running: running) after "
+                  f"{lab.meta['boot_seconds']} s more", file=out)
         for host, (tcp, udp) in ports.items():
             start_responder(lab, host, tcp, udp)
             print(f"responder on {host}: tcp {tcp} udp {udp}", file=out)
@@ -76,7 +87,7 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
 
 @contextlib.contextmanager
 def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", restart_minions: bool = False,
-                  salt: bool = True) -> Iterator[Lab]:
+                  salt: bool = True, init: str = "direct") -> Iterator[Lab]:
     """``lab up`` of a copy of ``catalog`` in its own ``/var/tmp/aclb-<tag>-*`` (prefix
     ``aclb<tag[:3]><hex4>``) for the duration of the block, torn down after it, also on
     SIGTERM/SIGHUP. The lab carries ``up_seconds`` and ``up_output`` (what ``lab up`` printed).
@@ -90,7 +101,7 @@ def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", resta
     t0 = time.monotonic()
     try:
         lab = lab_up(copy, prefix=f"aclb{tag[:3]}{secrets.token_hex(2)}", statedir=work / "state", out=out,
-                     salt=salt)
+                     salt=salt, init=init)
     except BaseException:
         print(out.getvalue()[-3000:], file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
@@ -111,7 +122,11 @@ def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", resta
 
 
 def _cmd_up(a: argparse.Namespace) -> int:
-    lab_up(a.catalog, a.prefix, a.statedir, salt=not a.no_salt, apply_states=not a.no_apply)
+    try:
+        lab_up(a.catalog, a.prefix, a.statedir, salt=not a.no_salt, apply_states=not a.no_apply, init=a.init)
+    except LabError as exc:
+        print(f"anycastlb lab up: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -166,6 +181,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("catalog", nargs="?", default=str(DEFAULT_CATALOG), help="catalog file or directory")
     p.add_argument("--no-salt", action="store_true", help="do not start salt-master and minions")
     p.add_argument("--no-apply", action="store_true", help="start Salt but do not run state.apply")
+    p.add_argument("--init", choices=("direct", "systemd"), default="direct",
+                   help="direct: daemons run in per-node namespaces (default); systemd: every node boots "
+                        "systemd as PID 1 (systemd-nspawn) and runs them from units")
     p.set_defaults(func=_cmd_up)
     common(sub.add_parser("down", help="tear the lab down")).set_defaults(func=_cmd_down)
     p = common(sub.add_parser("status", help="per service VIP and port: reachable, announced by, backends, checks"))

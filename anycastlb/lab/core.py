@@ -8,13 +8,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 from . import catalog as cat_mod
-from . import net, nodefs, proc
+from . import machine, net, nodefs, proc
 
 DEFAULT_PREFIX = "aclb"
 STATE_FILE = "lab.json"
@@ -90,6 +91,23 @@ class Lab:
         """Network namespace of ``name``."""
         return self.host(name).ns
 
+    @property
+    def init(self) -> str:
+        """How the catalog nodes run: ``direct`` (daemons started in namespaces) or ``systemd`` (booted)."""
+        return self.meta.get("init", "direct")
+
+    def node_path(self, name: str, path: str) -> Path:
+        """Where ``path`` as node ``name`` sees it is, seen from the host (``/run/...``, ``/var/log/...``,
+        ``/etc/...``): under the booted node's ``/proc/<PID 1>/root``, or the namespace lab's private trees."""
+        if self.init == "systemd":
+            return Path(f"/proc/{machine.require_leader(self, name)}/root") / path.lstrip("/")
+        for inside, sub in nodefs.BINDS.items():
+            if path == inside or path.startswith(inside + "/"):
+                return self.node_root(name) / sub / path[len(inside):].lstrip("/")
+        if path.startswith("/etc/"):
+            return self.node_root(name) / "upper" / "etc" / path[len("/etc/"):]
+        raise LabError(f"{path} is not under a node's private /run, /var/log or /etc")
+
     def node_root(self, name: str) -> Path:
         """Host-side directory of a node's private trees (``run/``, ``log/``, ``upper/etc`` ...)."""
         return nodefs.node_dir(self.statedir, name)
@@ -102,6 +120,8 @@ class Lab:
     def argv(self, name: str, argv: list[str], cwd: str = "/") -> list[str]:
         """The full command line that runs ``argv`` inside ``name``'s namespaces."""
         h = self.host(name)
+        if h.kind == "node" and self.init == "systemd":
+            return machine.nsenter_argv(machine.require_leader(self, name), argv, cwd)
         if h.kind == "node":
             return nodefs.nsenter_argv(h.ns, nodefs.mnt_file(self.statedir, name),
                                        nodefs.uts_file(self.statedir, name), argv, cwd)
@@ -162,6 +182,9 @@ class Lab:
     def pids(self) -> list[int]:
         """Every process provably ours: registered ones, and those inside our namespaces."""
         pids = set(self.registry.running())
+        for e in self.registry.entries():  # a booted node's launcher: nspawn and the container below it
+            if e["label"] == "nspawn" and proc.alive(e["pid"], e.get("start")):
+                pids.update(machine.descendants(e["pid"]))
         for ns in self.namespaces():
             pids.update(proc.netns_pids(ns))
         inodes = {i for n in self.nodes
@@ -173,6 +196,8 @@ class Lab:
 
     def down(self) -> None:
         """Kill our processes, unmount our namespace files, delete our namespaces and the state dir."""
+        if self.init == "systemd":
+            machine.poweroff(self, self.nodes)  # each node shuts down cleanly, all at once
         for _ in range(3):
             pids = self.pids()
             if not pids:
@@ -186,6 +211,8 @@ class Lab:
             if mp in nodefs.mounts_under(mp):
                 subprocess.run(["umount", "-l", mp], capture_output=True)
         failed = net.delete(self.namespaces())
+        if self.init == "systemd":
+            failed += machine.cleanup(self, self.nodes)
         mounts = nodefs.mounts_under(self.statedir)
         if mounts:
             raise LabError(f"still mounted, state dir kept: {mounts}")
@@ -215,6 +242,39 @@ def _hosts_text(hosts: dict[str, net.HostPlan]) -> str:
         if h.address6:
             lines.append(f"{h.address6}\t{n}")
     return "\n".join(lines) + "\n"
+
+
+#: Programs ``lab up`` needs: (program, what provides it).
+PROGRAMS = [("ip", "iproute2"), ("nsenter", "util-linux"), ("unshare", "util-linux"), ("bird", "bird2"),
+            ("birdc", "bird2"), ("haproxy", "haproxy"), ("apache2ctl", "apache2"), ("icinga2", "icinga2"),
+            ("nft", "nftables"), ("openssl", "openssl"), ("git", "git")]
+
+
+def missing_prerequisites(init: str = "direct", salt: bool = True) -> list[str]:
+    """What ``lab up`` needs and this machine lacks, one line each (empty: all there)."""
+    out = []
+    if os.geteuid() != 0:
+        out.append("root (the lab creates network namespaces and mounts)")
+    env_path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+    for prog, pkg in PROGRAMS:
+        if not shutil.which(prog, path=env_path):
+            out.append(f"{prog} (Debian package {pkg})")
+    if salt:
+        try:
+            import salt.version  # noqa: F401
+        except ImportError:
+            out.append(f"Salt importable by {sys.executable} (bash .ci/setup installs it into .venv)")
+        for prog in ("salt-master", "salt-minion", "salt"):
+            if not (Path(sys.executable).parent / prog).exists():
+                out.append(f"{prog} next to {sys.executable}")
+    if init == "systemd":
+        if not shutil.which("systemd-nspawn", path=env_path):
+            out.append("systemd-nspawn (apt-get install --no-install-recommends systemd-container)")
+        if not Path("/lib/systemd/systemd").exists():
+            out.append("/lib/systemd/systemd (Debian package systemd)")
+        if not Path("/sys/fs/cgroup/unified").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            out.append("a cgroup v2 hierarchy (/sys/fs/cgroup/unified or /sys/fs/cgroup)")
+    return out
 
 
 def load_lab(prefix: str = DEFAULT_PREFIX, statedir: str | Path | None = None) -> Lab:
@@ -270,29 +330,45 @@ def teardown_on_failure(lab: Lab) -> Iterator[Lab]:
 
 
 def up_network(catalog_path: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Path | None = None,
-               external: list[tuple[str, str]] | None = None, repo: str | Path = REPO) -> Lab:
+               external: list[tuple[str, str]] | None = None, repo: str | Path = REPO,
+               init: str = "direct") -> Lab:
     """Build the network and per-node filesystems of ``catalog_path``'s nodes and peers.
+
+    With ``init="systemd"`` every catalog node boots systemd as PID 1 in its namespace
+    (:mod:`anycastlb.lab.machine`) instead of getting the namespace lab's mount namespace.
 
     ``external`` lists ``(name, ipv4)`` hosts for the client net (backends Salt does not
     manage). A previous lab with the same state dir is torn down first; a failure midway
     tears the half-built lab down before re-raising.
     """
-    if os.geteuid() != 0:
-        raise LabError("the lab needs root")
+    if init not in ("direct", "systemd"):
+        raise LabError(f"unknown init {init!r} (direct or systemd)")
+    missing = missing_prerequisites(init, salt=False)
+    if missing:
+        raise LabError("lab up needs: " + "; ".join(missing))
     cat = cat_mod.load(catalog_path)
     sd = Path(statedir) if statedir else default_statedir(prefix)
     sd = sd.resolve()
     fabric_ns, hosts = net.plan(cat, prefix, list(external or []))
     _cleanup_previous(prefix, sd, fabric_ns, hosts, cat.path)
-    lab = Lab(prefix, sd, cat.path, fabric_ns, hosts, Path(repo), {"external": list(external or [])})
+    lab = Lab(prefix, sd, cat.path, fabric_ns, hosts, Path(repo), {"external": list(external or []),
+                                                                  "init": init})
     t0 = time.monotonic()
     with teardown_on_failure(lab):
         lab.save()  # first, so a teardown always knows every name
         net.up(fabric_ns, hosts)
-        nodefs.prepare_ns_dir(sd)
         text = _hosts_text(hosts)
-        for n in lab.nodes:
-            nodefs.setup_node(sd, n, hosts[n].ns, text)
-        lab.meta["network_seconds"] = round(time.monotonic() - t0, 2)
+        if init == "systemd":
+            for n in lab.nodes:
+                machine.prepare_root(lab, n, text)
+            lab.meta["network_seconds"] = round(time.monotonic() - t0, 2)
+            for n in lab.nodes:
+                machine.launch(lab, n)
+            lab.meta["boot_seconds"] = machine.wait_booted(lab, lab.nodes)
+        else:
+            nodefs.prepare_ns_dir(sd)
+            for n in lab.nodes:
+                nodefs.setup_node(sd, n, hosts[n].ns, text)
+            lab.meta["network_seconds"] = round(time.monotonic() - t0, 2)
         lab.save()
     return lab

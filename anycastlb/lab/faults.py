@@ -46,6 +46,8 @@ def pidfile(daemon: str) -> str:
 
 def host_path(lab: "Lab", node: str, path: str) -> Path:
     """Where a path under a node's private ``/run`` or ``/var/log`` is, seen from the host."""
+    if lab.init == "systemd":
+        return lab.node_path(node, path)
     for inside, name in nodefs.BINDS.items():
         if path == inside or path.startswith(inside + "/"):
             return lab.node_root(node) / name / path[len(inside):].lstrip("/")
@@ -53,7 +55,11 @@ def host_path(lab: "Lab", node: str, path: str) -> Path:
 
 
 def node_pids(lab: "Lab", node: str) -> set[int]:
-    """Every process living in ``node``'s mount namespace."""
+    """Every process living in ``node``'s mount namespace (a booted node: its PID 1 and everything below)."""
+    if lab.init == "systemd":
+        from . import machine
+        pid = machine.leader(lab, node)
+        return {pid, *machine.descendants(pid)} if pid else set()
     inode = proc.ns_inode(nodefs.mnt_file(lab.statedir, node))
     return set(proc.mntns_pids({inode})) if inode is not None else set()
 

@@ -332,6 +332,16 @@ def restart_minions(lab: "Lab", nodes: list[str] | None = None, wait: float = 12
     """
     from . import nodefs, proc
 
+    if lab.init == "systemd":  # booted nodes: the minion is a unit
+        nodes = list(nodes or lab.nodes)
+        t0 = time.monotonic()
+        for n in nodes:
+            lab.exec(n, ["systemctl", "restart", "salt-minion.service"], check=True, timeout=60)
+        while not set(nodes) <= ping(lab, timeout=3):
+            if time.monotonic() - t0 > wait:
+                raise OpsError(f"minions not answering after a restart: {sorted(set(nodes) - ping(lab))}")
+            time.sleep(1)
+        return round(time.monotonic() - t0, 1)
     nodes = list(nodes or [n for n in lab.nodes if lab.registry.get(n, "salt-minion")])
     inodes = {i for n in nodes if (i := proc.ns_inode(nodefs.mnt_file(lab.statedir, n))) is not None}
     pids = []

@@ -121,11 +121,40 @@ def _listening(lab: "Lab", node: str, port: int) -> bool:
 
 def _minion_ready(lab: "Lab", node: str) -> bool:
     """True once the minion's own log (host-side view of its /var/log/salt) says it is ready."""
-    log = lab.node_root(node) / "log" / "salt" / "minion"
     try:
+        log = lab.node_path(node, "/var/log/salt/minion")
         return b"Minion is ready to receive requests" in log.read_bytes()
     except OSError:
         return False
+
+
+#: The argv of the lab's Salt daemons (the venv's; Salt is not a Debian package here).
+DAEMONS = {"salt-master": [str(BIN / "salt-master"), "-l", "warning"],
+           "salt-minion": [str(BIN / "salt-minion"), "-l", "warning", "--disable-keepalive"]}
+
+
+def salt_unit(name: str) -> str:
+    """A booted node's unit for the venv's ``salt-master`` or ``salt-minion`` (enabled: back after a reboot)."""
+    what = "master" if name == "salt-master" else "minion"
+    return (f"# anycastlb lab: the venv's Salt {what} (production hosts use the salt package's unit)\n"
+            f"[Unit]\nDescription=The Salt {what.capitalize()} (anycastlb lab)\n"
+            "After=network-online.target\nWants=network-online.target\n\n"
+            f"[Service]\nType=simple\nExecStart={' '.join(DAEMONS[name])}\n"
+            f"Environment=PATH={BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            "KillMode=process\nRestart=on-failure\nRestartSec=1s\nLimitNOFILE=100000\n\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+
+
+def start_daemon(lab: "Lab", node: str, name: str) -> None:
+    """Start ``salt-master``/``salt-minion`` in ``node``: a unit enabled and started (booted nodes),
+    else a process of the lab's registry."""
+    if lab.init == "systemd":
+        lab.write_file(node, f"/etc/systemd/system/{name}.service", salt_unit(name))
+        r = lab.exec(node, ["systemctl", "enable", "--now", f"{name}.service"], timeout=60)
+        if r.returncode != 0:
+            raise SaltBootstrapError(f"{node}: systemctl enable --now {name}: {r.stderr.strip()}")
+        return
+    lab.spawn(node, DAEMONS[name], name)
 
 
 def start_salt(lab: "Lab", wait: float = 150.0) -> float:
@@ -142,14 +171,14 @@ def start_salt(lab: "Lab", wait: float = 150.0) -> float:
     _write_conf(lab, master, "/etc/salt/master.d/lab.conf", master_config(lab, maddr))
     for n in lab.nodes:
         _write_conf(lab, n, "/etc/salt/minion.d/lab.conf", minion_config(lab, n, maddr))
-    lab.spawn(master, [str(BIN / "salt-master"), "-l", "warning"], "salt-master")
+    start_daemon(lab, master, "salt-master")
     while not _listening(lab, master, 4506):
         if time.monotonic() > deadline:
             raise SaltBootstrapError(f"salt-master not listening after {wait}s "
                                      f"(see {lab.log_path(master, 'salt-master')})")
         time.sleep(0.2)
     for n in lab.nodes:
-        lab.spawn(n, [str(BIN / "salt-minion"), "-l", "warning", "--disable-keepalive"], "salt-minion")
+        start_daemon(lab, n, "salt-minion")
     want = set(lab.nodes)
     while not all(_minion_ready(lab, n) for n in want) and time.monotonic() < deadline:
         time.sleep(0.2)

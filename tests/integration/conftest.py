@@ -18,15 +18,15 @@ def need_root() -> None:
 
 
 @contextlib.contextmanager
-def campus_lab(tag: str, restart_minions: bool = False) -> Iterator[object]:
-    """:func:`anycastlb.lab.cli.temporary_lab` of the shipped campus catalog; afterwards no
-    namespace of the lab may be left."""
+def campus_lab(tag: str, restart_minions: bool = False, init: str = "direct") -> Iterator[object]:
+    """:func:`anycastlb.lab.cli.temporary_lab` of the shipped campus catalog (``init="systemd"``:
+    every node boots systemd); afterwards no namespace of the lab may be left."""
     need_root()
     from anycastlb.lab.cli import temporary_lab
 
     prefix = ""
     try:
-        with temporary_lab(tag=tag, restart_minions=restart_minions) as lab:
+        with temporary_lab(tag=tag, restart_minions=restart_minions, init=init) as lab:
             prefix = lab.prefix
             yield lab
     finally:

@@ -59,3 +59,16 @@ def test_healthd_refuses_to_start_when_the_haproxy_paths_do_not_exist(fleet: dic
     assert f"refusing to start: HAProxy pidfile {tmp_path}/run/haproxy.pid" in r.stderr
     assert f"HAProxy stats socket {tmp_path}/run/haproxy/admin.sock" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_after_a_reboot_the_announced_vips_go_back_on_lo_before_healthd_starts(fleet: dict[str, Any],
+                                                                                tmp_path: Path) -> None:
+    text = units.healthd_unit("/py")
+    pre = "ExecStartPre=/py -m anycastlb.units vips /etc/anycastlb/healthd.json"
+    assert pre in text and text.index(pre) < text.index("ExecStart=/py -m anycastlb.healthd")
+    cfg = tmp_path / "healthd.json"
+    cfg.write_text(json.dumps(healthd_render.config({**fleet["lb1"], "service_mode": "systemd"})))
+    assert units.vip_addresses(str(cfg)) == sorted(a["prefix"] for a in fleet["lb1"]["health"]["announcements"])
+    r = subprocess.run([sys.executable, "-m", "anycastlb.units", "vips", str(tmp_path / "nope.json")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "nope.json" in r.stderr and "Traceback" not in r.stderr
