@@ -427,6 +427,8 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
         if m is None:
             continue
         svc = _check_service(ctx, sname, m, resolved, pools, nodes, clusters)
+        if not _check_settings(ctx, sname, m, resolved):
+            svc = None
         if svc is not None:
             services[sname] = svc
     _check_distinct(ctx, [("services", [s for s in _section(ctx, "services") if isinstance(s, str)])])
@@ -439,6 +441,7 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
                 if user not in contacts:
                     ctx.err("services", sname, f"monitor.notify[{i}]", f"{user!r} is not in contacts "
                             f"({', '.join(sorted(contacts))})", svc.raw, ["monitor", "notify", i])
+    _check_proxy_protocol(ctx, services, nodes)
     if bgp is not None:
         _check_routing(ctx, nodes, services, clusters)
     if secrets is not None:
@@ -564,8 +567,10 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             if getattr(m, key) is not None:
                 err(key, f"{key} needs mode http")
                 ok = False
-        if m.check.http is None and m.check.tcp is None and not any(p.protocol == "tcp" for p in m.ports):
-            err("check", "a udp-only anycast service needs check.tcp (with a port) or check.http")
+        if all(getattr(m.check, k) is None for k in ("http", "tcp", "dns", "kerberos")) and not any(
+                p.protocol == "tcp" for p in m.ports):
+            err("check", "a udp-only anycast service needs check.dns, check.kerberos, check.tcp (with a port) "
+                "or check.http")
             ok = False
     if m.check.http is not None and m.check.tcp is not None:
         err("check", "check has both http and tcp: set the one you do not want to null")
@@ -604,6 +609,117 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             "status code, e.g. 200")
         ok = False
     return _Svc(name, m, raw, vips, list(m.ports)) if ok else None
+
+
+#: Check kinds HAProxy runs against the servers of an http/tcp service, and those healthd runs
+#: against an anycast backend before it announces the VIP.
+HAPROXY_CHECKS = ("ldap", "smtp", "mysql", "pgsql", "ssl_hello")
+HEALTHD_CHECKS = ("dns", "kerberos")
+CHECK_KINDS = ("http", "tcp") + HAPROXY_CHECKS + HEALTHD_CHECKS
+
+
+def check_kind(c: S.Check) -> str | None:
+    """The kind of a check (``http``, ``tcp``, ``ldap`` ...), or None when no kind is set."""
+    return next((k for k in CHECK_KINDS if getattr(c, k) is not None), None)
+
+
+def _tenant_of(ctx: _Ctx, file: str | None) -> str | None:
+    """The tenant whose files include ``file``, or None for a root (fleet-wide) file.
+
+    The catalog has no tenants yet: every file is a root file.
+    """
+    return None
+
+
+def _check_settings(ctx: _Ctx, name: str, m: S.Service, raw: Marked) -> bool:
+    """Protocol checks, per-service HAProxy settings and per-port backend ports; False if refused."""
+    def err(key: str, msg: str) -> None:
+        ctx.err("services", name, key, msg, raw, key.split("."))
+
+    ok = True
+    kinds = [k for k in CHECK_KINDS if getattr(m.check, k) is not None]
+    if len(kinds) > 1 and set(kinds) - {"http", "tcp"}:
+        err("check", f"check has several kinds ({', '.join(kinds)}): set the ones you do not want to null")
+        ok = False
+    for k in kinds:
+        if k in HAPROXY_CHECKS and m.mode != "tcp":
+            err(f"check.{k}", f"a {k} check is run by HAProxy on a service of mode tcp, not {m.mode}")
+            ok = False
+        if k in HEALTHD_CHECKS and m.mode != "anycast":
+            err(f"check.{k}", f"a {k} check is run by healthd on an anycast service, not mode {m.mode}")
+            ok = False
+    if m.check.http is not None and m.check.http.body is not None and m.mode == "anycast":
+        err("check.http.body", "the body of an answer is checked by HAProxy: mode http or tcp")
+        ok = False
+    if isinstance(m.backend_port, dict):
+        tcp_ports = {p.port for p in m.ports if p.protocol == "tcp"}
+        for port in m.backend_port:
+            if port not in tcp_ports:
+                err("backend_port", f"port {port} is mapped but is not a tcp port of the service")
+                ok = False
+    h = m.haproxy
+    if h is None:
+        return ok
+    if m.mode == "anycast":
+        err("haproxy", "haproxy settings need mode http or tcp (an anycast service has no HAProxy)")
+        return False
+    if h.stick is not None:
+        if h.stick.by == "cookie" and m.mode != "http":
+            err("haproxy.stick", "stickiness by cookie needs mode http: use 'source' for tcp")
+            ok = False
+        if h.stick.by == "cookie" and h.stick.expire is not None:
+            err("haproxy.stick.expire", "expire is for stickiness by source: a cookie lasts the browser session")
+            ok = False
+        if h.stick.by == "source" and h.stick.cookie is not None:
+            err("haproxy.stick.cookie", "cookie names the cookie of stickiness by cookie, not by source")
+            ok = False
+    if h.hsts is not None and (m.mode != "http" or m.tls is None):
+        err("haproxy.hsts", "hsts is sent on TLS answers: it needs mode http and tls")
+        ok = False
+    if h.redirects and m.mode != "http":
+        err("haproxy.redirects", "redirects need mode http")
+        ok = False
+    for i, r in enumerate(h.redirects):
+        if (r.location is None) == (r.prefix is None):
+            err(f"haproxy.redirects.{i}", "a redirect has either location (one URL) or prefix (the path is kept)")
+            ok = False
+    if h.raw is not None and (h.raw.frontend or h.raw.backend):
+        file, _line = _where(raw, ["haproxy", "raw"])
+        tenant = _tenant_of(ctx, file)
+        if tenant is not None:
+            err("haproxy.raw", f"raw HAProxy directives are allowed only in root files, not in {file} "
+                               f"(tenant {tenant!r})")
+            ok = False
+    return ok
+
+
+def _check_proxy_protocol(ctx: _Ctx, services: dict[str, _Svc], nodes: dict[str, S.Node]) -> None:
+    """apache reads the PROXY protocol per port: the services on one backend port must agree."""
+    seen: dict[tuple[str, int], tuple[str, str | None]] = {}
+    for sname in sorted(services):
+        svc = services[sname]
+        m = svc.model
+        if m.apache is None or m.mode != "http":
+            continue
+        send = m.haproxy.send_proxy if m.haproxy else None
+        for bid in m.backends:
+            if bid not in nodes:
+                continue
+            for p in svc.ports:
+                port = server_port(m, p)
+                other = seen.setdefault((bid, port), (sname, send))
+                if other[1] != send:
+                    ctx.err("services", sname, "haproxy.send_proxy",
+                            f"apache on {bid} port {port} serves service {other[0]!r} with send_proxy "
+                            f"{other[1] or 'unset'}: services that share a backend port must agree", svc.raw,
+                            ["haproxy", "send_proxy"] if m.haproxy else ["apache"])
+
+
+def server_port(m: S.Service, port: S.Port) -> int:
+    """The port on the backends for frontend ``port`` (``backend_port``: one number or a mapping)."""
+    if isinstance(m.backend_port, dict):
+        return m.backend_port.get(port.port, port.port)
+    return m.backend_port or port.port
 
 
 def _check_conflicts(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S.Cluster],
@@ -727,7 +843,7 @@ class _Builder:
         return sorted(x for x in members if x in self.nodes)
 
     def server_port(self, svc: _Svc, port: S.Port) -> int:
-        return svc.model.backend_port or port.port
+        return server_port(svc.model, port)
 
     def backend_name(self, svc: _Svc, port: S.Port) -> str:
         return f"{svc.name}-{self.server_port(svc, port)}"
@@ -755,6 +871,19 @@ class _Builder:
             host = c.http.host or (svc.model.apache.server_name if svc.model.apache else None)
             out.update(type="http", path=c.http.path, expect=str(c.http.expect), host=host,
                        port=c.http.port or default_port)
+            if c.http.body is not None:
+                out["body"] = c.http.body
+        elif c.dns is not None:
+            out.update(type="dns", name=c.dns.name, qtype=c.dns.type, port=c.dns.port)
+        elif c.kerberos is not None:
+            out.update(type="kerberos", realm=c.kerberos.realm, port=c.kerberos.port,
+                       protocol=c.kerberos.protocol)
+        elif (kind := check_kind(c)) in HAPROXY_CHECKS:
+            out.update(type=kind, port=getattr(c, kind).port or default_port)
+            if c.smtp is not None:
+                out["domain"] = c.smtp.domain
+            if c.mysql is not None or c.pgsql is not None:
+                out["user"] = (c.mysql or c.pgsql).user  # type: ignore[union-attr]
         else:
             port = (c.tcp.port if c.tcp else None) or default_port
             out.update(type="tcp", port=port)
@@ -881,6 +1010,7 @@ class _Builder:
                         "redirect_https": redirect,
                         "allow": [] if "any" in m.allow else list(m.allow),
                         "backend": bname,
+                        **frontend_settings(m, tls, redirect),
                     })
                     if bname in backends:
                         continue
@@ -893,7 +1023,7 @@ class _Builder:
                                         "backup": be.backup, "state": be.state, "managed": bid in self.nodes})
                     backends[bname] = {"name": bname, "service": sname, "mode": m.mode, "balance": m.balance,
                                        "port": sport, "check": self.check_model(svc, None),
-                                       "servers": servers}
+                                       "servers": servers, **backend_settings(sname, m)}
         return {"clusters": self.node_clusters[nid],
                 "stats": {"address": n.address, "port": HAPROXY_STATS_PORT},
                 "frontends": sorted(frontends, key=lambda f: f["name"]),
@@ -908,14 +1038,21 @@ class _Builder:
             if m.apache is None:
                 continue
             ports = sorted({self.server_port(svc, p) for p in svc.ports if not (
-                m.redirect_http and p.port == 80 and m.backend_port is None)})
+                m.redirect_http and p.port == 80 and self.server_port(svc, p) == 80)})
             for port in ports:
                 vhosts.append({"service": sname, "server_name": m.apache.server_name or sname,
                                "backend_state": m.backends[nid].state,
                                "aliases": list(m.apache.aliases), "port": port,
                                "health_path": m.check.http.path if m.check.http else None,
-                               "document_root": f"/var/www/anycastlb/{sname}"})
-        return {"listen": sorted({v["port"] for v in vhosts}), "vhosts": vhosts}
+                               "document_root": f"/var/www/anycastlb/{sname}",
+                               "proxy_protocol": bool(m.haproxy and m.haproxy.send_proxy)})
+        # apache reads the PROXY protocol per port (lint makes the services of a port agree);
+        # monitoring checks the backends directly, without it.
+        proxy_ports = sorted({v["port"] for v in vhosts if v["proxy_protocol"]})
+        return {"listen": sorted({v["port"] for v in vhosts}), "vhosts": vhosts,
+                "proxy_protocol_ports": proxy_ports,
+                "proxy_protocol_exceptions": [a for x in self.monitors for a in self.addrs(x)] if proxy_ports
+                else []}
 
     def health_model(self, nid: str, model: dict[str, Any]) -> dict[str, Any]:
         """What the node's health agent watches before it announces each VIP."""
@@ -1056,6 +1193,8 @@ class _Builder:
                         if c.get("expect") and "-" in c["expect"]:
                             # check_http -e takes a list of status strings, not a range
                             c["expect"] = ",".join(str(x) for x in S.status_codes(c["expect"]))
+                        if c["type"] not in ("http", "tcp"):
+                            c["type"] = "tcp"  # a protocol check (ldap, smtp ...) is HAProxy's; Icinga connects
                         checks.append({"name": f"backend {sname} {bid}:{sport}", "host": bid, "service": sname,
                                        "address": addr, "notify": notify, "backend_state": be.state,
                                        **{k: v for k, v in c.items() if k in ("type", "path", "expect", "port")},
@@ -1111,7 +1250,38 @@ class _Builder:
                              "backup": be.backup, "state": be.state} for b, be in sorted(m.backends.items())},
             "check": self.check_model(svc, None), "announcers": self.announcers(sname),
             "apache": m.apache.model_dump() if m.apache else None, "notify": list(m.monitor.notify),
+            "haproxy": m.haproxy.model_dump(exclude_defaults=True) if m.haproxy else None,
         }
+
+
+def frontend_settings(m: S.Service, tls: bool, redirect: bool) -> dict[str, Any]:
+    """A frontend's per-service settings (``haproxy:`` in the catalog); None/empty keep the defaults."""
+    h = m.haproxy or S.HaproxySettings()
+    hsts = None
+    if h.hsts is not None and tls:
+        hsts = {"max_age_s": h.hsts.max_age // 1000, "include_subdomains": h.hsts.include_subdomains,
+                "preload": h.hsts.preload}
+    redirects = [] if redirect else [
+        {"path": r.path, "kind": "location" if r.location else "prefix", "to": r.location or r.prefix,
+         "code": r.code} for r in h.redirects]
+    return {"timeout_client_ms": h.timeouts.client, "maxconn": h.maxconn, "hsts": hsts, "redirects": redirects,
+            "raw": list(h.raw.frontend) if h.raw else []}
+
+
+def backend_settings(sname: str, m: S.Service) -> dict[str, Any]:
+    """A backend's per-service settings (``haproxy:`` in the catalog); None/empty keep the defaults."""
+    h = m.haproxy or S.HaproxySettings()
+    stick: dict[str, Any] | None = None
+    if h.stick is not None:
+        stick = {"by": h.stick.by}
+        if h.stick.by == "cookie":
+            stick["cookie"] = h.stick.cookie or f"SRV_{ident(sname)}"
+        else:
+            stick["expire_ms"] = h.stick.expire or 30 * 60_000
+    t = h.timeouts
+    return {"timeouts_ms": {"server": t.server, "connect": t.connect, "tunnel": t.tunnel},
+            "server_maxconn": h.server_maxconn, "send_proxy": h.send_proxy, "stick": stick,
+            "raw": list(h.raw.backend) if h.raw else []}
 
 
 @functools.lru_cache(maxsize=65536)

@@ -78,7 +78,29 @@ def diff_fleets(old: Fleet, new: Fleet) -> dict[str, Any]:
                 if ann_a != ann_b:
                     detail.extend(_dict_changes({"announces": ann_a}, {"announces": ann_b}))
                 nodes["changed"][n] = {"sections": _node_sections(a, b), "detail": detail}
-    return {"services": services, "nodes": nodes}
+    return {"services": services, "nodes": nodes, "raw": _raw_changes(old, new)}
+
+
+def _raw(fleet: Fleet, sname: str) -> dict[str, list[str]]:
+    h = (fleet.services.get(sname) or {}).get("haproxy") or {}
+    raw = h.get("raw") or {}
+    return {"frontend": list(raw.get("frontend") or []), "backend": list(raw.get("backend") or [])}
+
+
+def _raw_changes(old: Fleet, new: Fleet) -> dict[str, dict[str, list[str]]]:
+    """Raw HAProxy directives added or removed, per service and section (lint cannot judge them)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for sname in sorted(set(old.services) | set(new.services)):
+        a, b = _raw(old, sname), _raw(new, sname)
+        lines = {}
+        for section in ("frontend", "backend"):
+            added = [d for d in b[section] if d not in a[section]]
+            removed = [d for d in a[section] if d not in b[section]]
+            lines.update({f"{section} +": added} if added else {})
+            lines.update({f"{section} -": removed} if removed else {})
+        if lines:
+            out[sname] = lines
+    return out
 
 
 def format_diff(report: dict[str, Any]) -> str:
@@ -87,6 +109,14 @@ def format_diff(report: dict[str, Any]) -> str:
     s, n = report["services"], report["nodes"]
     if not (s["added"] or s["removed"] or s["changed"] or n["added"] or n["removed"] or n["changed"]):
         return "no change: every node's configuration stays as it is\n"
+    raw = report.get("raw") or {}
+    if raw:
+        out.append("!! RAW HAProxy directives change: lint does not understand them, only haproxy -c checks them.")
+        out.append("!! Review every line:")
+        for name, changes in raw.items():
+            for what, lines in changes.items():
+                section, sign = what.split()
+                out.extend(f"!!   {sign} {name} {section}: {line}" for line in lines)
     out.append("Services:")
     for name in s["added"]:
         out.append(f"  + {name} (new)")

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -139,13 +140,45 @@ class HttpWatch:
 
 
 @dataclass(frozen=True)
+class DnsWatch:
+    """Healthy iff the resolver at ``address:port`` answers ``name``/``qtype`` with NOERROR (udp)."""
+
+    address: str
+    name: str
+    port: int = 53
+    qtype: str = "A"
+    interval_ms: int = 2000
+    timeout_ms: int = 1000
+    rise: int = 2
+    fall: int = 3
+    pidfile: str = ""
+    type: str = "dns"
+
+
+@dataclass(frozen=True)
+class KerberosWatch:
+    """Healthy iff the KDC at ``address:port`` answers an AS-REQ for ``realm`` (udp or tcp)."""
+
+    address: str
+    realm: str
+    port: int = 88
+    protocol: str = "udp"
+    interval_ms: int = 2000
+    timeout_ms: int = 1000
+    rise: int = 2
+    fall: int = 3
+    pidfile: str = ""
+    type: str = "kerberos"
+
+
+@dataclass(frozen=True)
 class AlwaysWatch:
     """Always healthy (the prefix is announced unless the node is drained)."""
 
     type: str = "always"
 
 
-Watch = HaproxyWatch | TcpWatch | HttpWatch | AlwaysWatch
+Watch = HaproxyWatch | TcpWatch | HttpWatch | DnsWatch | KerberosWatch | AlwaysWatch
 
 
 @dataclass(frozen=True)
@@ -168,8 +201,13 @@ class Config:
     drain_file: str = DEFAULT_DRAIN_FILE
 
 
-_WATCH_TYPES: dict[str, type] = {"haproxy": HaproxyWatch, "tcp": TcpWatch, "http": HttpWatch, "always": AlwaysWatch}
-_REQUIRED = {"haproxy": ("pidfile", "stats_socket"), "tcp": ("address", "port"), "http": ("address", "port")}
+_WATCH_TYPES: dict[str, type] = {"haproxy": HaproxyWatch, "tcp": TcpWatch, "http": HttpWatch, "dns": DnsWatch,
+                                  "kerberos": KerberosWatch, "always": AlwaysWatch}
+_REQUIRED = {"haproxy": ("pidfile", "stats_socket"), "tcp": ("address", "port"), "http": ("address", "port"),
+             "dns": ("address", "name"), "kerberos": ("address", "realm")}
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_REALM = re.compile(r"[A-Z0-9](?:[A-Z0-9.-]{0,126}[A-Z0-9])?")
 
 
 def _int(where: str, value: Any, low: int, high: int) -> int:
@@ -254,6 +292,23 @@ def parse_watch(where: str, data: Any) -> Watch:
             args[key] = _int(at, value, 10, 3_600_000)
         elif key in ("rise", "fall"):
             args[key] = _int(at, value, 1, 100)
+        elif key == "name":
+            if not isinstance(value, str) or not _DNS_NAME.fullmatch(value):
+                raise ConfigError(f"{at}: not a DNS name: {value!r}")
+            args[key] = value
+        elif key == "qtype":
+            from anycastlb.probes import DNS_TYPES
+            if value not in DNS_TYPES:
+                raise ConfigError(f"{at}: must be one of {', '.join(sorted(DNS_TYPES))}, not {value!r}")
+            args[key] = value
+        elif key == "realm":
+            if not isinstance(value, str) or not _REALM.fullmatch(value):
+                raise ConfigError(f"{at}: not a Kerberos realm: {value!r}")
+            args[key] = value
+        elif key == "protocol":
+            if value not in ("udp", "tcp"):
+                raise ConfigError(f"{at}: must be udp or tcp, not {value!r}")
+            args[key] = value
     if kind == "http" and not args.get("path", "/").startswith("/"):
         raise ConfigError(f"{where}.path: must start with '/', not {args['path']!r}")
     return cls(**args)

@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
+
+from anycastlb import probes
 
 from anycastlb import httpstatus
 from anycastlb.healthd import (
@@ -39,8 +41,10 @@ from anycastlb.healthd import (
     Config,
     ConfigError,
     Decision,
+    DnsWatch,
     HaproxyWatch,
     HttpWatch,
+    KerberosWatch,
     RiseFall,
     TcpWatch,
     decide,
@@ -164,6 +168,62 @@ async def http_probe(w: HttpWatch) -> tuple[bool, str, bool]:
     return True, f"{target}: status {code}", False
 
 
+async def _exchange(w: DnsWatch | KerberosWatch, proto: str, message: bytes,
+                    verdict: Callable[[bytes], tuple[bool, str]]) -> tuple[bool, str, bool]:
+    """Send ``message`` over udp (one datagram; answers that do not match are skipped) or tcp
+    (RFC 4120/1035 length prefix: 4 bytes for Kerberos, 2 for DNS) and judge the answer."""
+    fam = socket.AF_INET6 if ":" in w.address else socket.AF_INET
+    loop = asyncio.get_running_loop()
+    target = f"{w.type} {w.address}:{w.port}/{proto}"
+    prefix = 4 if isinstance(w, KerberosWatch) else 2
+
+    async def udp(s: socket.socket) -> tuple[bool, str]:
+        await loop.sock_connect(s, (w.address, w.port))
+        await loop.sock_sendall(s, message)
+        while True:
+            ok, why = verdict(await loop.sock_recv(s, 65535))
+            if ok or "another query" not in why:
+                return ok, why
+
+    async def tcp(s: socket.socket) -> tuple[bool, str]:
+        await loop.sock_connect(s, (w.address, w.port))
+        await loop.sock_sendall(s, len(message).to_bytes(prefix, "big") + message)
+        buf = b""
+        while len(buf) < prefix or len(buf) < prefix + int.from_bytes(buf[:prefix], "big"):
+            chunk = await loop.sock_recv(s, 65535)
+            if not chunk:
+                break
+            buf += chunk
+        return verdict(buf[prefix:prefix + int.from_bytes(buf[:prefix], "big")] if len(buf) >= prefix else b"")
+
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(fam, kind) as s:
+        s.setblocking(False)
+        try:
+            ok, why = await asyncio.wait_for((udp if proto == "udp" else tcp)(s), w.timeout_ms / 1000)
+        except ConnectionRefusedError:
+            return False, f"{target}: connection refused", True
+        except asyncio.TimeoutError:
+            return False, f"{target}: no answer in {w.timeout_ms} ms", False
+        except OSError as exc:
+            return False, f"{target}: {exc.strerror or exc}", False
+    return ok, f"{target}: {why}", False
+
+
+async def dns_probe(w: DnsWatch) -> tuple[bool, str, bool]:
+    """One DNS query over udp: ok iff the answer is NOERROR."""
+    _qid, query = probes.dns_query(w.name, w.qtype)
+    return await _exchange(w, "udp", query, lambda answer: probes.dns_verdict(query, answer))
+
+
+async def kerberos_probe(w: KerberosWatch) -> tuple[bool, str, bool]:
+    """One AS-REQ: ok iff a KDC of the realm answers it."""
+    return await _exchange(w, w.protocol, probes.as_req(w.realm), lambda answer: probes.krb_verdict(w.realm, answer))
+
+
+_PROBES: dict[type, Callable[..., Awaitable[tuple[bool, str, bool]]]] = {}
+
+
 def _stats_fast(s: socket.socket, budget: float) -> tuple[list[bytes], bool]:
     """Blocking reads for at most ``budget`` seconds: ``(chunks, complete)``."""
     chunks: list[bytes] = []
@@ -202,6 +262,9 @@ async def stats_query(path: str, timeout: float, fast: float = STATS_FAST_S) -> 
 
             await asyncio.wait_for(rest(), max(timeout - fast, 0.001))
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+_PROBES.update({TcpWatch: tcp_probe, HttpWatch: http_probe, DnsWatch: dns_probe, KerberosWatch: kerberos_probe})
 
 
 # --------------------------------------------------------------- watchers
@@ -282,7 +345,7 @@ class ProbeWatcher:
     def __init__(self, ann: Announcement):
         self.ann = ann
         self.watch = ann.watch
-        assert isinstance(self.watch, (TcpWatch, HttpWatch))
+        assert isinstance(self.watch, (TcpWatch, HttpWatch, DnsWatch, KerberosWatch))
         self._report: Report | None = None
         self.pid = PidTracker(self.watch.pidfile, "server", self._on_exit) if self.watch.pidfile else None
 
@@ -294,8 +357,8 @@ class ProbeWatcher:
         """Run one check."""
         if self.pid and (dead := self.pid.refresh()):
             return [(self.ann.prefix, False, dead, True)]
-        fn = tcp_probe if isinstance(self.watch, TcpWatch) else http_probe
-        ok, reason, hard = await fn(self.watch)  # type: ignore[arg-type]
+        fn = _PROBES[type(self.watch)]
+        ok, reason, hard = await fn(self.watch)
         if self.pid and self.pid.dead_reason:  # died while we were checking
             return [(self.ann.prefix, False, self.pid.dead_reason, True)]
         return [(self.ann.prefix, ok, reason, hard)]
@@ -392,7 +455,7 @@ def build_watchers(config: Config) -> list[HaproxyWatcher | ProbeWatcher]:
         w = ann.watch
         if isinstance(w, HaproxyWatch):
             groups.setdefault((w.pidfile, w.stats_socket), []).append(ann)
-        elif isinstance(w, (TcpWatch, HttpWatch)):
+        elif isinstance(w, (TcpWatch, HttpWatch, DnsWatch, KerberosWatch)):
             out.append(ProbeWatcher(ann))
     out.extend(HaproxyWatcher(anns) for anns in groups.values())
     return out

@@ -425,11 +425,202 @@ class Cluster(Strict):
     nodes: list[Name]
 
 
+# ------------------------------------------------ per-service settings and protocol checks (issue 19)
+
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_UNIT_DURATION = re.compile(r"\A(\d{1,9})(ms|s|m|h|d)\Z")
+
+
+def _unit_duration(low_ms: int, high_ms: int, example: str) -> Any:
+    """A validator for a duration that must carry its unit (``500ms``, ``30s``, ``10m``, ``8h``, ``365d``)."""
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, str):
+            raise ValueError(f"{value!r} has no unit: write a duration such as {example} (ms, s, m, h or d)")
+        m = _UNIT_DURATION.fullmatch(value.strip())
+        if not m:
+            raise ValueError(f"{value!r} is not a duration such as {example} (a whole number and ms, s, m, h or d)")
+        ms = int(m.group(1)) * _UNIT_MS[m.group(2)]
+        if not low_ms <= ms <= high_ms:
+            raise ValueError(f"{value!r} is out of range")
+        return ms
+    return parse
+
+
+_DURATION_SCHEMA = {"type": "string", "pattern": r"^\d+(ms|s|m|h|d)$"}
+#: An HAProxy timeout, in milliseconds: 1ms .. 7d (HAProxy's limit is about 24 days).
+Timeout = Annotated[int, BeforeValidator(_unit_duration(1, 7 * 86_400_000, "30s or 10m")),
+                    WithJsonSchema(_DURATION_SCHEMA)]
+#: An HSTS max-age, in milliseconds: 0 (forget) .. 2 years.
+MaxAge = Annotated[int, BeforeValidator(_unit_duration(0, 730 * 86_400_000, "365d")),
+                   WithJsonSchema(_DURATION_SCHEMA)]
+
+
+#: A Kerberos realm as written in practice: upper-case letters, digits, '.', '-'.
+Realm = _grammar(r"\A[A-Z0-9](?:[A-Z0-9.-]{0,126}[A-Z0-9])?\Z", "a Kerberos realm (upper case)", "EXAMPLE.ORG", 128)
+#: A database or cookie name: letters, digits, '_' and '-', at most 64 characters.
+Token = _grammar(r"\A[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z", "a name of letters, digits, '_' and '-'", "haproxy", 64)
+#: An absolute http(s) URL made of the same safe characters (a host name, an optional port and path).
+#: An absolute http(s) URL: a host name, an optional port and a path of the URI path's characters.
+Url = _grammar(r"\Ahttps?://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?(?:/[A-Za-z0-9._~!*+,;=:@/-]{0,1023})?\Z",
+               "an http(s) URL", "https://www.example.org/new/", 1300)
+#: Text an HTTP check expects in a body: printable ASCII without quotes or backslashes.
+CheckBody = _grammar(r"\A[A-Za-z0-9 !#$%&()*+,./:;<=>?@\[\]^_`{|}~-]{1,128}\Z", "printable text without quotes",
+                     "status: ok", 128)
+
+
+def _backend_port(value: Any) -> Any:
+    """``8080`` (every port) or ``{389: 1389, 636: 1636}`` (per frontend port; unmapped ports stay as they are)."""
+    def one(v: Any, what: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{what}{v!r} is not a port number such as 8080")
+        if not 1 <= v <= 65535:
+            raise ValueError(f"{what}{v} is out of range (1-65535)")
+        return v
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError("an empty mapping: write {frontend port: backend port}, e.g. {389: 1389}")
+        return {one(k, "frontend port "): one(v, "backend port ") for k, v in value.items()}
+    if value is None:
+        return None
+    return one(value, "")
+
+
+BackendPort = Annotated[int | dict[int, int], BeforeValidator(_backend_port),
+                        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
+                                                  {"type": "object", "additionalProperties": {
+                                                      "type": "integer", "minimum": 1, "maximum": 65535}}]})]
+
+
+class ProtocolCheck(Strict):
+    """A check HAProxy runs on the servers of a tcp service."""
+
+    port: PortNumber | None = Field(None, description="port the check connects to (default: each server's port)")
+
+
+class LdapCheck(ProtocolCheck):
+    """HAProxy's LDAPv3 anonymous bind check (``option ldap-check``), in clear text: for LDAPS, check the plain port."""
+
+
+class SmtpCheck(ProtocolCheck):
+    """HAProxy's SMTP check (``option smtpchk EHLO <domain>``)."""
+
+    domain: Hostname = "localhost"
+
+
+class SqlCheck(ProtocolCheck):
+    """HAProxy's MySQL or PostgreSQL check: it logs in as ``user`` (no password)."""
+
+    user: Token
+
+
+class SslHelloCheck(ProtocolCheck):
+    """HAProxy's SSLv3/TLS client hello check (``option ssl-hello-chk``)."""
+
+
+DnsType = Literal["A", "AAAA", "NS", "SOA", "MX", "TXT", "SRV", "PTR", "CNAME"]
+
+
+class DnsCheck(Strict):
+    """healthd asks the backend for ``name``/``type`` (udp); healthy iff it answers NOERROR."""
+
+    name: Hostname
+    type: DnsType = "A"
+    port: PortNumber = 53
+
+
+class KerberosCheck(Strict):
+    """healthd sends an AS-REQ for ``krbtgt/REALM``; healthy iff a KDC of ``realm`` answers (AS-REP or KRB-ERROR)."""
+
+    realm: Realm
+    port: PortNumber = 88
+    protocol: Literal["udp", "tcp"] = "udp"
+
+
+class Timeouts(Strict):
+    """HAProxy timeouts of one service; unset ones keep the global defaults of haproxy.cfg."""
+
+    client: Timeout | None = Field(None, description="client inactivity (frontend)")
+    server: Timeout | None = Field(None, description="server inactivity (backend)")
+    connect: Timeout | None = Field(None, description="connecting to a server")
+    tunnel: Timeout | None = Field(None, description="both sides inactive once the connection is a tunnel")
+
+
+def _stick(value: Any) -> Any:
+    return {"by": value} if isinstance(value, str) else value
+
+
+class Stick(Strict):
+    """Keep a client on one server: an inserted cookie (http) or the source address (stick-table)."""
+
+    by: Literal["cookie", "source"]
+    cookie: Token | None = Field(None, description="cookie name (by cookie; default SRV_<service>)")
+    expire: Timeout | None = Field(None, description="how long a source stays bound to its server (by source; 30m)")
+
+
+class Hsts(Strict):
+    """Strict-Transport-Security on the answers of the service's TLS ports."""
+
+    max_age: MaxAge = 365 * 86_400_000
+    include_subdomains: bool = False
+    preload: bool = False
+
+
+class Redirect(Strict):
+    """Requests whose path starts with ``path`` are sent elsewhere (``location``: one URL; ``prefix``: the path kept)."""
+
+    path: UriPath
+    location: Url | None = None
+    prefix: Url | None = None
+    code: Literal[301, 302, 303, 307, 308] = 301
+
+
+#: HAProxy section keywords: a raw directive starting with one would open a new section.
+HAPROXY_SECTIONS = frozenset({"global", "defaults", "frontend", "backend", "listen", "peers", "resolvers",
+                              "userlist", "mailers", "program", "http-errors", "ring", "cache", "fcgi-app"})
+
+
+def _raw_directive(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a directive (a string such as 'http-request deny if {{ path_beg /x }}')")
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("a raw directive is one line: newlines are refused")
+    if not value.strip() or len(value) > 1024 or not value.isprintable():
+        raise ValueError("a raw directive is one non-empty line of printable text, at most 1024 characters")
+    if value.split()[0].lower() in HAPROXY_SECTIONS:
+        raise ValueError(f"a raw directive may not open a section ({value.split()[0]!r})")
+    return value.strip()
+
+
+RawDirective = Annotated[str, BeforeValidator(_raw_directive), WithJsonSchema({"type": "string", "pattern": r"^[^\r\n]+$"})]
+
+
+class Raw(Strict):
+    """Raw HAProxy directives, appended to the service's sections (root files only; marked in diff)."""
+
+    frontend: list[RawDirective] = []
+    backend: list[RawDirective] = []
+
+
+class HaproxySettings(Strict):
+    """Per-service HAProxy settings (modes http and tcp)."""
+
+    timeouts: Timeouts = Timeouts()
+    maxconn: int | None = Field(None, ge=1, le=1_000_000, description="concurrent connections of each frontend")
+    server_maxconn: int | None = Field(None, ge=1, le=100_000,
+                                       description="concurrent connections per server (more wait in the queue)")
+    send_proxy: Literal["v1", "v2"] | None = Field(None, description="PROXY protocol to the servers and checks")
+    stick: Annotated[Stick | None, BeforeValidator(_stick)] = None
+    hsts: Hsts | None = None
+    redirects: list[Redirect] = []
+    raw: Raw | None = None
+
+
 class HttpCheck(Strict):
     path: UriPath = "/"
     expect: HttpStatus = "200"
     host: Hostname | None = None
     port: PortNumber | None = None
+    body: CheckBody | None = Field(None, description="text the answer's body must contain (HAProxy backends)")
 
 
 class TcpCheck(Strict):
@@ -437,10 +628,17 @@ class TcpCheck(Strict):
 
 
 class Check(Strict):
-    """A health check: http or tcp, with its timers."""
+    """A health check: exactly one kind (http, tcp or a protocol check), with its timers."""
 
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
+    ldap: LdapCheck | None = None
+    smtp: SmtpCheck | None = None
+    mysql: SqlCheck | None = None
+    pgsql: SqlCheck | None = None
+    ssl_hello: SslHelloCheck | None = None
+    dns: DnsCheck | None = None
+    kerberos: KerberosCheck | None = None
     interval: CheckInterval = 2000
     rise: int = Field(2, ge=1, le=100)
     fall: int = Field(3, ge=1, le=100)
@@ -503,7 +701,8 @@ class Service(Strict):
     mode: Literal["http", "tcp", "anycast"] | None = None
     vip: StrList = []
     ports: PortList = []
-    backend_port: PortNumber | None = None
+    backend_port: BackendPort | None = Field(
+        None, description="port on the backends: one for every port, or a mapping {frontend port: backend port}")
     cluster: str | None = None
     backends: Backends = {}
     balance: Balance = "roundrobin"
@@ -514,6 +713,7 @@ class Service(Strict):
     apache: Apache | None = None
     monitor: Monitor = Monitor()
     description: Text | None = None
+    haproxy: HaproxySettings | None = Field(None, description="per-service HAProxy settings (http and tcp modes)")
 
     @field_validator("allow")
     @classmethod

@@ -36,7 +36,8 @@ from .quote import carry, request_target
 
 CONFDIR = "/etc/apache2"
 WWW = "/var/www/anycastlb"
-#: Modules our vhosts use: authz_core (Require), dir (DirectoryIndex), mime, headers (X-Served-By).
+#: Modules our vhosts use: authz_core (Require), dir (DirectoryIndex), mime, headers (X-Served-By);
+#: remoteip (RemoteIPProxyProtocol) only on a node whose HAProxy sends the PROXY protocol.
 MODULES = ("authz_core", "dir", "mime", "headers")
 
 #: How the service layer runs apache2 outside systemd: ``apache2ctl start`` (it sources
@@ -88,12 +89,15 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     files: list[RenderedFile] = []
     ports = sorted(set(ap["listen"]) | {v["port"] for v in ap["vhosts"]})
     files.append(template_file(f"{CONFDIR}/ports.conf", "apache2/ports.conf.j2", node=node, ports=ports))
+    proxy_ports = set(ap.get("proxy_protocol_ports", []))
+    exceptions = list(ap.get("proxy_protocol_exceptions", []))
     files.append(template_file(f"{CONFDIR}/mods-enabled/zz-anycastlb.load", "apache2/anycastlb.load.j2",
-                               modules=MODULES))
+                               modules=MODULES + (("remoteip",) if proxy_ports else ())))
     files.append(template_file(f"{CONFDIR}/conf-enabled/anycastlb.conf", "apache2/global.conf.j2", node=node))
     for port in ports:
         files.append(template_file(f"{CONFDIR}/sites-enabled/anycastlb-000-default-{port}.conf",
-                                   "apache2/default.conf.j2", node=node, port=port))
+                                   "apache2/default.conf.j2", node=node, port=port,
+                                   proxy_protocol=port in proxy_ports, exceptions=exceptions))
     for v in sorted(ap["vhosts"], key=lambda v: v["service"]):
         service = _name(v["service"], "service")
         docroot = f"{WWW}/{service}"
@@ -101,6 +105,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         files.append(template_file(
             f"{CONFDIR}/sites-enabled/anycastlb-{service}.conf", "apache2/vhost.conf.j2", node=node, vhost=v,
             service=service, document_root=under(root, docroot), state=v.get("state", "active"),
+            proxy_protocol=v["port"] in proxy_ports, exceptions=exceptions,
             health_path=None if v.get("health_path") is None else request_target(v["health_path"], "apache2")))
         files.append(template_file(posixpath.join(docroot, "index.html"), "apache2/index.html.j2",
                                    node=node, vhost=v))

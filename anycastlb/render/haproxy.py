@@ -17,7 +17,7 @@ from .. import httpstatus
 from ..paths import DIRECT
 from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, run_checker,
                template_file, under)
-from .quote import carry, request_target, status_ranges
+from .quote import Quoted, carry, request_target, status_ranges
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/certs"
@@ -57,6 +57,11 @@ def _check(check: dict[str, Any]) -> dict[str, Any]:
     return check
 
 
+def _raw(directives: list[str]) -> list[Quoted]:
+    """The catalog's raw directives, printed as written: one line each (root files only, lint's rule)."""
+    return [Quoted(carry(d, "haproxy", "raw directive")) for d in directives]
+
+
 @renderer("haproxy")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """haproxy.cfg plus one 0600 PEM bundle per certificate the node terminates."""
@@ -66,6 +71,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         fe = dict(fe)
         if fe["tls"]:
             fe["tls"] = {**fe["tls"], "pem": under(root, cert_path(fe["tls"]["certificate"]))}
+        fe["raw"] = _raw(fe.get("raw", []))
         frontends.append(fe)
     files = [template_file(
         CONFIG, "haproxy/haproxy.cfg.j2",
@@ -73,7 +79,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         paths={"admin_socket": under(root, ADMIN_SOCKET), "state_file": under(root, STATE_FILE)},
         stats=hap["stats"],
         frontends=frontends,
-        backends=[{**be, "check": _check(be["check"])} for be in hap["backends"]],
+        backends=[{**be, "check": _check(be["check"]), "raw": _raw(be.get("raw", []))} for be in hap["backends"]],
     )]
     for name in hap["certificates"]:
         files.append(RenderedFile(cert_path(name), _pem(name, secrets), 0o600))

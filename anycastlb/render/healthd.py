@@ -28,8 +28,11 @@ DRAIN_FILE = "/var/lib/anycastlb/drain"
 LOG_FILE = "/var/log/anycastlb/healthd.log"
 HAPROXY_INTERVAL_MS = 100
 
-_PROBE_KEYS = {"tcp": ("address", "port", "interval_ms", "timeout_ms", "rise", "fall"),
-               "http": ("address", "port", "path", "host", "expect", "interval_ms", "timeout_ms", "rise", "fall")}
+_TIMERS = ("interval_ms", "timeout_ms", "rise", "fall")
+_PROBE_KEYS = {"tcp": ("address", "port") + _TIMERS,
+               "http": ("address", "port", "path", "host", "expect") + _TIMERS,
+               "dns": ("address", "port", "name", "qtype") + _TIMERS,
+               "kerberos": ("address", "port", "realm", "protocol") + _TIMERS}
 
 
 def _watch(prefix: str, watch: dict[str, Any], root: str, mode: str | None = None) -> dict[str, Any]:
