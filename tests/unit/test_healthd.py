@@ -111,7 +111,7 @@ def test_defaults_and_normalised_prefix() -> None:
         ({"announcements": [{"prefix": "192.0.2.10/32", "service": "a", "watch": {"type": "always"}},
                             {"prefix": "192.0.2.10", "service": "b", "watch": {"type": "always"}}]},
          "announcements[1].prefix: 192.0.2.10/32 is already announced by announcements[0]"),
-        (with_watch({"type": "ping"}), "watch.type: must be one of always, haproxy, http, tcp"),
+        (with_watch({"type": "ping"}), "watch.type: must be one of always, dns, haproxy, http, kerberos, tcp"),
         (with_watch({"type": "tcp", "address": "192.0.2.88"}), "watch.port: required for a tcp watch"),
         (with_watch({"type": "tcp", "address": "kdc.example", "port": 88}), "watch.address: not an IP address"),
         (with_watch({"type": "tcp", "address": "192.0.2.88", "port": 88, "fall": 0}), "watch.fall: must be an integer"),
