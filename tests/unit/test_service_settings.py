@@ -345,6 +345,7 @@ def test_services_sharing_an_apache_port_agree_on_the_proxy_protocol(tmp_path: P
           cluster: edge
           backends: [web1]
           apache: {server_name: a.example.org}
+          check: {http: {path: /healthz}}
           haproxy: {send_proxy: v2}
         b:
           mode: http
@@ -354,6 +355,7 @@ def test_services_sharing_an_apache_port_agree_on_the_proxy_protocol(tmp_path: P
           cluster: edge
           backends: [web1]
           apache: {server_name: b.example.org}
+          check: {http: {path: /healthz}}
         """)
     assert any("service 'b'" in e and "apache on web1 port 8080 serves service 'a' with send_proxy v2" in e
                for e in errors), errors
