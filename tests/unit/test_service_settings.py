@@ -122,12 +122,12 @@ def test_www_proxy_protocol_stickiness_hsts_redirects(fleet: Any, certs: dict[st
     cfg = haproxy_cfg(fleet.nodes["lb1"], {"certificates": certs, "bgp_passwords": {}})
     be = section(cfg, "backend www-8080")
     assert "default-server inter 2000ms rise 2 fall 3 send-proxy-v2 check-send-proxy" in be
-    assert "cookie SRV_www insert indirect nocache httponly" in be
-    assert "server web1 198.51.100.31:8080 check weight 100 cookie web1" in be
-    assert "http-check expect string 'ok www'" in be
+    assert 'cookie "SRV_www" insert indirect nocache httponly' in be
+    assert 'server web1 198.51.100.31:8080 check weight 100 cookie "web1"' in be
+    assert 'http-check expect string "ok www"' in be
     fe = section(cfg, "frontend www-443")
-    assert "http-response set-header Strict-Transport-Security 'max-age=31536000; includeSubDomains'" in fe
-    assert ("http-request redirect prefix 'https://www.example.org/archive' code 301 if { path_beg '/old/' }"
+    assert 'http-response set-header Strict-Transport-Security "max-age=31536000; includeSubDomains"' in fe
+    assert ('http-request redirect prefix "https://www.example.org/archive" code 301 if { path_beg "/old/" }'
             in fe)
     fe80 = section(cfg, "frontend www-80")
     assert not any("Strict-Transport-Security" in x or "redirect prefix" in x for x in fe80)
@@ -157,9 +157,9 @@ def test_resolver_is_checked_by_a_dns_query(fleet: Any) -> None:
 @needs_haproxy
 @pytest.mark.parametrize("check,line", [
     ("{ldap: {}}", "option ldap-check"),
-    ("{smtp: {domain: mx.example.org}}", "option smtpchk EHLO mx.example.org"),
-    ("{mysql: {user: haproxy}}", "option mysql-check user haproxy post-41"),
-    ("{pgsql: {user: haproxy_check}}", "option pgsql-check user haproxy_check"),
+    ("{smtp: {domain: mx.example.org}}", 'option smtpchk EHLO "mx.example.org"'),
+    ("{mysql: {user: haproxy}}", 'option mysql-check user "haproxy" post-41'),
+    ("{pgsql: {user: haproxy_check}}", 'option pgsql-check user "haproxy_check"'),
     ("{ssl_hello: {port: 8443}}", "option ssl-hello-chk"),
 ])
 def test_protocol_checks_render_and_pass_haproxy(tmp_path: Path, check: str, line: str) -> None:
