@@ -139,7 +139,7 @@ KRB_ERRORS = {6: "KDC_ERR_C_PRINCIPAL_UNKNOWN", 24: "KDC_ERR_PREAUTH_FAILED", 25
 def as_req(realm: str, nonce: int | None = None, now: float | None = None) -> bytes:
     """A DER AS-REQ for ``krbtgt/REALM@REALM`` from ``anycastlb-healthcheck@REALM``."""
     nonce = secrets.randbelow(2**31) if nonce is None else nonce
-    till = time.strftime("%Y%m%d%H%M%SZ", time.gmtime((now or time.time()) + 3600))
+    till = time.strftime("%Y%m%d%H%M%SZ", time.gmtime((time.time() if now is None else now) + 3600))
     body = _seq(
         _ctx(0, _tlv(0x03, b"\x00" + bytes([0x40, 0x81, 0x00, 0x10]))),  # forwardable, renewable, canonicalize...
         _ctx(1, _principal(1, KRB_CLIENT)),                              # NT-PRINCIPAL
@@ -155,16 +155,18 @@ def as_req(realm: str, nonce: int | None = None, now: float | None = None) -> by
 
 def krb_verdict(realm: str, answer: bytes) -> tuple[bool, str]:
     """Whether ``answer`` (without a stream's 4-byte length) shows a KDC serving ``realm``, and why."""
+    if not answer or answer[0] not in (0x6B, 0x7E):  # [APPLICATION 11] AS-REP, [APPLICATION 30] KRB-ERROR
+        return False, f"not a Kerberos answer (tag 0x{answer[0]:02x})" if answer else "empty Kerberos answer"
     try:
         tag, body, _ = _read(answer)
-        if tag == 0x6B:  # [APPLICATION 11] AS-REP
-            return True, "AS-REP"
-        if tag != 0x7E:  # [APPLICATION 30] KRB-ERROR
-            return False, f"not a Kerberos answer (tag 0x{tag:02x})"
         stag, seq, _ = _read(body)
         if stag != 0x30:
-            raise ValueError("KRB-ERROR is not a SEQUENCE")
+            raise ValueError("not a SEQUENCE")
         f = _fields(seq)
+        if tag == 0x6B:  # KDC-REP: pvno [0] 5, msg-type [1] 11
+            if f.get(0) != b"\x05" or f.get(1) != b"\x0b":
+                raise ValueError("AS-REP without pvno 5 and msg-type 11")
+            return True, "AS-REP"
         code = int.from_bytes(f[6], "big", signed=True) if 6 in f else None
         their_realm = f[9].decode("ascii", "replace") if 9 in f else ""
     except (ValueError, IndexError) as exc:
