@@ -424,3 +424,43 @@ def test_cpu_with_ten_haproxy_vips(lab: Lab) -> None:
         assert per_hour < 180, "more than 5 % of a core: a regression"
     finally:
         assert lab.stop_healthd() == 0
+
+
+def test_dns_watch_withdraws_when_the_answers_stop(lab: Lab) -> None:
+    """An anycast resolver: healthd's DNS query (not a tcp connect) decides. A stopped dnsmasq
+    (SIGSTOP: its port still accepts tcp connections) is withdrawn; a tcp watch on the same
+    port keeps announcing. SIGCONT brings it back."""
+    dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    if not os.path.exists(dnsmasq):
+        pytest.skip("dnsmasq is not installed (bash .ci/setup installs dnsmasq-base)")
+    tcp_vip = CPU_VIPS[0]
+    resolver = lab.spawn(lab.a, [dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                                 "--no-hosts", "--pid-file=", "--port=5353", f"--listen-address={KDC}",
+                                 "--bind-interfaces", "--host-record=www.example.org,192.0.2.80", "--user=root"],
+                         "dnsmasq.log")
+    timers = {"interval_ms": 200, "timeout_ms": 200, "rise": 2, "fall": 2}
+    lab.start_healthd([
+        {"prefix": f"{KDC}/32", "service": "resolver",
+         "watch": {"type": "dns", "address": KDC, "port": 5353, "name": "www.example.org", "qtype": "A", **timers}},
+        {"prefix": f"{tcp_vip}/32", "service": "resolver-tcp",
+         "watch": {"type": "tcp", "address": KDC, "port": 5353, **timers}},
+    ])
+    try:
+        wait_for("resolver VIP announced", lambda: lab.in_b_kernel(f"{KDC}/32"), timeout=5)
+        wait_for("tcp-watched VIP announced", lambda: lab.in_b_kernel(f"{tcp_vip}/32"), timeout=5)
+        assert "NOERROR" in lab.state()["prefixes"][f"{KDC}/32"]["reason"]
+        resolver.send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        took = time_until_gone(lab, f"{KDC}/32", start)
+        print(f"\nresolver stopped -> VIP gone from peer's kernel: {took * 1000:.0f} ms (interval 200 ms, fall 2)")
+        assert "no answer in 200 ms" in lab.state()["prefixes"][f"{KDC}/32"]["reason"]
+        time.sleep(1.0)   # five more rounds: the tcp watch still sees an open port
+        assert lab.in_b_kernel(f"{tcp_vip}/32"), "a tcp connect does not notice a resolver that stopped answering"
+        resolver.send_signal(signal.SIGCONT)
+        wait_for("resolver VIP back", lambda: lab.in_b_kernel(f"{KDC}/32"), timeout=5)
+    finally:
+        if resolver.poll() is None:
+            resolver.send_signal(signal.SIGCONT)
+            resolver.kill()
+            resolver.wait(timeout=5)
+        assert lab.stop_healthd() == 0
