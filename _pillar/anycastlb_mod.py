@@ -46,7 +46,19 @@ def __virtual__() -> str | tuple[bool, str]:
     return __virtualname__
 
 
+def _gpg_decrypt(store: dict[str, Any]) -> Any:
+    """Decrypt the PGP messages among the store's values with Salt's own GPG renderer (the
+    master's ``gpg_keydir``), the convention of ``#!yaml|gpg`` pillar files."""
+    import salt.loader  # pylint: disable=import-outside-toplevel
+
+    return salt.loader.render(__opts__, __salt__)["gpg"](store)
+
+
 def ext_pillar(minion_id: str, pillar: dict[str, Any], catalog: str = "", secrets: str | None = None,
                service_mode: str | None = None) -> dict[str, Any]:
-    """The minion's ``anycastlb`` pillar; for the catalog's nodes raises ``CatalogRefused`` on a bad catalog."""
-    return node_pillar(minion_id, catalog, secrets=secrets, service_mode=service_mode, report=log.error)
+    """The minion's ``anycastlb`` pillar; for the catalog's nodes raises ``CatalogRefused`` on a bad catalog.
+
+    A secrets file starting with ``#!yaml|gpg`` has its values decrypted here, on the master.
+    """
+    return node_pillar(minion_id, catalog, secrets=secrets, service_mode=service_mode, report=log.error,
+                       decrypt=_gpg_decrypt)

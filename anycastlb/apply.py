@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .render import DaemonSpec, RenderedFile, confine, daemon, under
+from .secrets import MASK, mask
 
 
 @dataclass
@@ -84,12 +85,7 @@ def plan(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any], root:
         if old == f.content and _mode(target) == f.mode and (not f.group or _same_owner(target, f.group)):
             continue
         writes.append(f)
-        if f.secret:
-            diffs[f.path] = "(secret file changed: diff hidden)"
-        else:
-            diffs[f.path] = "".join(difflib.unified_diff(
-                (old or "").splitlines(keepends=True), f.content.splitlines(keepends=True),
-                fromfile=f"{f.path} (live)" if old is not None else "/dev/null", tofile=f"{f.path} (new)"))
+        diffs[f.path] = _diff(spec, f, old, _mode(target), secrets)
     removes = []
     for pattern in spec.owned:
         for path in sorted(glob.glob(under(root, pattern))):
@@ -97,6 +93,31 @@ def plan(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any], root:
                 removes.append(path)
                 diffs[path] = "(removed: no longer rendered)"
     return writes, removes, diffs
+
+
+def _diff(spec: DaemonSpec, f: RenderedFile, old: str | None, old_mode: int | None,
+          secrets: dict[str, Any]) -> str:
+    """The unified diff shown for one file; secret values never in it.
+
+    A file that holds a secret now *or held one before* (removing a BGP password must
+    not print the old one) is diffed only through its daemon's ``redact``, which masks
+    the values; without one only a note is shown. Every known secret value is masked
+    in any diff too.
+    """
+    was_secret = old_mode is not None and old_mode & 0o007 == 0
+    new, before = f.content, old or ""
+    note = ""
+    if f.secret or was_secret:
+        if spec.redact is None:
+            return "(secret file changed: diff hidden)"
+        new, before = spec.redact(new), spec.redact(before)
+        note = f"# {f.path} holds a secret: its values are shown as {MASK}\n"
+        if new == before:
+            return note + "(only a secret value or the file's mode changed)"
+    text = "".join(difflib.unified_diff(
+        before.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"{f.path} (live)" if old is not None else "/dev/null", tofile=f"{f.path} (new)"))
+    return note + mask(text, secrets)
 
 
 def stage_and_check(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any],
@@ -114,7 +135,7 @@ def stage_and_check(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, 
         for f in files:
             _write(confine(staging, f.path), f.content, f.mode, f.group)
         res = spec.check(staging, files)
-        return res.ok, f"{res.command}\n{res.output}".strip()
+        return res.ok, mask(f"{res.command}\n{res.output}".strip(), secrets)
 
 
 def _write(path: str, content: str, mode: int, group: str = "") -> None:
@@ -143,8 +164,18 @@ def apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | Non
     this host uses); it reloads (or starts) the daemon after a swap, and
     converges the host state that goes with the daemon (the VIPs on ``lo`` for
     ``healthd``). A reload the daemon refuses puts the previous files back (the
-    running daemon kept them) and fails.
+    running daemon kept them) and fails. Every secret value of ``secrets`` is
+    masked in the result's comment and changes.
     """
+    secrets = secrets or {"certificates": {}, "bgp_passwords": {}}
+    res = _apply_daemon(name, model, secrets, root=root, test=test, reload=reload, control=control)
+    res.comment, res.changes = mask(res.comment, secrets), mask(res.changes, secrets)
+    return res
+
+
+def _apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | None = None, root: str = "/",
+                 test: bool = False, reload: bool = True, control: Any = None) -> ApplyResult:
+    """The work of :func:`apply_daemon` (its result is masked there)."""
     from .render import RenderError
     from .service import ServiceError
 

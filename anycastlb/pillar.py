@@ -25,7 +25,7 @@ from typing import Any
 from .compiler import Fleet, compile_catalog
 from .errors import CatalogError, CatalogRefused
 from .loader import catalog_files, load_file
-from .secrets import load_secrets, slice_for
+from .secrets import Decrypt, load_secrets, slice_for
 
 #: The pillar key everything lives under.
 PILLAR_KEY = "anycastlb"
@@ -123,8 +123,9 @@ class FleetCache:
         self._good_nodes: dict[tuple[str, str | None], frozenset[str]] = {}
         self.compilations = 0
 
-    def get(self, catalog: str, secrets: str | None = None) -> Compiled:
-        """The fleet for these files, compiled at most once per change of the files."""
+    def get(self, catalog: str, secrets: str | None = None, decrypt: Decrypt | None = None) -> Compiled:
+        """The fleet for these files, compiled at most once per change of the files (``decrypt``:
+        see :func:`anycastlb.secrets.load_secrets`)."""
         with self._lock:
             good = self._good_nodes.get((catalog, secrets), frozenset())
             try:
@@ -136,7 +137,7 @@ class FleetCache:
                 return entry
             self.compilations += 1
             try:
-                store = load_secrets(secrets) if secrets else None
+                store = load_secrets(secrets, decrypt) if secrets else None
                 fleet = compile_catalog(catalog, secrets=store)
                 entry = Compiled(key, fleet, store, None, frozenset(fleet.nodes))
                 self._good_nodes[(catalog, secrets)] = entry.nodes
@@ -161,7 +162,7 @@ def _refuse(where: str, message: str) -> CatalogRefused:
 
 def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
                 service_mode: str | None = None, cache: FleetCache = CACHE,
-                report: Callable[[str], None] | None = None) -> dict[str, Any]:
+                report: Callable[[str], None] | None = None, decrypt: Decrypt | None = None) -> dict[str, Any]:
     """``{"anycastlb": model + {"secrets": values}}`` for a minion the catalog names, else ``{}``.
 
     ``model["secrets"]`` (the names) is replaced by the values this node uses, and
@@ -169,13 +170,14 @@ def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
     :class:`CatalogRefused` with every error for the catalog's own nodes only: a
     refused catalog deploys nothing anywhere, and the master's other minions get
     ``{}`` and keep working. ``report`` is called once per refusal with its text
-    (the adapter logs it), so the refusal is never silent on the master.
+    (the adapter logs it), so the refusal is never silent on the master. ``decrypt``
+    decrypts a ``#!yaml|gpg`` secrets file (the adapter passes Salt's GPG renderer).
     """
     if not catalog:
         if report is not None:
             report("ext_pillar anycastlb needs 'catalog: <file or directory>': no minion gets anycastlb data")
         return {}
-    compiled = cache.get(str(catalog), str(secrets) if secrets else None)
+    compiled = cache.get(str(catalog), str(secrets) if secrets else None, decrypt)
     if service_mode is not None and service_mode not in SERVICE_MODES:
         refused = _refuse("master config", f"service_mode {service_mode!r} is not one of {', '.join(SERVICE_MODES)}")
         if minion_id in compiled.nodes:

@@ -110,6 +110,9 @@ class DaemonSpec:
     owned: tuple[str, ...] = ()
     binary: str = ""
     packages: tuple[str, ...] = field(default_factory=tuple)
+    #: Masks the secret values in one of its secret files (``password "**********"``), so its
+    #: diff can be shown; a secret file of a daemon without one is never diffed.
+    redact: Callable[[str], str] | None = None
 
 
 def run_checker(cmd: list[str], timeout: float = 60) -> CheckResult:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from typing import Any
 
 from ..paths import DIRECT
+from ..secrets import MASK
+from . import quote
 from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, run_checker,
                template_file, under)
 
@@ -44,7 +47,12 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
             if nb["password"] not in passwords:
                 raise RenderError(f"bird: BGP password {nb['password']!r} (neighbour {nb['name']}) "
                                   "is not in the secrets")
-            nb["password_value"] = str(passwords[nb["password"]])
+            value = str(passwords[nb["password"]])
+            try:
+                nb["password_value"] = quote.bird(value)
+            except RenderError:  # the message would print the value: name the password instead
+                raise RenderError(f"BGP password {nb['password']!r} holds a double quote or a control character, "
+                                  "which a BIRD string cannot carry") from None
             secret = True
         else:
             nb["password_value"] = None
@@ -78,8 +86,17 @@ def check(staging: str, files: list[RenderedFile]) -> CheckResult:
     return run_checker(cmd)
 
 
+_PASSWORD = re.compile(r'^(\s*password\s+)"[^"\n]*"', re.M)
+
+
+def redact(text: str) -> str:
+    """bird.conf with every BGP password replaced by the mask (for diffs)."""
+    return _PASSWORD.sub(lambda m: f'{m.group(1)}"{MASK}"', text)
+
+
 SPEC = register(DaemonSpec(
     name="bird",
+    redact=redact,
     wanted=lambda m: m.get("bgp") is not None,
     render=render,
     check=check,

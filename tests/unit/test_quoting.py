@@ -310,15 +310,32 @@ services:
 
 @pytest.mark.skipif(not all(shutil.which(b) for b in ("haproxy", "bird", "apache2", "nft")),
                     reason="needs the daemons' checkers")
-def test_former_crash_sites_render_and_pass_every_checker(tmp_path: Path) -> None:
+def test_former_crash_sites_are_refused_by_lint_or_render_and_pass_every_checker(tmp_path: Path) -> None:
+    """Each of these used to pass lint and crash render: now lint names file:line, or render copes."""
+    from anycastlb.errors import CatalogRefused
     cat = tmp_path / "catalog.yaml"
     cat.write_text(CRASHERS)
-    fleet = compile_catalog(cat)
+    try:
+        fleet = compile_catalog(cat)
+    except CatalogRefused as exc:
+        assert {e.name for e in exc.errors} <= {"tcpweb", "rootweb", "kdc"}
+        assert all(e.line and e.key for e in exc.errors), exc.summary()
+        return
     for nid, model in fleet.nodes.items():
         for name, (ok, out) in check_node(model).items():
             assert ok, f"{nid} {name}: {out}"
-    kdc = healthd.config(fleet.nodes["kdc1"])["announcements"][0]["watch"]
-    assert kdc["expect"] == "200-299"
+
+
+def test_the_renderers_cope_with_every_former_crash_form(fleet: dict[str, Any]) -> None:
+    """Whatever lint decides, the renderers take these forms without an exception."""
+    web = copy_model(fleet["web1"])
+    for health in (None, "/"):  # an apache service with a tcp check; the schema's default path
+        web["apache"]["vhosts"][0]["health_path"] = health
+        assert apache2.render(web, {}, "/")
+    kdc = copy_model(fleet["kdc1"])
+    kdc["health"]["announcements"][0]["watch"] = {"type": "http", "address": "192.0.2.88", "port": 88,
+                                                  "path": "/", "expect": "2xx"}
+    assert healthd.config(kdc)["announcements"][0]["watch"]["expect"] == "200-299"
 
 
 def test_cert_name_cannot_make_render_write_outside_its_tree(fleet: dict[str, Any], tmp_path: Path,
