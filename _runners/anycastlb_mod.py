@@ -10,9 +10,9 @@ are only Salt's side of it (``__opts__``, the LocalClient, the exit code).
 .. code-block:: bash
 
     salt-run anycastlb.lint                    # the master's catalog: ok, or every error
-    salt-run anycastlb.plan                    # the deploy order salt/orch/deploy.sls runs
+    salt-run anycastlb.plan                    # the deploy order salt/anycastlb/orch/deploy.sls runs
     salt-run anycastlb.mark_deployed           # record the catalog as deployed (plan compares with it)
-    salt-run state.orchestrate orch.deploy     # the rolling deploy itself
+    salt-run state.orchestrate anycastlb.orch.deploy     # the rolling deploy itself
     salt-run anycastlb.drain node=lb1          # withdraw, wait until the route reflectors agree
     salt-run anycastlb.undrain node=lb1        # announce again, wait until they carry it
     salt-run anycastlb.remember node=lb1       # in-place apply: what it announces now ...

@@ -17,7 +17,7 @@ def roster(fleet: Fleet, user: str = "root", priv: str | None = None, port: int 
     for nid in nodes or list(fleet.nodes):
         m = fleet.nodes[nid]
         opts: dict[str, Any] = {"id": nid}
-        if len(masters) == 1:  # salt/bootstrap/minion.sls points the new minion there
+        if len(masters) == 1:  # salt/anycastlb/bootstrap/minion.sls points the new minion there
             opts["anycastlb_master"] = masters[0]
         entry: dict[str, Any] = {"host": m["address"], "user": user, "port": port, "minion_opts": opts}
         if priv:

@@ -6,7 +6,7 @@ catalog, IPv4 and IPv6, tcp, udp and https, from the lab's client (three loops) 
 the campus-only intranet, from a campus host (one loop). First a steady minute under the
 same load (the baseline: what fails when nothing changes), then the change, pushed the
 way an operator does it: ``git push`` of the catalog, the post-receive hook, the reactor,
-``orch.deploy`` (each LB node drained, applied, verified, undrained in turn).
+``anycastlb.orch.deploy`` (each LB node drained, applied, verified, undrained in turn).
 
 The change touches every daemon: a backend weight (HAProxy), a new http service with a
 new VIP (HAProxy, BIRD, healthd, nftables, apache2 vhosts on the backends, Icinga2) and
@@ -179,7 +179,7 @@ def main() -> int:
         names = [n for n in ops.orchestration_steps({"return": data}) if n.startswith(("drain", "undrain"))]
         print(f"drain always: {len(names)} drain/undrain steps", flush=True)
     print(f"\n{machine()}\n")
-    print(f"change {rev[:10]}: git push → orch.deploy {'succeeded' if ok else 'FAILED'} in {deploy:.1f} s; "
+    print(f"change {rev[:10]}: git push → anycastlb.orch.deploy {'succeeded' if ok else 'FAILED'} in {deploy:.1f} s; "
           f"api served after it: {served}")
     print("| phase | requests | failed |\n| --- | --- | --- |")
     print(f"| steady state, {a.baseline:.0f} s (baseline) | {steady['requests']} | {steady['failed']} |")

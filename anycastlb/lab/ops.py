@@ -8,7 +8,7 @@
 * :func:`push_catalog`: what an operator does: clone, change, commit, push (inside the
   master node, so the hook reaches the master's event bus, as a push over SSH would).
 * :func:`forget_minion`, :func:`start_sshd`, :func:`salt_ssh_roster`, :func:`bootstrap`:
-  a node with no minion, brought into Salt by ``salt-ssh`` and ``salt/bootstrap/minion.sls``.
+  a node with no minion, brought into Salt by ``salt-ssh`` and ``salt/anycastlb/bootstrap/minion.sls``.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def repo_paths(lab: "Lab") -> tuple[Path, Path]:
 
 HOOK = """#!/bin/sh
 # anycastlb lab: a push to {branch} tells the salt-master; its reactor brings the master's
-# checkout to the pushed commit and runs the rolling deploy (salt/reactor/catalog_changed.sls).
+# checkout to the pushed commit and runs the rolling deploy (salt/anycastlb/reactor/catalog_changed.sls).
 while read old new ref; do
   [ "$ref" = "refs/heads/{branch}" ] || continue
   {salt_run} --out=quiet event.send {tag} "{{\\"rev\\": \\"$new\\", \\"ref\\": \\"$ref\\"}}" \\
@@ -90,7 +90,7 @@ def make_catalog_repo(lab: "Lab") -> Path:
 
 def reactor_config() -> dict[str, Any]:
     """The master settings the reactor needs (see docs/operations.md)."""
-    reactor = ["salt://reactor/catalog_changed.sls"]
+    reactor = ["salt://anycastlb/reactor/catalog_changed.sls"]
     return {"reactor": [{EVENT_TAG: reactor}, {f"salt/netapi/hook/{EVENT_TAG}": reactor}]}
 
 
@@ -200,12 +200,12 @@ def bootstrap_pillar(lab: "Lab", node: str) -> dict[str, Any]:
 
 
 def bootstrap(lab: "Lab", node: str, timeout: float = 180.0) -> dict[str, Any]:
-    """``salt-ssh NODE state.apply bootstrap.minion`` from the master node; wait until NODE answers test.ping."""
+    """``salt-ssh NODE state.apply anycastlb.bootstrap.minion`` from the master node; wait until NODE answers test.ping."""
     t0 = time.monotonic()
     master = master_node(lab)
     lab.write_file(master, "/etc/salt/roster", salt_ssh_roster(lab, [node]))
     argv = [str(BIN / "salt-ssh"), "--roster-file=/etc/salt/roster", "--no-host-keys", "--out=json", "--static",
-            node, "state.apply", "bootstrap.minion", "pillar=" + json.dumps(bootstrap_pillar(lab, node))]
+            node, "state.apply", "anycastlb.bootstrap.minion", "pillar=" + json.dumps(bootstrap_pillar(lab, node))]
     r = lab.exec(master, argv, timeout=timeout)
     try:
         out = json.loads(r.stdout)[node]
@@ -215,7 +215,7 @@ def bootstrap(lab: "Lab", node: str, timeout: float = 180.0) -> dict[str, Any]:
     failed = [f"{s.get('__id__')}: {s.get('comment')}" for s in states.values()
               if isinstance(s, dict) and s.get("result") is False]
     if r.returncode != 0 or failed or not states:
-        raise OpsError(f"salt-ssh {node} state.apply bootstrap.minion failed (rc {r.returncode}): "
+        raise OpsError(f"salt-ssh {node} state.apply anycastlb.bootstrap.minion failed (rc {r.returncode}): "
                        f"{failed or out}")
     ssh_seconds = round(time.monotonic() - t0, 1)
     deadline = time.monotonic() + timeout
@@ -226,7 +226,7 @@ def bootstrap(lab: "Lab", node: str, timeout: float = 180.0) -> dict[str, Any]:
     return {"states": len(states), "salt_ssh_seconds": ssh_seconds, "seconds": round(time.monotonic() - t0, 1)}
 
 
-def orchestrate(lab: "Lab", mods: str = "orch.deploy", pillar: dict[str, Any] | None = None,
+def orchestrate(lab: "Lab", mods: str = "anycastlb.orch.deploy", pillar: dict[str, Any] | None = None,
                 timeout: float = 900) -> tuple[int, dict[str, Any], str]:
     """``salt-run state.orchestrate MODS`` on the master: (rc, parsed JSON, raw output)."""
     argv = [str(BIN / "salt-run"), "state.orchestrate", mods, "--out=json"]
@@ -251,13 +251,13 @@ def salt_run(lab: "Lab", *args: str, timeout: float = 300) -> tuple[int, Any, st
 
 
 class OrchestrationWatch:
-    """Follows the master's event bus for the reactor's ``orch.deploy`` run (start it before the push).
+    """Follows the master's event bus for the reactor's ``anycastlb.orch.deploy`` run (start it before the push).
 
     ``with OrchestrationWatch(lab) as w: push_catalog(...); ret = w.wait(400)`` returns the
     runner's return event (``ret["success"]``, ``ret["return"]``).
     """
 
-    def __init__(self, lab: "Lab", mods: str = "orch.deploy") -> None:
+    def __init__(self, lab: "Lab", mods: str = "anycastlb.orch.deploy") -> None:
         self.mods = mods
         self.proc = subprocess.Popen(
             lab.argv(master_node(lab), [str(BIN / "salt-run"), "state.event", "tagmatch=salt/run/*/ret",

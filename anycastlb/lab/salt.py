@@ -45,7 +45,8 @@ def master_config(lab: "Lab", address: str) -> dict:
         "interface": address,
         "ipv6": False,
         "auto_accept": True,
-        "file_roots": {"base": [str(lab.repo / "salt")]},
+        # the anycastlb states, and a site's top file as docs/install.md sets it up
+        "file_roots": {"base": [str(lab.repo / "salt"), str(lab.repo / "docs" / "examples" / "salt")]},
         # The lab's own site settings (packages are on the host already); see fleet.lab_pillar.
         "pillar_roots": {"base": [str(lab.statedir / "pillar")]},
         "module_dirs": [str(lab.repo)],

@@ -8,7 +8,7 @@
 - reading BIRD's and HAProxy's answers is :mod:`anycastlb.answers` (re-exported here).
 
 ``_runners/anycastlb_mod.py`` (the master side, over :class:`.master.Master`) and
-:mod:`anycastlb.minion` (the node side) are thin adapters; ``salt/orch/deploy.sls`` only
+:mod:`anycastlb.minion` (the node side) are thin adapters; ``salt/anycastlb/orch/deploy.sls`` only
 lays the plan out as states.
 
 The plan (:func:`plan`) is ordered so that no service loses its last announcer:

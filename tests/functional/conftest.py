@@ -21,7 +21,9 @@ def minion_opts(root: Path, minion_id: str, catalog: Path, secrets: Path | None,
     opts.update({
         "id": minion_id, "root_dir": str(root), "cachedir": str(root / "cache"),
         "pki_dir": str(root / "pki"), "extension_modules": str(root / "extmods"), "sock_dir": str(root / "sock"), "log_file": str(root / "minion.log"),
-        "file_client": "local", "file_roots": {"base": [str(REPO / "salt")]},
+        "file_client": "local",
+        # the anycastlb states, and the example site top file (docs/examples/salt/top.sls)
+        "file_roots": {"base": [str(REPO / "salt"), str(REPO / "docs" / "examples" / "salt")]},
         "pillar_roots": {"base": [str(root / "pillar")]},
         # one option per loader type: with module_dirs: [REPO] the repo root becomes an
         # execution-module dir, and the repo's pillar/ (example pillar roots) shadows _pillar

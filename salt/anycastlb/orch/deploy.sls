@@ -1,11 +1,11 @@
-{#- The rolling deploy: `salt-run state.orchestrate orch.deploy`.
+{#- The rolling deploy: `salt-run state.orchestrate anycastlb.orch.deploy`.
 
     The order and the actions come from the runner (`salt-run anycastlb.plan`, logic in
     anycastlb/orchestrate.py); this file only lays them out as states. Every state is
     failhard: the first failure stops the run, the remaining nodes are left untouched,
     and the failed state's id names the node and the step (`drain lb1`, `apply lb1` ...).
 
-    Optional pillar (salt-run state.orchestrate orch.deploy pillar='{...}'):
+    Optional pillar (salt-run state.orchestrate anycastlb.orch.deploy pillar='{...}'):
       anycastlb_deploy:
         timeout: 30        # seconds to wait for a drain, an undrain, a verify
         drain: auto        # auto: drain only nodes whose change may reach the routers
@@ -67,10 +67,11 @@ remember {{ node }}:
     - failhard: True
 {%- endif %}
 
+{#- Only the anycastlb states (salt/anycastlb/init.sls), never the site's highstate. #}
 apply {{ node }}:
   salt.state:
     - tgt: {{ node }}
-    - highstate: True
+    - sls: anycastlb
     - expect_minions: True
     - failhard: True
 {%- if opts.get('exclude') %}

@@ -1,7 +1,7 @@
 {#- Bootstrap a fresh node into Salt, over salt-ssh (no minion needed):
 
       anycastlb roster CATALOG --priv KEY > /etc/anycastlb/roster   # its own file, never /etc/salt/roster
-      salt-ssh --roster-file=/etc/anycastlb/roster NODE state.apply bootstrap.minion
+      salt-ssh --roster-file=/etc/anycastlb/roster NODE state.apply anycastlb.bootstrap.minion
 
     Installs salt-minion, writes /etc/salt/minion.d/anycastlb.conf (id = the minion id,
     master = the catalog's salt-master node) and starts the minion. The differences
@@ -42,7 +42,7 @@ anycastlb-bootstrap-config:
     - makedirs: True
     - mode: '0644'
     - contents: |
-        # managed by anycastlb (salt/bootstrap/minion.sls): this node's Salt minion
+        # managed by anycastlb (salt/anycastlb/bootstrap/minion.sls): this node's Salt minion
         {{ conf | yaml(False) | indent(8) }}
 
 anycastlb-bootstrap-minion-id:

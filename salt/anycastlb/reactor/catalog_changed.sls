@@ -7,7 +7,7 @@
 anycastlb-catalog-changed:
   runner.state.orchestrate:
     - args:
-      - mods: orch.deploy
+      - mods: anycastlb.orch.deploy
       - pillar:
           anycastlb_deploy:
             rev: "{{ rev }}"
