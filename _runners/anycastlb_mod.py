@@ -12,6 +12,7 @@ are only Salt's side of it (``__opts__``, the LocalClient, the exit code).
     salt-run anycastlb.lint                    # the master's catalog: ok, or every error
     salt-run anycastlb.plan                    # the deploy order salt/anycastlb/orch/deploy.sls runs
     salt-run anycastlb.mark_deployed           # record the catalog as deployed (plan compares with it)
+    salt-run anycastlb.lock / anycastlb.unlock  # one deploy at a time (orch.deploy takes and gives it back)
     salt-run state.orchestrate anycastlb.orch.deploy     # the rolling deploy itself
     salt-run anycastlb.drain node=lb1          # withdraw, wait until the route reflectors agree
     salt-run anycastlb.undrain node=lb1        # announce again, wait until they carry it
@@ -239,3 +240,48 @@ def checkout(rev: str = "", remote: str = "origin") -> dict[str, Any]:
         salt-run anycastlb.checkout rev=4f1c2a9
     """
     return _done(_master().checkout(str(rev or ""), remote))
+
+
+# ----------------------------------------------------------------- one deploy at a time
+
+
+def lock(max_age: float = 4 * 3600) -> dict[str, Any]:
+    """
+    Take the deploy lock for the process running this orchestration (``anycastlb.orch.deploy``
+    does it first). Refused, with the running deploy's start time and PID, while another
+    deploy holds it; a lock whose process is gone, or older than ``max_age`` seconds, is free.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.lock
+    """
+    from anycastlb import deploylock
+
+    try:
+        me = deploylock.acquire(__opts__["cachedir"], max_age=max_age)
+    except deploylock.DeployLocked as exc:
+        return _done({"result": False, "comment": str(exc)})
+    return _done({"result": True, "comment": f"deploy lock taken: {me.describe()}"})
+
+
+def unlock(force: bool = False) -> dict[str, Any]:
+    """
+    Give the deploy lock back (the orchestration's last state). ``force=True`` frees a
+    lock held by another process: only when that deploy is known to be gone.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.unlock force=True
+    """
+    from anycastlb import deploylock
+
+    try:
+        held = deploylock.release(__opts__["cachedir"], force=force)
+    except deploylock.DeployLocked as exc:
+        return _done({"result": False, "comment": str(exc)})
+    return _done({"result": True, "comment": f"deploy lock given back: {held.describe()}" if held
+                  else "the deploy lock was free"})

@@ -19,6 +19,17 @@
 {%- set timeout = opts.get('timeout', 30) %}
 {%- set only = opts.get('nodes', []) %}
 {%- set rev = opts.get('rev') %}
+{#- One deploy at a time: the lock is taken while this file renders (before the checkout
+    and the plan) by the process that runs the orchestration, and given back by the last
+    state. A deploy that stops on a failure frees it when its process ends. #}
+{%- set lock = salt['saltutil.runner']('anycastlb.lock') %}
+{%- set locked = lock is mapping and lock.get('result') %}
+
+deploy lock:
+  test.{{ 'succeed' if locked else 'fail' }}_without_changes:
+    - name: "{{ (lock.get('comment') if lock is mapping else lock) | string | replace('"', "'") }}"
+    - failhard: True
+{%- if locked %}
 {%- if rev is not none %}
 {#- From the reactor (a push or your CI): bring the master's catalog checkout to the pushed
     commit first, so that the plan and the pillar are the new catalog's. #}
@@ -113,4 +124,10 @@ mark deployed:
     - from_plan: True
     - failhard: True
 {%- endif %}
+{%- endif %}
+
+deploy unlock:
+  salt.runner:
+    - name: anycastlb.unlock
+    - order: last
 {%- endif %}
