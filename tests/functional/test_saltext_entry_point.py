@@ -7,6 +7,9 @@ registers the entry point, as ``pip install anycastlb`` does).
 from __future__ import annotations
 
 import filecmp
+import json
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -56,3 +59,20 @@ def test_pillar_compiles_through_the_entry_point_module(bare_opts):
     pillar = salt.pillar.get_pillar(bare_opts, {}, "lb1", saltenv="base").compile_pillar()
     assert "_errors" not in pillar, pillar.get("_errors")
     assert pillar["anycastlb"]["node"] == "lb1"
+
+
+def test_sync_all_finds_the_modules_in_the_documented_file_roots(tmp_path):
+    """docs/install.md without the entry point: file_roots = the repo's salt/, then saltutil.sync_all."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "minion").write_text(f"root_dir: {tmp_path / 'root'}\nfile_client: local\nid: probe\n"
+                                 f"file_roots: {{base: [{REPO / 'salt'}]}}\n")
+    salt_call = Path(sys.executable).with_name("salt-call")
+    proc = subprocess.run([str(salt_call), "-c", str(conf), "--local", "--out=json", "saltutil.sync_all"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    synced = json.loads(proc.stdout)["local"]
+    for kind in ("modules", "states", "pillar"):
+        assert f"{kind}.anycastlb_mod" in synced[kind], synced
+    extmods = next((tmp_path / "root").rglob("extmods"))
+    assert (extmods / "modules" / "anycastlb_mod.py").is_file()
