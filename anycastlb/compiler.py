@@ -1097,7 +1097,12 @@ class _Builder:
         rule("ssh from management", "tcp", [SSH_PORT], mgmt or ["any"], own)
         if "salt-master" in model["roles"]:
             minions = [a for x in sorted(self.nodes) for a in self.addrs(x)]
+            sm = self.nodes[nid].salt or S.SaltMaster()
             rule("salt from management and minions", "tcp", SALT_PORTS, mgmt + minions, own)
+            if sm.minion_networks:  # the master's other minions (a shared master)
+                rule("salt from minion networks", "tcp", SALT_PORTS, sm.minion_networks, own)
+            if sm.api is not None:
+                rule("salt-api", "tcp", [sm.api.port], sm.api.sources or mgmt or ["any"], own)
         bgp = model["bgp"]
         if bgp is not None:
             by_name: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -337,6 +337,41 @@ NodeFirewallField = Annotated[NodeFirewall | None, BeforeValidator(_node_firewal
 NodeRole = Literal["salt-master", "route-reflector", "monitoring"]
 
 
+def _prefixes(v: list[str]) -> list[str]:
+    out = []
+    for i, item in enumerate(v):
+        try:
+            out.append(str(parse_net(item)))
+        except ValueError:
+            raise ValueError(f"[{i}]: {str(item)[:50]!r} is not a network prefix such as 10.0.0.0/8") from None
+    return out
+
+
+class SaltApi(Strict):
+    """salt-api on the salt-master node: its port is opened to ``sources``."""
+
+    port: PortNumber = Field(8000, description="the port rest_cherrypy (or rest_tornado) listens on")
+    sources: StrList = Field([], description="prefixes that may call it (default: management)")
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        return _prefixes(v)
+
+
+class SaltMaster(Strict):
+    """The Salt master's own needs on its node's firewall (role salt-master only)."""
+
+    minion_networks: StrList = Field([], description="prefixes of the master's other minions (4505/4506 are "
+                                                     "open to management and the catalog's nodes anyway)")
+    api: SaltApi | None = Field(None, description="salt-api, when it runs (its port is opened)")
+
+    @field_validator("minion_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        return _prefixes(v)
+
+
 class Node(Strict):
     """A managed host, keyed by its Salt minion id."""
 
@@ -346,6 +381,13 @@ class Node(Strict):
     state: State = "active"
     firewall: NodeFirewallField = Field(
         None, description="extra accept rules of this node, or 'unmanaged': no ruleset is rendered or loaded")
+    salt: SaltMaster | None = Field(None, description="role salt-master: minion networks and salt-api")
+
+    @model_validator(mode="after")
+    def _salt_only_on_the_master(self) -> "Node":
+        if self.salt is not None and "salt-master" not in self.roles:
+            raise ValueError("salt: only a node with role salt-master takes it")
+        return self
 
 
 class PeerBfd(Strict):
