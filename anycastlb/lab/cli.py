@@ -28,8 +28,10 @@ DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "examples" / "campus.yam
 
 
 def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Path | None = None,
-           salt: bool = True, out=sys.stdout, apply_states: bool = True, init: str = "direct") -> Lab:
-    """Build network, filesystems, responders, peer BIRD and (optionally) Salt; tear down on failure.
+           salt: bool = True, out=sys.stdout, apply_states: bool = True, init: str = "direct",
+           peer: str = "bird") -> Lab:
+    """Build network, filesystems, responders, peer routers (BIRD, or FRR with ``peer="frr"``) and
+    (optionally) Salt; tear down on failure.
 
     ``init="systemd"``: every catalog node boots systemd (:mod:`anycastlb.lab.machine`) and
     runs Salt and the daemons from units, as a production host does.
@@ -48,8 +50,9 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
         for host, (tcp, udp) in ports.items():
             start_responder(lab, host, tcp, udp)
             print(f"responder on {host}: tcp {tcp} udp {udp}", file=out)
-        for peer, pid in start_peers(lab).items():
-            print(f"BIRD on peer {peer}: pid {pid}", file=out)
+        lab.meta["peer_router"] = peer
+        for name, pid in start_peers(lab, peer).items():
+            print(f"{'FRR' if peer == 'frr' else 'BIRD'} on peer {name}: pid {pid}", file=out)
         if salt:
             fleet = compile_catalog(catalog)
             make_secrets(lab.statedir, fleet)
@@ -87,7 +90,7 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
 
 @contextlib.contextmanager
 def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", restart_minions: bool = False,
-                  salt: bool = True, init: str = "direct") -> Iterator[Lab]:
+                  salt: bool = True, init: str = "direct", peer: str = "bird") -> Iterator[Lab]:
     """``lab up`` of a copy of ``catalog`` in its own ``/var/tmp/aclb-<tag>-*`` (prefix
     ``aclb<tag[:3]><hex4>``) for the duration of the block, torn down after it, also on
     SIGTERM/SIGHUP. The lab carries ``up_seconds`` and ``up_output`` (what ``lab up`` printed).
@@ -101,7 +104,7 @@ def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", resta
     t0 = time.monotonic()
     try:
         lab = lab_up(copy, prefix=f"aclb{tag[:3]}{secrets.token_hex(2)}", statedir=work / "state", out=out,
-                     salt=salt, init=init)
+                     salt=salt, init=init, peer=peer)
     except BaseException:
         print(out.getvalue()[-3000:], file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
@@ -123,7 +126,8 @@ def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", resta
 
 def _cmd_up(a: argparse.Namespace) -> int:
     try:
-        lab_up(a.catalog, a.prefix, a.statedir, salt=not a.no_salt, apply_states=not a.no_apply, init=a.init)
+        lab_up(a.catalog, a.prefix, a.statedir, salt=not a.no_salt, apply_states=not a.no_apply, init=a.init,
+               peer=a.peer)
     except LabError as exc:
         print(f"anycastlb lab up: {exc}", file=sys.stderr)
         return 1
@@ -184,6 +188,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--init", choices=("direct", "systemd"), default="direct",
                    help="direct: daemons run in per-node namespaces (default); systemd: every node boots "
                         "systemd as PID 1 (systemd-nspawn) and runs them from units")
+    p.add_argument("--peer", choices=("bird", "frr"), default="bird",
+                   help="the peer routers' software (default %(default)s; frr: zebra, bfdd, bgpd)")
     p.set_defaults(func=_cmd_up)
     common(sub.add_parser("down", help="tear the lab down")).set_defaults(func=_cmd_down)
     p = common(sub.add_parser("status", help="per service VIP and port: reachable, announced by, backends, checks"))

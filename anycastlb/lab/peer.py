@@ -1,14 +1,19 @@
-"""The catalog's ``peers``: BIRD 2 routers outside the fleet, fed by the route reflectors.
+"""The catalog's ``peers``: routers outside the fleet, fed by the route reflectors.
 
-Each peer runs ``bird -f`` in its namespace with eBGP sessions (its ``asn`` to the
-fleet's ``bgp.asn``) to every node with role ``route-reflector``, one over IPv4 and one
-over IPv6, receiving every path (``add paths rx``), importing only prefixes inside
-``vip_pools`` and installing them as ECMP routes (``merge paths on``). BFD uses the
-catalog's ``bgp.bfd`` timers. Its files live in ``<statedir>/peers/<name>/``.
+Each peer runs BIRD 2 (``bird -f``, the default) or FRR (``lab up --peer frr``: zebra,
+bfdd and bgpd) in its namespace with eBGP sessions (its ``asn`` to the fleet's
+``bgp.asn``) to every node with role ``route-reflector``, one over IPv4 and one over
+IPv6, receiving every path (add-path receive), importing only host routes inside
+``vip_pools`` and installing them as ECMP routes. BFD uses the catalog's ``bgp.bfd``
+timers. Its files live in ``<statedir>/peers/<name>/``. docs/routers.md shows both
+configurations for the campus catalog (a test keeps them equal to these renderers).
 """
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import pwd
 import re
 import subprocess
 import time
@@ -109,6 +114,131 @@ def render(cat: LabCatalog, peer: str, log: Path | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+FRR_DIR = "/usr/lib/frr"
+#: FRR's daemons in start order (bgpd and bfdd talk to zebra; bgpd asks bfdd for BFD sessions).
+FRR_DAEMONS = ("zebra", "bfdd", "bgpd")
+
+
+def render_frr(cat: LabCatalog, peer: str) -> dict[str, str]:
+    """FRR's configuration of peer router ``peer``: ``{daemon: config}`` for zebra, bfdd and bgpd."""
+    me = cat.peers[peer]
+    if cat.asn is None or me.asn is None:
+        raise ValueError("the lab's peers need bgp.asn and an asn on every peer")
+    pools = [ipaddress.ip_network(p) for p in cat.vip_pools]
+    bfd_int = duration_ms(cat.bfd.get("interval"), 100)
+    bfd_mult = int(cat.bfd.get("multiplier", 3))
+    head = [f"! anycastlb lab: peer router {peer} (AS {me.asn}); generated, do not edit", "frr defaults traditional",
+            f"hostname {peer}", "!"]
+    zebra = head[:]
+    bfdd = head + ["bfd", " profile fleet", f"  detect-multiplier {bfd_mult}", f"  receive-interval {bfd_int}",
+                   f"  transmit-interval {bfd_int}", " exit", "exit", "!"]
+    bgpd = head[:]
+    for p in pools:   # host routes inside vip_pools only
+        kw, plen = ("ip", 32) if p.version == 4 else ("ipv6", 128)
+        bgpd.append(f"{kw} prefix-list VIP_POOLS{p.version} permit {p} ge {plen}")
+    bgpd += ["!", "route-map FLEET_IN permit 10", " match ip address prefix-list VIP_POOLS4", "exit",
+             "route-map FLEET_IN permit 20", " match ipv6 address prefix-list VIP_POOLS6",
+             " set ipv6 next-hop prefer-global", "exit",
+             "route-map FLEET_OUT deny 10", "exit", "!",
+             f"router bgp {me.asn}", f" bgp router-id {me.address}", " no bgp default ipv4-unicast",
+             " timers bgp 2 6"]
+    sessions: list[tuple[str, int]] = []
+    for rr in cat.with_role("route-reflector"):
+        sessions.append((rr.address, 4))
+        if rr.address6 and me.address6:
+            sessions.append((rr.address6, 6))
+    for addr, _ in sessions:
+        bgpd += [f" neighbor {addr} remote-as {cat.asn}", f" neighbor {addr} bfd profile fleet",
+                 f" neighbor {addr} timers connect 2"]
+    for version, afi in ((4, "ipv4"), (6, "ipv6")):
+        members = [a for a, v in sessions if v == version]
+        if not members:
+            continue
+        bgpd += [" !", f" address-family {afi} unicast", "  maximum-paths 64"]
+        for addr in members:
+            bgpd += [f"  neighbor {addr} activate", f"  neighbor {addr} route-map FLEET_IN in",
+                     f"  neighbor {addr} route-map FLEET_OUT out"]
+        bgpd.append(" exit-address-family")
+    bgpd += ["exit", "!"]
+    return {"zebra": "\n".join(zebra) + "\n", "bfdd": "\n".join(bfdd) + "\n", "bgpd": "\n".join(bgpd) + "\n"}
+
+
+_FRR_ERRORS = re.compile(r"No such command|Command incomplete|Ambiguous command|Command not allowed|"
+                         r"processing failure|Invalid|[Ee]rror")
+
+
+def frr_check(daemon: str, conf: Path) -> str:
+    """``<daemon> -C -f CONF``; what it refused ('' if nothing). FRR exits 0 even on an unknown
+    command, so its messages are read."""
+    chk = subprocess.run([f"{FRR_DIR}/{daemon}", "-C", "-f", str(conf), "-u", "frr", "-g", "frr"],
+                         capture_output=True, text=True, timeout=30)
+    out = (chk.stdout + chk.stderr).strip()
+    bad = [line for line in out.splitlines() if _FRR_ERRORS.search(line)]
+    return "\n".join(bad) if bad or chk.returncode != 0 else ""
+
+
+def vtysh(lab: "Lab", peer: str, *commands: str, timeout: float = 10) -> str:
+    """Run ``vtysh -c CMD ...`` against ``peer``'s FRR and return its output."""
+    args = [a for c in commands for a in ("-c", c)]
+    r = subprocess.run(["vtysh", "--vty_socket", str(peer_dir(lab, peer)), *args], capture_output=True, text=True,
+                       timeout=timeout)
+    return r.stdout + r.stderr
+
+
+def bgp_paths(lab: "Lab", peer: str, prefix: str) -> list[str]:
+    """Next hops of every BGP path ``peer``'s FRR holds for ``prefix`` (``show bgp ... json``)."""
+    afi = "ipv6" if ":" in prefix else "ipv4"
+    out = vtysh(lab, peer, f"show bgp {afi} unicast {prefix} json")
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return []
+    hops = []
+    for path in data.get("paths", []):
+        for nh in path.get("nexthops", [])[:1]:
+            hops.append(nh.get("ip", ""))
+    return hops
+
+
+def start_frr_peer(lab: "Lab", peer: str, cat: LabCatalog | None = None, wait: float = 15.0) -> int:
+    """Write, check (``-C``) and start ``peer``'s FRR daemons; wait until bgpd answers; return bgpd's PID."""
+    cat = cat or load(lab.catalog)
+    d = peer_dir(lab, peer)
+    d.mkdir(parents=True, exist_ok=True)
+    frr = pwd.getpwnam("frr")
+    os.chown(d, frr.pw_uid, frr.pw_gid)   # FRR's daemons drop to user frr: sockets, pid files, logs
+    for parent in d.parents:   # ... and must traverse the lab's state dir (mkdtemp makes it 0700)
+        if parent in (Path("/var/tmp"), Path("/tmp")) or not str(parent).startswith(("/var/tmp/", "/tmp/")):
+            continue
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod((mode & 0o7777) | 0o011)
+    confs = render_frr(cat, peer)
+    pid = 0
+    for daemon in FRR_DAEMONS:
+        conf = d / f"{daemon}.conf"
+        conf.write_text(confs[daemon])
+        problems = frr_check(daemon, conf)
+        if problems:
+            raise RuntimeError(f"peer {peer}: {daemon} -C refused {conf}: {problems}")
+        argv = [f"{FRR_DIR}/{daemon}", "-f", str(conf), "-i", str(d / f"{daemon}.pid"), "-z", str(d / "zserv.api"),
+                "--vty_socket", str(d), "-u", "frr", "-g", "frr", "-P", "0", "--log", f"file:{d / daemon}.log"]
+        if daemon == "bfdd":
+            argv += ["--bfdctl", str(d / "bfdd.sock")]
+        pid = lab.spawn(peer, argv, f"frr-{daemon}")
+        deadline = time.monotonic() + wait
+        while not (d / f"{daemon}.vty").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"peer {peer}: FRR {daemon} did not start within {wait}s (see {d / daemon}.log)")
+            time.sleep(0.1)
+    deadline = time.monotonic() + wait
+    while "BGP router identifier" not in vtysh(lab, peer, "show bgp summary", timeout=5):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"peer {peer}: bgpd did not answer within {wait}s (see {d / 'bgpd.log'})")
+        time.sleep(0.2)
+    return pid
+
+
 def peer_dir(lab: "Lab", peer: str) -> Path:
     """Host-side directory of one peer's BIRD files."""
     return lab.statedir / "peers" / peer
@@ -141,7 +271,13 @@ def start_peer(lab: "Lab", peer: str, cat: LabCatalog | None = None, wait: float
     raise RuntimeError(f"peer {peer}: BIRD did not answer within {wait}s (see {d / 'bird.log'})")
 
 
-def start_peers(lab: "Lab") -> dict[str, int]:
-    """Start BIRD on every peer router of the lab; return their PIDs."""
+PEER_KINDS = ("bird", "frr")
+
+
+def start_peers(lab: "Lab", kind: str = "bird") -> dict[str, int]:
+    """Start BIRD (or FRR: ``kind="frr"``) on every peer router of the lab; return their (bgpd's) PIDs."""
+    if kind not in PEER_KINDS:
+        raise ValueError(f"unknown peer router {kind!r} ({', '.join(PEER_KINDS)})")
     cat = load(lab.catalog)
-    return {p: start_peer(lab, p, cat) for p in lab.peers}
+    start = start_frr_peer if kind == "frr" else start_peer
+    return {p: start(lab, p, cat) for p in lab.peers}
