@@ -16,6 +16,7 @@ import os
 import pwd
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,14 +165,20 @@ def render_frr(cat: LabCatalog, peer: str) -> dict[str, str]:
 
 
 _FRR_ERRORS = re.compile(r"No such command|Command incomplete|Ambiguous command|Command not allowed|"
-                         r"processing failure|Invalid|[Ee]rror")
+                         r"processing failure|Invalid|[Ee]rror|can't open|failed to open")
 
 
 def frr_check(daemon: str, conf: Path) -> str:
     """``<daemon> -C -f CONF``; what it refused ('' if nothing). FRR exits 0 even on an unknown
-    command, so its messages are read."""
-    chk = subprocess.run([f"{FRR_DIR}/{daemon}", "-C", "-f", str(conf), "-u", "frr", "-g", "frr"],
-                         capture_output=True, text=True, timeout=30)
+    command or a file it cannot open, so its messages are read; the check runs on a copy user
+    frr can read."""
+    with tempfile.TemporaryDirectory(prefix="aclb-frr-check-", dir="/tmp") as d:
+        os.chmod(d, 0o755)
+        copy = Path(d) / f"{daemon}.conf"
+        copy.write_text(Path(conf).read_text())
+        copy.chmod(0o644)
+        chk = subprocess.run([f"{FRR_DIR}/{daemon}", "-C", "-f", str(copy), "-u", "frr", "-g", "frr"],
+                             capture_output=True, text=True, timeout=30)
     out = (chk.stdout + chk.stderr).strip()
     bad = [line for line in out.splitlines() if _FRR_ERRORS.search(line)]
     return "\n".join(bad) if bad or chk.returncode != 0 else ""
