@@ -31,7 +31,7 @@ def lint(catalog: str, secrets: str | None = None) -> Lint:
     try:
         store = None
         if secrets:
-            from .secrets import load_secrets
+            from ..secrets import load_secrets
             store = load_secrets(secrets)
         fleet = compile_catalog(catalog, secrets=store)
     except CatalogRefused as exc:

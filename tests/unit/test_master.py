@@ -86,3 +86,9 @@ def test_unknown_node_and_plan_reports_out_at_once(master) -> None:
     assert m.drain("nosuch")["comment"] == "nosuch is not a node of the catalog"
     ret = m.plan(runtime=False)
     assert ret["result"] is True and ret["out_at_once"] and max(ret["out_at_once"].values()) <= 1
+
+
+def test_lint_reads_the_secrets_store_of_the_ext_pillar(tmp_path, campus_catalog, campus_secrets) -> None:
+    conf = config_of([{"anycastlb": {"catalog": str(campus_catalog), "secrets": str(campus_secrets)}}])
+    res = Master(conf, str(tmp_path), Minions({})).lint()
+    assert res.ok, res.errors
