@@ -133,12 +133,14 @@ def stage_and_check(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, 
                 os.remove(path)
         files = spec.render(model, secrets, staging)
         for f in files:
-            _write(confine(staging, f.path), f.content, f.mode, f.group)
+            write_file(confine(staging, f.path), f.content, f.mode, f.group)
         res = spec.check(staging, files)
         return res.ok, mask(f"{res.command}\n{res.output}".strip(), secrets)
 
 
-def _write(path: str, content: str, mode: int, group: str = "") -> None:
+def write_file(path: str, content: str, mode: int, group: str = "") -> None:
+    """Write ``content`` to ``path`` atomically: a temp file in the same directory, fsynced,
+    its mode (and ``group``, readable by it) set, then ``os.replace``; nothing is left on failure."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".aclb-", dir=os.path.dirname(path))
     try:
@@ -217,7 +219,7 @@ def _apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | No
                                       _group(confine(root, f.path))) for f in writes}
     backup.update({path: (_read(path), _mode(path), _group(path)) for path in removes})
     for f in writes:
-        _write(confine(root, f.path), f.content, f.mode, f.group)
+        write_file(confine(root, f.path), f.content, f.mode, f.group)
     for path in removes:
         os.remove(path)
     changes: dict[str, Any] = {"diff": diffs, **host}
@@ -253,7 +255,7 @@ def _restore(backup: dict[str, tuple[str | None, int | None, str]]) -> None:
             if os.path.exists(path):
                 os.remove(path)
         else:
-            _write(path, content, mode if mode is not None else 0o644, group)
+            write_file(path, content, mode if mode is not None else 0o644, group)
 
 
 def check_node(model: dict[str, Any], secrets: dict[str, Any] | None = None) -> dict[str, tuple[bool, str]]:

@@ -477,14 +477,3 @@ def parse_ip_routes(text: str, v6: bool = False) -> set[str]:
         if dst:
             out.add(str(ipaddress.ip_network(dst)))
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point ``anycastlb-healthd`` (see :mod:`anycastlb.healthd_main`)."""
-    from anycastlb.healthd_main import main as _main
-
-    return _main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

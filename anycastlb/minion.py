@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from .apply import ApplyResult, apply_daemon, stage_and_check
+from .poll import poll_until
 from .render import RenderedFile, RenderError, daemon, daemons
 from .service import ServiceControl
 
@@ -196,21 +197,21 @@ def set_drain(drained: bool, timeout: float = 10.0, config: str = HEALTHD_CONFIG
                           f"the node is {word} when it starts")
         return ret
     ret["healthd_pid"] = pid
+    def confirmed(doc: dict[str, Any] | None) -> bool:
+        if not doc or doc.get("pid") != pid or doc.get("drained") is not drained:
+            return False
+        return not drained or not any(s.get("announced") for s in (doc.get("prefixes") or {}).values())
+
     start = time.monotonic()
     os.kill(pid, signal.SIGUSR1)
-    doc: dict[str, Any] | None = None
-    while True:
-        doc = _read_json(state_file)
-        if doc and doc.get("pid") == pid and doc.get("drained") is drained:
-            announced = [p for p, s in (doc.get("prefixes") or {}).items() if s.get("announced")]
-            if not drained or not announced:
-                break
-        if time.monotonic() - start > timeout:
-            ret["comment"] = f"anycastlb-healthd (pid {pid}) did not report {word} within {timeout:g} s"
-            ret["state"] = doc
-            return ret
-        time.sleep(0.05)
-    ret.update(result=True, waited_ms=round((time.monotonic() - start) * 1000),
+    polled = poll_until(lambda: _read_json(state_file), confirmed, timeout, 0.05, since=start)
+    doc = polled.value
+    if not polled.done:
+        ret["comment"] = f"anycastlb-healthd (pid {pid}) did not report {word} within {timeout:g} s"
+        ret["state"] = doc
+        return ret
+    assert doc is not None
+    ret.update(result=True, waited_ms=polled.waited_ms,
                prefixes={p: s.get("announced") for p, s in sorted((doc.get("prefixes") or {}).items())},
                comment=f"{word}: anycastlb-healthd (pid {pid}) confirmed"
                        + ("; every announcement is withdrawn, BGP sessions stay up" if drained else ""))
@@ -286,16 +287,10 @@ def wait_routes(via: list[str], present: list[str] | None = None, timeout: float
     ``result`` False (with what is carried) when that did not happen within ``timeout``.
     """
     from .answers.bird import carried_via, parse_routes
-
-    start = time.monotonic()
     want = set(present or ())
-    while True:
-        carried = carried_via(parse_routes(birdc("show", "route", "all", socket=socket)), via)
-        done = want <= set(carried) if present is not None else not carried
-        waited = round((time.monotonic() - start) * 1000)
-        if done or time.monotonic() - start > timeout:
-            break
-        time.sleep(interval)
+    polled = poll_until(lambda: carried_via(parse_routes(birdc("show", "route", "all", socket=socket)), via),
+                        lambda c: want <= set(c) if present is not None else not c, timeout, interval)
+    carried, done, waited = polled.value, polled.done, polled.waited_ms
     what = f"every path of {', '.join(sorted(want))}" if present is not None else "no path"
     return {"result": done, "carried": carried, "waited_ms": waited,
             "comment": (f"carries {what} via {', '.join(via)} after {waited} ms" if done else
@@ -370,13 +365,8 @@ def verify(model: dict[str, Any], ctl: Any, pending: list[str] | None = None, ti
     session is Established, every apache2 vhost answers its health path — polled until true or
     ``timeout``. Backends in ``pending`` may be down (a note, not a failure).
     """
-    start = time.monotonic()
-    while True:
-        problems, notes = _verify_once(model, ctl, list(pending or ()))
-        waited = round((time.monotonic() - start) * 1000)
-        if not problems or time.monotonic() - start > timeout:
-            break
-        time.sleep(interval)
+    polled = poll_until(lambda: _verify_once(model, ctl, list(pending or ())), lambda pn: not pn[0], timeout, interval)
+    (problems, notes), waited = polled.value, polled.waited_ms
     checked = ", ".join(wanted(model)) or "no daemons"
     return {"result": not problems, "node": model["node"], "problems": problems, "notes": notes,
             "waited_ms": waited,

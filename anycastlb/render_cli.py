@@ -16,7 +16,7 @@ import sys
 import tempfile
 from typing import Any
 
-from .apply import _write, check_node
+from .apply import check_node, write_file
 from .compiler import compile_catalog
 from .render import RenderError, confine, daemons
 from .secrets import load_secrets, slice_for
@@ -71,7 +71,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                 failed += 1
                 continue
             for f, target in targets:
-                _write(target, f.content, f.mode)
+                write_file(target, f.content, f.mode)
                 print(f"{nid}: {spec.name}: {f.path}")
     return 1 if failed else 0
 

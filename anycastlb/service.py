@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -88,14 +87,25 @@ SERVICES: dict[str, Service] = {}
 
 
 def register_service(service: Service) -> Service:
-    """Add (or replace) a daemon's entry; renderer modules call this at import."""
+    """Add (or replace) a daemon's entry (this module's own daemons; the renderers' come
+    through :func:`services`)."""
     SERVICES[service.name] = service
     return service
 
 
+def services() -> dict[str, Service]:
+    """Every daemon's entry: this module's own, and the ``SERVICE`` the renderer modules declare
+    (loaded here, so no caller imports a renderer for its side effect)."""
+    from .render import daemons
+
+    daemons()  # fills the registries once (anycastlb.render._load_all)
+    return SERVICES
+
+
 def _healthd_argv() -> tuple[str, ...]:
-    exe = shutil.which("anycastlb-healthd")
-    return (exe,) if exe else (sys.executable, "-m", "anycastlb.healthd")
+    """The health agent under this Python (the one that imports anycastlb), as the systemd unit
+    runs it: no dependence on PATH or on an installed console script."""
+    return (sys.executable, "-m", "anycastlb.healthd_main")
 
 
 _D = DIRECT  # direct-mode paths; systemd mode uses the units' own (anycastlb/paths.py)
@@ -255,7 +265,7 @@ class ServiceControl:
 
     def _service(self, daemon: str) -> Service:
         try:
-            return SERVICES[daemon]
+            return services()[daemon]
         except KeyError:
             raise ServiceError(f"unknown daemon {daemon!r} (known: {', '.join(sorted(SERVICES))})") from None
 

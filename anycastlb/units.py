@@ -37,7 +37,7 @@ Type=simple
 # After a reboot lo has none of the VIPs (Salt puts them there when it applies): put the
 # announced ones back before anything is announced, or their traffic would be dropped.
 ExecStartPre={exe} -m anycastlb.units vips /etc/anycastlb/healthd.json
-ExecStart={exe} -m anycastlb.healthd --config /etc/anycastlb/healthd.json
+ExecStart={exe} -m anycastlb.healthd_main --config /etc/anycastlb/healthd.json
 ExecReload=/bin/kill -HUP $MAINPID
 # SIGTERM withdraws every route it installed before it exits.
 Restart=always
@@ -59,16 +59,17 @@ def unit_files(model: dict[str, Any], python: str | None = None) -> dict[str, st
 def enabled_units(model: dict[str, Any]) -> list[str]:
     """The units this node must have enabled, in apply order (``nftables`` is Debian's loader unit)."""
     from .render import daemons
-    from .service import SERVICES
+    from .service import services
 
+    known = services()
     out = []
     for spec in daemons():
         if not spec.wanted(model):
             continue
         if spec.name == "nftables":
             out.append("nftables.service")
-        elif spec.name in SERVICES and SERVICES[spec.name].unit:
-            out.append(SERVICES[spec.name].unit + ".service")
+        elif spec.name in known and known[spec.name].unit:
+            out.append(known[spec.name].unit + ".service")
     return out
 
 

@@ -34,14 +34,12 @@ class FaultError(RuntimeError):
 
 def pidfile(daemon: str) -> str:
     """The production pidfile of a daemon anycastlb runs (from the service registry)."""
-    import anycastlb.render.apache2  # noqa: F401  (registers apache2)
-    import anycastlb.render.icinga2  # noqa: F401  (registers icinga2)
-    from ..service import SERVICES
+    from ..service import services
 
     try:
-        return SERVICES[daemon].pidfile
+        return services()[daemon].pidfile
     except KeyError:
-        raise FaultError(f"unknown daemon {daemon!r} (known: {', '.join(sorted(SERVICES))})") from None
+        raise FaultError(f"unknown daemon {daemon!r} (known: {', '.join(sorted(services()))})") from None
 
 
 def host_path(lab: "Lab", node: str, path: str) -> Path:
@@ -135,7 +133,7 @@ def kill_daemon(lab: "Lab", node: str, daemon: str, wait: bool = True) -> Killed
 
 def control(lab: "Lab", node: str, verb: str, daemon: str, timeout: float = 60) -> str:
     """``ServiceControl().VERB(DAEMON)`` inside ``node``: the way anycastlb itself starts daemons."""
-    code = ("import sys, anycastlb.render.apache2, anycastlb.render.icinga2, anycastlb.render.nftables\n"
+    code = ("import sys\n"
             "from anycastlb.service import ServiceControl\n"
             "print(getattr(ServiceControl(), sys.argv[1])(sys.argv[2]))\n")
     r = lab.exec(node, [PYTHON, "-c", code, verb, daemon], timeout=timeout, cwd=str(lab.repo))
@@ -158,12 +156,12 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, every: flo
                since: float | None = None) -> float:
     """Poll ``cond`` until true; return the seconds it took (counted from the monotonic
     time ``since`` when given, e.g. :attr:`Killed.at`); raise FaultError naming ``what``."""
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise FaultError(f"{what} (waited {timeout:.0f} s)")
-        time.sleep(every)
-    return time.monotonic() - (t0 if since is None else since)
+    from ..poll import poll_until
+
+    polled = poll_until(cond, bool, timeout, every, since)
+    if not polled.done:
+        raise FaultError(f"{what} (waited {timeout:.0f} s)")
+    return polled.waited
 
 
 class BirdSocket:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..compiler import Fleet, compile_catalog
+from ..poll import poll_until
 from .salt import PYTHON, master_node, salt_cmd
 
 if TYPE_CHECKING:
@@ -118,15 +119,13 @@ def expected_announcers(fleet: Fleet) -> dict[str, list[str]]:
 
 def wait_converged(lab: "Lab", fleet: Fleet, timeout: float = 90.0) -> float:
     """Wait until every route reflector carries exactly the expected announcers; return seconds."""
-    t0 = time.monotonic()
     want = expected_announcers(fleet)
     rrs = [n for n, m in fleet.nodes.items() if "route-reflector" in m["roles"]]
-    got: dict[str, list[str]] = {}
-    while time.monotonic() - t0 < timeout:
-        if all((got := announcers(lab, fleet, rr)) == want for rr in rrs):
-            return round(time.monotonic() - t0, 1)
-        time.sleep(0.5)
-    raise FleetError(f"route reflectors did not converge in {timeout}s: want {want}, got {got}")
+    polled = poll_until(lambda: {rr: announcers(lab, fleet, rr) for rr in rrs},
+                        lambda got: all(g == want for g in got.values()), timeout, 0.5)
+    if not polled.done:
+        raise FleetError(f"route reflectors did not converge in {timeout}s: want {want}, got {polled.value}")
+    return round(polled.waited, 1)
 
 
 def _in_allow(addr: str, allow: list[str]) -> bool:
@@ -222,24 +221,18 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> float:
     if not mons:
         return 0.0
     t0 = time.monotonic()
-    states: dict[str, dict[str, str]] | None = {}
-    while time.monotonic() - t0 < timeout:
-        states = icinga_states(lab, fleet) or {}
-        if states and "livestatus" not in states:
-            break
-        time.sleep(1)
-    hosts = sorted({k.split("!")[0] for k in states or {}})
+    states = poll_until(lambda: icinga_states(lab, fleet) or {}, lambda st: st and "livestatus" not in st,
+                        timeout, 1.0).value
+    hosts = sorted({k.split("!")[0] for k in states})
     now = int(time.time())
     cmds = "".join(f"COMMAND [{now}] SCHEDULE_FORCED_HOST_SVC_CHECKS;{h};{now}\n\n" for h in hosts)
     for cmd in cmds.split("\n\n"):
         if cmd:
             lab.exec(mons[0], ["socat", "-t", "2", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"],
                      input=cmd + "\n\n", timeout=20)
-    while time.monotonic() - t0 < timeout:
-        states = icinga_states(lab, fleet) or {}
-        if states and all(v["state"] != "PENDING" for v in states.values()):
-            return round(time.monotonic() - t0, 1)
-        time.sleep(1)
+    poll_until(lambda: icinga_states(lab, fleet) or {},
+               lambda st: st and all(v["state"] != "PENDING" for v in st.values()),
+               max(timeout - (time.monotonic() - t0), 0.0), 1.0)
     return round(time.monotonic() - t0, 1)
 
 

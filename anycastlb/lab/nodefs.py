@@ -24,10 +24,6 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .core import Lab
 
 OVERLAYS = ("/etc", "/var/lib", "/var/cache", "/var/spool", "/var/www")
 BINDS = {"/run": "run", "/var/log": "log", "/var/cache/salt": "salt-cache"}
@@ -208,14 +204,3 @@ def nsenter_argv(netns: str, mnt: Path | None, uts: Path | None, argv: list[str]
     if mnt is not None:
         out += [f"--mount={mnt}", f"--uts={uts}"]
     return [*out, f"--wd={cwd}", "--", *argv]
-
-
-def node_exec(lab: "Lab", node: str, argv: list[str], **kw: object) -> subprocess.CompletedProcess:
-    """Run ``argv`` in ``node``'s network + mount namespaces (see :meth:`Lab.exec`)."""
-    return lab.exec(node, argv, **kw)  # type: ignore[arg-type]
-
-
-def node_spawn(lab: "Lab", node: str, argv: list[str], logfile: Path | None = None,
-               label: str | None = None) -> int:
-    """Start a long-running ``argv`` in ``node``; its PID goes into the lab's registry."""
-    return lab.spawn(node, argv, label or Path(argv[0]).name, logfile=logfile)

@@ -194,11 +194,3 @@ def start_salt(lab: "Lab", wait: float = 150.0) -> float:
         time.sleep(1.0)
     raise SaltBootstrapError(f"minions not answering after {wait}s: {sorted(want - got)} "
                              f"(logs in {lab.statedir / 'logs'} and <node>/log/salt/)")
-
-
-def _accepted(lab: "Lab", master: str) -> set[str]:
-    r = lab.exec(master, [str(BIN / "salt-key"), "-L", "--out=json"], timeout=30)
-    try:
-        return set(json.loads(r.stdout).get("minions", []))
-    except ValueError:
-        return set()

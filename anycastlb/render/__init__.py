@@ -192,7 +192,8 @@ ORDER = ("nftables", "apache2", "haproxy", "healthd", "bird", "icinga2")
 
 
 def register(spec: DaemonSpec) -> DaemonSpec:
-    """Add a daemon to the registry (called by each renderer module at import)."""
+    """Add a daemon to the registry (the renderers of :data:`_MODULES` are added by
+    :func:`_load_all`; this is for others, e.g. a test's)."""
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -225,10 +226,20 @@ _MODULES = ("haproxy", "bird", "healthd", "nftables", "apache2", "icinga2")
 
 @functools.lru_cache(maxsize=1)
 def _load_all() -> None:
+    """Fill the registries, explicitly: each renderer module of :data:`_MODULES` declares its
+    ``SPEC`` (and, for a daemon :mod:`anycastlb.service` does not define itself, its
+    ``SERVICE``); importing a renderer registers nothing."""
     import importlib
+
+    from ..service import SERVICES
     for mod in _MODULES:
         try:
-            importlib.import_module(f"{__name__}.{mod}")
+            m = importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{mod}":
                 raise
+            continue
+        _REGISTRY.setdefault(m.SPEC.name, m.SPEC)
+        service = getattr(m, "SERVICE", None)
+        if service is not None:
+            SERVICES.setdefault(service.name, service)

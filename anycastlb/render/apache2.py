@@ -30,8 +30,8 @@ import subprocess
 from typing import Any
 from urllib.parse import unquote
 
-from ..service import Service, register_service
-from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, template_file, under
+from ..service import Service
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, template_file, under
 from .quote import carry, request_target
 
 CONFDIR = "/etc/apache2"
@@ -43,9 +43,9 @@ MODULES = ("authz_core", "dir", "mime", "headers")
 #: How the service layer runs apache2 outside systemd: ``apache2ctl start`` (it sources
 #: /etc/apache2/envvars and forks); reload = SIGUSR1 to the parent, i.e. a graceful
 #: restart (``apache2ctl graceful``): running requests finish on the old children.
-SERVICE = register_service(Service(
+SERVICE = Service(
     name="apache2", unit="apache2", command=("apache2ctl", "start"), pidfile="/run/apache2/apache2.pid",
-    reload="SIGUSR1", dirs=("/run/apache2", "/var/log/apache2", "/var/lock/apache2")))
+    reload="SIGUSR1", dirs=("/run/apache2", "/var/log/apache2", "/var/lock/apache2"))
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -138,7 +138,7 @@ def check(staging: str, files: list[RenderedFile]) -> CheckResult:
     return CheckResult(proc.returncode == 0, cmd[-1], (proc.stdout + proc.stderr).strip())
 
 
-SPEC = register(DaemonSpec(
+SPEC = DaemonSpec(
     name="apache2",
     wanted=lambda model: bool(model.get("apache")),
     render=render,
@@ -152,4 +152,4 @@ SPEC = register(DaemonSpec(
            f"{WWW}/*/index.html"),
     binary="apache2",
     packages=("apache2",),
-))
+)

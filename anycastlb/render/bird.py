@@ -24,7 +24,7 @@ from typing import Any
 from ..paths import DIRECT
 from ..secrets import MASK
 from . import quote
-from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, run_checker,
+from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, run_checker,
                template_file, under)
 
 CONFIG = "/etc/bird/bird.conf"
@@ -94,7 +94,7 @@ def redact(text: str) -> str:
     return _PASSWORD.sub(lambda m: f'{m.group(1)}"{MASK}"', text)
 
 
-SPEC = register(DaemonSpec(
+SPEC = DaemonSpec(
     name="bird",
     redact=redact,
     wanted=lambda m: m.get("bgp") is not None,
@@ -102,4 +102,4 @@ SPEC = register(DaemonSpec(
     check=check,
     binary="bird",
     packages=("bird2",),
-))
+)

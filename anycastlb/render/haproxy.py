@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import httpstatus
 from ..paths import DIRECT
-from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, run_checker,
+from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, run_checker,
                template_file, under)
 from .quote import Quoted, carry, request_target, status_ranges
 
@@ -92,7 +92,7 @@ def check(staging: str, files: list[RenderedFile]) -> CheckResult:
     return run_checker(cmd)
 
 
-SPEC = register(DaemonSpec(
+SPEC = DaemonSpec(
     name="haproxy",
     wanted=lambda m: m.get("haproxy") is not None,
     render=render,
@@ -100,4 +100,4 @@ SPEC = register(DaemonSpec(
     owned=(f"{CERT_DIR}/anycastlb-*.pem",),
     binary="haproxy",
     packages=("haproxy",),
-))
+)

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from .. import httpstatus
-from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, under
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, under
 from .quote import carry, request_target, status_ranges, tojson
 from .bird import HEALTH_PROTO, HEALTH_TABLE
 from ..paths import for_mode
@@ -105,4 +105,4 @@ def wanted(model: dict[str, Any]) -> bool:
     return model.get("bgp") is not None and model["bgp"]["role"] == "speaker"
 
 
-SPEC = register(DaemonSpec(name="healthd", wanted=wanted, render=render, check=check))
+SPEC = DaemonSpec(name="healthd", wanted=wanted, render=render, check=check)

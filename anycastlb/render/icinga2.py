@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..plugins import DEPLOYED
-from ..service import Service, register_service
-from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, template_file, under
+from ..service import Service
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, template_file, under
 from . import quote
 from .. import httpstatus
 
@@ -52,11 +52,11 @@ RUNTIME_DIRS = {"DataDir": "/var/lib/icinga2", "CacheDir": "/var/cache/icinga2",
 #: How the service layer runs Icinga2 outside systemd: Debian's prepare-dirs (creates and
 #: chowns /run/icinga2 etc. for the nagios user), then ``icinga2 daemon -d``; reload =
 #: SIGHUP (Icinga2 validates the new config itself and keeps the old one if it fails).
-SERVICE = register_service(Service(
+SERVICE = Service(
     name="icinga2", unit="icinga2",
     command=("sh", "-c", "/usr/lib/icinga2/prepare-dirs /etc/default/icinga2 && "
                          "exec icinga2 daemon -d -e /var/log/icinga2/error.log"),
-    pidfile="/run/icinga2/icinga2.pid", reload="SIGHUP", log="/var/log/icinga2/error.log"))
+    pidfile="/run/icinga2/icinga2.pid", reload="SIGHUP", log="/var/log/icinga2/error.log")
 
 _PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -238,7 +238,7 @@ def check(staging: str, files: list[RenderedFile]) -> CheckResult:
     return CheckResult(proc.returncode == 0, " ".join(cmd), out.strip())
 
 
-SPEC = register(DaemonSpec(
+SPEC = DaemonSpec(
     name="icinga2",
     wanted=lambda model: bool(model.get("monitoring")),
     render=render,
@@ -248,4 +248,4 @@ SPEC = register(DaemonSpec(
     owned=(f"{OURS}/*.conf", f"{PLUGIN_DIR}/*"),
     binary="icinga2",
     packages=("icinga2", "monitoring-plugins"),
-))
+)

@@ -17,8 +17,8 @@ import shutil
 import subprocess
 from typing import Any
 
-from ..service import Service, register_service
-from . import CheckResult, DaemonSpec, RenderedFile, RenderError, register, renderer, template_file, under
+from ..service import Service
+from . import CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, template_file, under
 from .quote import Quoted, nft_comment, port
 
 PATH = "/etc/nftables.d/anycastlb.nft"
@@ -26,8 +26,8 @@ TABLE = "anycastlb"
 
 # There is no process: the kernel holds the ruleset. Loading the file replaces our table
 # whole; the probe exits 0 while our table is loaded.
-register_service(Service(name="nftables", unit="", command=("nft", "-f", PATH), paths=(PATH,), pidfile="",
-                         oneshot=True, probe=("nft", "list", "table", "inet", TABLE)))
+SERVICE = Service(name="nftables", unit="", command=("nft", "-f", PATH), paths=(PATH,), pidfile="",
+                  oneshot=True, probe=("nft", "list", "table", "inet", TABLE))
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -115,7 +115,7 @@ def check(staging: str, files: list[RenderedFile]) -> CheckResult:
     return CheckResult(proc.returncode == 0, " ".join(cmd), (proc.stdout + proc.stderr).strip())
 
 
-SPEC = register(DaemonSpec(
+SPEC = DaemonSpec(
     name="nftables",
     wanted=lambda model: bool(model.get("firewall")) and model["firewall"].get("managed", True),
     render=render,
@@ -123,4 +123,4 @@ SPEC = register(DaemonSpec(
     owned=(PATH,),
     binary="nft",
     packages=("nftables",),
-))
+)

@@ -40,7 +40,7 @@ def test_debian_haproxy_unit_matches_the_systemd_paths() -> None:
 def test_the_healthd_unit_and_what_a_node_enables(fleet: dict[str, Any]) -> None:
     files = units.unit_files(fleet["lb1"], python="/opt/aclb/bin/python")
     text = files["/etc/systemd/system/anycastlb-healthd.service"]
-    assert "ExecStart=/opt/aclb/bin/python -m anycastlb.healthd --config /etc/anycastlb/healthd.json" in text
+    assert "ExecStart=/opt/aclb/bin/python -m anycastlb.healthd_main --config /etc/anycastlb/healthd.json" in text
     assert "After=network-online.target nftables.service haproxy.service" in text
     assert "WantedBy=multi-user.target" in text and "Restart=always" in text
     assert units.enabled_units(fleet["lb1"]) == ["nftables.service", "haproxy.service",
@@ -53,7 +53,7 @@ def test_healthd_refuses_to_start_when_the_haproxy_paths_do_not_exist(fleet: dic
     doc = healthd_render.config({**fleet["lb1"], "service_mode": "systemd"}, root=str(tmp_path))
     cfg = tmp_path / "healthd.json"
     cfg.write_text(json.dumps(doc))
-    r = subprocess.run([sys.executable, "-m", "anycastlb.healthd", "--config", str(cfg)],
+    r = subprocess.run([sys.executable, "-m", "anycastlb.healthd_main", "--config", str(cfg)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert f"refusing to start: HAProxy pidfile {tmp_path}/run/haproxy.pid" in r.stderr
