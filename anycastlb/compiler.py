@@ -572,6 +572,9 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             err("check", "a udp-only anycast service needs check.dns, check.kerberos, check.tcp (with a port) "
                 "or check.http")
             ok = False
+    if m.check.unit is not None and m.mode != "anycast":
+        err("check.unit", "only an anycast service is watched by its unit (HAProxy watches the others)")
+        ok = False
     if m.check.http is not None and m.check.tcp is not None:
         err("check", "check has both http and tcp: set the one you do not want to null")
         ok = False
@@ -1077,6 +1080,8 @@ class _Builder:
                 tcp_ports = [p.port for p in svc.ports if p.protocol == "tcp"]
                 check = self.check_model(svc, tcp_ports[0] if tcp_ports else None)
                 check["address"] = v["address"]
+                if svc.model.check.unit:
+                    check["unit"] = svc.model.check.unit
                 anns.append({"prefix": v["prefix"], "services": [sname], "watch": check})
         return {"announcements": anns}
 

@@ -119,6 +119,7 @@ class TcpWatch:
     rise: int = 2
     fall: int = 3
     pidfile: str = ""
+    unit: str = ""  # a systemd service: its MainPID is watched like a pidfile's process
     type: str = "tcp"
 
 
@@ -136,6 +137,7 @@ class HttpWatch:
     rise: int = 2
     fall: int = 3
     pidfile: str = ""
+    unit: str = ""
     type: str = "http"
 
 
@@ -152,6 +154,7 @@ class DnsWatch:
     rise: int = 2
     fall: int = 3
     pidfile: str = ""
+    unit: str = ""
     type: str = "dns"
 
 
@@ -168,6 +171,7 @@ class KerberosWatch:
     rise: int = 2
     fall: int = 3
     pidfile: str = ""
+    unit: str = ""
     type: str = "kerberos"
 
 
@@ -280,6 +284,8 @@ def parse_watch(where: str, data: Any) -> Watch:
             args[key] = _token(at, value)
         elif key in ("pidfile", "stats_socket"):
             args[key] = _str(at, value)
+        elif key == "unit":
+            args[key] = _unit(at, value)
         elif key in ("frontends", "backends"):
             args[key] = _names(at, value)
         elif key == "address":
@@ -312,6 +318,16 @@ def parse_watch(where: str, data: Any) -> Watch:
     if kind == "http" and not args.get("path", "/").startswith("/"):
         raise ConfigError(f"{where}.path: must start with '/', not {args['path']!r}")
     return cls(**args)
+
+
+def _unit(where: str, value: Any) -> str:
+    """A systemd service unit name (the catalog's grammar, :data:`anycastlb.schema.UNIT_RE`)."""
+    import re
+
+    from .schema import UNIT_RE
+    if not isinstance(value, str) or not re.fullmatch(UNIT_RE, value):
+        raise ConfigError(f"{where}: must be a systemd service unit such as krb5-kdc.service, not {value!r}")
+    return value
 
 
 def parse_config(data: Any, source: str = "healthd.json") -> Config:

@@ -339,15 +339,57 @@ class PidTracker:
         return None
 
 
+class UnitTracker(PidTracker):
+    """Follows a systemd service's main process (its ``MainPID``) through a pidfd.
+
+    The pidfd withdraws the moment the process dies; while none is held (dead, restarting,
+    not started yet) every :meth:`refresh` asks systemd for the unit's MainPID again.
+    """
+
+    def __init__(self, unit: str, on_exit: Callable[[str], None]):
+        super().__init__(f"unit {unit}", unit, on_exit)
+        self.unit = unit
+
+    def _read_pid(self) -> int | None:
+        try:
+            r = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", self.unit], capture_output=True,
+                               text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        text = r.stdout.strip()
+        return int(text) if r.returncode == 0 and text.isdigit() and int(text) > 0 else None
+
+    def refresh(self) -> str | None:
+        """The reason the unit's main process is not alive, or None (a held pidfd needs no question)."""
+        if self.pidfd is not None:
+            return None
+        pid = self._read_pid()
+        self.pid = pid
+        if pid is None:
+            self.dead_reason = f"{self.unit} has no main process"
+            return self.dead_reason
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.dead_reason = f"{self.unit} main pid {pid} is not running"
+            return self.dead_reason
+        asyncio.get_running_loop().add_reader(self.pidfd, self._exited)
+        self.dead_reason = None
+        log.info("watching %s main pid %d", self.unit, pid)
+        return None
+
+
 class ProbeWatcher:
-    """A tcp or http watch for one prefix (and the pid of its server, if a pidfile is given)."""
+    """A tcp or http watch for one prefix (and its server's process: a pidfile's, or a unit's MainPID)."""
 
     def __init__(self, ann: Announcement):
         self.ann = ann
         self.watch = ann.watch
         assert isinstance(self.watch, (TcpWatch, HttpWatch, DnsWatch, KerberosWatch))
         self._report: Report | None = None
-        self.pid = PidTracker(self.watch.pidfile, "server", self._on_exit) if self.watch.pidfile else None
+        self.pid: PidTracker | None = (
+            PidTracker(self.watch.pidfile, "server", self._on_exit) if self.watch.pidfile
+            else UnitTracker(self.watch.unit, self._on_exit) if self.watch.unit else None)
 
     def _on_exit(self, reason: str) -> None:
         if self._report:

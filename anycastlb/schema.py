@@ -32,6 +32,9 @@ WILDCARD_HOSTNAME_RE = rf"\A(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\Z"
 URI_PATH_RE = r"\A(?:/[A-Za-z0-9._~!*+,;=:@-]*)+\Z"
 #: An HTTP status: a code, ``2xx``, or a range ``200-299``.
 STATUS_RE = r"\A(?:[1-5][0-9][0-9]|[1-5]xx|[1-5][0-9][0-9]-[1-5][0-9][0-9])\Z"
+#: A systemd service unit (``check.unit``): letters, digits and ``:_.-``, an optional template
+#: instance after ``@``, then ``.service`` (no escapes, no path, nothing to quote).
+UNIT_RE = r"\A[A-Za-z0-9][A-Za-z0-9:_.-]{0,200}(?:@[A-Za-z0-9:_.-]{1,40})?\.service\Z"
 #: Free text (descriptions): printable characters, no line break or control character.
 TEXT_MAX = 200
 
@@ -59,6 +62,8 @@ def js_pattern(regex: str) -> str:
 Name = _grammar(NAME_RE, "a name (a letter or digit, then letters, digits, '.', '_', '-')", "web-1", 63)
 Hostname = _grammar(HOSTNAME_RE, "a host name (RFC 1123)", "www.example.org", 253)
 WildcardHostname = _grammar(WILDCARD_HOSTNAME_RE, "a host name or *.host name", "*.example.org", 253)
+ServiceUnit = _grammar(UNIT_RE, "a systemd service unit (name.service or name@instance.service)",
+                       "krb5-kdc.service", 255)
 
 
 def _uri_path(value: str) -> str:
@@ -685,6 +690,8 @@ class Check(Strict):
     rise: int = Field(2, ge=1, le=100)
     fall: int = Field(3, ge=1, le=100)
     timeout: Annotated[Duration, AfterValidator(_at_least(10))] | None = None
+    unit: ServiceUnit | None = Field(None, description="anycast services: the service's systemd unit; "
+                                     "healthd withdraws the moment its main process dies")
 
 
 class Tls(Strict):

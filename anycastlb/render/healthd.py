@@ -28,7 +28,7 @@ DRAIN_FILE = "/var/lib/anycastlb/drain"
 LOG_FILE = "/var/log/anycastlb/healthd.log"
 HAPROXY_INTERVAL_MS = 100
 
-_TIMERS = ("interval_ms", "timeout_ms", "rise", "fall")
+_TIMERS = ("interval_ms", "timeout_ms", "rise", "fall", "unit")  # unit: check.unit, the server's systemd unit
 _PROBE_KEYS = {"tcp": ("address", "port") + _TIMERS,
                "http": ("address", "port", "path", "host", "expect") + _TIMERS,
                "dns": ("address", "port", "name", "qtype") + _TIMERS,

@@ -126,3 +126,43 @@ def test_a_rebooted_node_comes_back_by_itself_and_the_vips_lose_no_request(lab):
     # announced only once healthy: healthd's first verdict is "checking" (withdrawn), then announced
     log = lab.exec("lb1", ["journalctl", "-b", "-u", "anycastlb-healthd", "--no-pager", "-o", "cat"]).stdout
     assert log.index("192.0.2.10/32 (www): withdrawn: checking") < log.index("192.0.2.10/32 (www): announced")
+
+
+def test_check_unit_withdraws_an_anycast_service_the_moment_its_process_dies(lab):
+    """The KDC of kdc1 as a unit, ``check.unit`` in the catalog: SIGKILL withdraws through the unit's
+    MainPID (pidfd), not at the next 2 s tcp check; when the unit runs again, the VIP comes back."""
+    import json
+    from pathlib import Path
+    from anycastlb.lab import faults
+    from anycastlb.lab import fleet as fl
+    kdc1 = lab.host("kdc1").address
+    argv = lab.registry.get("kdc1", "responder")["argv"]
+    lab.stop("kdc1", "responder")
+
+    def run_unit() -> None:
+        lab.exec("kdc1", ["systemd-run", "--unit=aclb-kdc", "--", *argv], check=True)
+
+    run_unit()
+    text = Path(lab.catalog).read_text()
+    assert "    check: {tcp: {port: 88}}" in text
+    Path(lab.catalog).write_text(text.replace("    check: {tcp: {port: 88}}",
+                                              "    check: {tcp: {port: 88}, unit: aclb-kdc.service}", 1))
+    fl.apply(lab, "kdc1")
+    doc = json.loads(lab.read_file("kdc1", "/etc/anycastlb/healthd.json"))
+    assert {a["watch"].get("unit") for a in doc["announcements"]} == {"aclb-kdc.service"}
+    main = show(lab, "kdc1", "aclb-kdc", "MainPID")["MainPID"]
+
+    def journal() -> str:
+        return lab.exec("kdc1", ["journalctl", "-u", "anycastlb-healthd", "--no-pager", "-o", "cat"]).stdout
+
+    faults.wait_until(lambda: f"watching aclb-kdc.service main pid {main}" in journal(), 30,
+                      "healthd does not watch the KDC unit")
+    with faults.BirdSocket(lab, "rr1") as rr:
+        faults.wait_until(lambda: rr.carries("192.0.2.88/32", kdc1), 30, "kdc1 does not announce the KDC VIP")
+        lab.exec("kdc1", ["systemctl", "kill", "-s", "KILL", "aclb-kdc"], check=True)
+        faults.wait_until(lambda: not rr.carries("192.0.2.88/32", kdc1), 10, "kdc1 still announces", every=0.002)
+        state = json.loads(lab.read_file("kdc1", "/run/anycastlb/healthd.state.json"))
+        assert state["prefixes"]["192.0.2.88/32"]["reason"] == f"aclb-kdc.service (pid {main}) exited"
+        lab.exec("kdc1", ["systemctl", "reset-failed", "aclb-kdc"])
+        run_unit()
+        faults.wait_until(lambda: rr.carries("192.0.2.88/32", kdc1), 30, "kdc1 never announced the KDC again")

@@ -72,3 +72,54 @@ def test_after_a_reboot_the_announced_vips_go_back_on_lo_before_healthd_starts(f
     r = subprocess.run([sys.executable, "-m", "anycastlb.units", "vips", str(tmp_path / "nope.json")],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "nope.json" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ check.unit
+
+
+def _kdc_catalog(tmp_path: Path, campus_catalog: Path, check: str, service: str = "kdc") -> Path:
+    text = campus_catalog.read_text()
+    if service == "kdc":
+        text = text.replace("    check: {tcp: {port: 88}}      #", f"    check: {check}      #")
+    else:
+        text = text.replace("  intranet:\n", f"  intranet:\n    check: {check}\n", 1)
+    p = tmp_path / "campus.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_check_unit_makes_healthd_watch_the_units_main_process(tmp_path: Path, campus_catalog: Path) -> None:
+    cat = _kdc_catalog(tmp_path, campus_catalog, "{tcp: {port: 88}, unit: krb5-kdc.service}")
+    fleet = compile_catalog(cat).nodes
+    watch = healthd_render.config(fleet["kdc1"])["announcements"][0]["watch"]
+    assert (watch["type"], watch["port"], watch["unit"]) == ("tcp", 88, "krb5-kdc.service")
+    from anycastlb.healthd import TcpWatch, parse_watch
+    assert parse_watch("w", watch) == TcpWatch(address="192.0.2.88", port=88, interval_ms=2000, timeout_ms=1000,
+                                               rise=2, fall=3, unit="krb5-kdc.service")
+    assert "unit" not in healthd_render.config(compile_catalog(campus_catalog).nodes["kdc1"])[
+        "announcements"][0]["watch"]
+
+
+@pytest.mark.parametrize("unit", ["krb5-kdc", "kdc.socket", "../kdc.service", "k dc.service", "kdc.service\n",
+                                  "-kdc.service", "kdc@.service", "kdc;reboot.service", "k\\x2dd.service"])
+def test_check_unit_is_a_plain_service_unit_name(tmp_path: Path, campus_catalog: Path, unit: str) -> None:
+    from anycastlb.errors import CatalogRefused
+    cat = _kdc_catalog(tmp_path, campus_catalog, "{tcp: {port: 88}, unit: " + json.dumps(unit) + "}")
+    with pytest.raises(CatalogRefused) as exc:
+        compile_catalog(cat)
+    errors = [str(e) for e in exc.value.errors]
+    line = next(i for i, text in enumerate(cat.read_text().splitlines(), 1) if "unit:" in text)
+    assert any(f"campus.yaml:{line}" in e and "kdc" in e and "unit" in e and "systemd service unit" in e
+               for e in errors), errors
+    from anycastlb.healthd import ConfigError, parse_watch
+    with pytest.raises(ConfigError, match="systemd service unit"):
+        parse_watch("w", {"type": "tcp", "address": "192.0.2.88", "port": 88, "unit": unit})
+
+
+def test_check_unit_only_on_anycast_services(tmp_path: Path, campus_catalog: Path) -> None:
+    from anycastlb.errors import CatalogRefused
+    cat = _kdc_catalog(tmp_path, campus_catalog, "{unit: apache2.service}", service="intranet")
+    with pytest.raises(CatalogRefused) as exc:
+        compile_catalog(cat)
+    assert any("intranet" in str(e) and "check.unit" in str(e) and "anycast" in str(e)
+               for e in exc.value.errors), [str(e) for e in exc.value.errors]
