@@ -262,3 +262,16 @@ def test_bad_fleet_session_refused(tmp_path: Path) -> None:
     text = edit("asn: 64512 ", "session: hop\n  asn: 64512 ")
     errs = refused(tmp_path, text)
     assert any(f"catalog.yaml:{line_of(text, 'session: hop')}: bgp, key 'session'" in e for e in errs), errs
+
+
+def test_unmanaged_node_gets_no_nftables_step_and_no_boot_unit(tmp_path: Path) -> None:
+    """The minion's daemon list and the systemd units leave an unmanaged firewall alone."""
+    from anycastlb import minion, units
+
+    text = edit('web2: {address: 198.51.100.32, address6: "2001:db8:100::32"}',
+                'web2: {address: 198.51.100.32, address6: "2001:db8:100::32", firewall: unmanaged}')
+    fleet = compiled(tmp_path, text)
+    assert "nftables" not in minion.wanted(fleet.nodes["web2"])
+    assert "nftables.service" not in units.enabled_units(fleet.nodes["web2"])
+    assert "nftables" in minion.wanted(fleet.nodes["web1"])
+    assert "nftables.service" in units.enabled_units(fleet.nodes["web1"])
