@@ -27,6 +27,8 @@ def _compile(path: str, secrets: str | None = None) -> Fleet:
 def cmd_lint(args: argparse.Namespace) -> int:
     """Validate a catalog: a one-line summary, or every error at once."""
     fleet = _compile(args.catalog, args.secrets)
+    for w in fleet.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     s = fleet.summary
     roles = ", ".join(f"{n} {r}" for r, n in s["roles"].items())
     print(f"ok: {args.catalog}: {s['services']} services, {s['vips']} VIPs, {s['nodes']} nodes ({roles}), "

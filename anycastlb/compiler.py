@@ -118,6 +118,8 @@ class Fleet:
     nodes: Mapping[str, dict[str, Any]]
     services: dict[str, dict[str, Any]]
     summary: dict[str, Any]
+    #: What lint reports without refusing (a cluster with no active node ...).
+    warnings: list[CatalogError] = field(default_factory=list)
 
     def slice(self, node_id: str) -> dict[str, Any] | None:
         """One node's model, or None for a node the catalog does not name."""
@@ -435,6 +437,8 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     _check_distinct(ctx, [("clusters", [c for c in _section(ctx, "clusters") if isinstance(c, str)])])
 
     _check_conflicts(ctx, services, clusters, nodes)
+    limits = _limits(ctx)
+    warnings = _check_semantics(ctx, services, clusters, nodes, peers, pools, management, limits)
     if contacts:   # once contacts are listed, every notify name must be one of them
         for sname, svc in services.items():
             for i, user in enumerate(svc.model.monitor.notify):
@@ -449,12 +453,219 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     if ctx.errors:
         raise CatalogRefused(_dedupe(ctx.errors))
     assert bgp is not None
-    return _build(name, bgp, pools, management, nodes, peers, clusters, services, firewall,
-                  icinga={"mode": monitoring.icinga,
-                          "contacts": {k: v.model_dump() for k, v in sorted(contacts.items())}})
+    fleet = _build(name, bgp, pools, management, nodes, peers, clusters, services, firewall,
+                   icinga={"mode": monitoring.icinga,
+                           "contacts": {k: v.model_dump() for k, v in sorted(contacts.items())}})
+    fleet.warnings = _dedupe(warnings)
+    return fleet
 
 
 # --------------------------------------------------------------------------- checks
+
+#: Ports a node serves itself, by what it runs (see docs/firewall.md).
+NODE_PORTS: dict[str, tuple[tuple[int, str, str], ...]] = {
+    "any": ((SSH_PORT, "tcp", "ssh"),),
+    "bird": ((BGP_PORT, "tcp", "BGP"), (3784, "udp", "BFD"), (3785, "udp", "BFD echo"),
+             (4784, "udp", "multihop BFD")),
+    "salt-master": ((4505, "tcp", "Salt publish"), (4506, "tcp", "Salt return")),
+    "monitoring": ((5665, "tcp", "Icinga 2 API"),),
+    "haproxy": ((HAPROXY_STATS_PORT, "tcp", "the HAProxy stats"),),
+}
+#: Addresses no VIP, pool or backend may be (nor overlap, for pools).
+SPECIAL_NETS = [ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "fe80::/10", "ff00::/8", "::ffff:0:0/96")]
+
+
+def _special(ip: IP) -> str | None:
+    """Why an address cannot be a VIP or a backend (None if it can)."""
+    for what, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                       ("link-local", ip.is_link_local), ("multicast", ip.is_multicast)):
+        if flag:
+            return what
+    if ip.version == 4 and (ip in ipaddress.ip_network("240.0.0.0/4") or ip in ipaddress.ip_network("0.0.0.0/8")):
+        return "broadcast" if str(ip) == "255.255.255.255" else "reserved"
+    return None
+
+
+def _limits(ctx: _Ctx) -> S.Limits:
+    raw = ctx.raw.get("limits")
+    if raw is None:
+        return S.Limits()
+    return _pydantic(ctx, S.Limits, raw, "limits", "", raw) or S.Limits()
+
+
+def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S.Cluster],
+                     nodes: dict[str, S.Node], peers: dict[str, S.Peer], pools: list[Net],
+                     management: list[Net], limits: S.Limits) -> list[CatalogError]:
+    """Address, port and role rules (issue 11 item 4, issue 19 item 5); returns the warnings."""
+    warnings: list[CatalogError] = []
+    # -- pools and management
+    for key, nets in (("vip_pools", pools), ("management", management)):
+        raw = ctx.raw.get(key) or []
+        for i, net in enumerate(nets):
+            file, line = line_of(raw, [i]) if isinstance(raw, MarkedList) else (None, None)
+            def bad(msg: str, key: str = key, i: int = i, file: Any = file, line: Any = line) -> None:
+                ctx.errors.append(CatalogError(file or ctx.name, line, key, "", f"{key}[{i}]", msg))
+            if net.prefixlen == 0:
+                bad(f"{net} is everything: name the prefixes you mean")
+                continue
+            if key == "vip_pools":
+                widest = limits.max_pool_v4 if net.version == 4 else limits.max_pool_v6
+                if net.prefixlen < widest:
+                    bad(f"pool {net} is wider than /{widest} (limits.max_pool_v{net.version})")
+                clash = [x for x in SPECIAL_NETS if x.version == net.version and net.overlaps(x)]
+                if clash:
+                    bad(f"pool {net} overlaps {clash[0]} (unspecified, loopback, link-local, multicast or "
+                        f"reserved addresses)")
+                for m in management:
+                    if m.version == net.version and net.overlaps(m):
+                        bad(f"pool {net} overlaps the management prefix {m}")
+    if not management and not ctx.raw.get("management"):
+        ctx.errors.append(CatalogError(
+            ctx.raw.file or ctx.name, ctx.raw.marks.get("management"), "catalog", "", "management",
+            "required section 'management' is missing or empty: the prefixes that may reach SSH and Salt "
+            "(e.g. [198.51.100.0/24])"))
+    # -- who owns an address
+    owners: dict[IP, str] = {}
+    for section, objs in (("nodes", nodes), ("peers", peers)):
+        for oid, obj in objs.items():
+            for text in (obj.address, obj.address6):
+                if text:
+                    owners.setdefault(ipaddress.ip_address(text), f"{SECTION_KIND[section]} {oid!r}")
+    vip_owner: dict[IP, tuple[str, str]] = {}
+    for sname in sorted(services):
+        svc = services[sname]
+        m = svc.model
+        raw_vip = svc.raw.get("vip")
+        for i, ip in enumerate(svc.vips):
+            path = ["vip", i] if isinstance(raw_vip, list) else ["vip"]
+            if ip in owners:
+                ctx.err("services", sname, f"vip[{i}]", f"VIP {ip} is the address of {owners[ip]}", svc.raw, path)
+            for net in management:
+                if ip in net:
+                    ctx.err("services", sname, f"vip[{i}]", f"VIP {ip} is inside the management prefix {net}",
+                            svc.raw, path)
+            # one VIP, one announcing set
+            who = (f"cluster {m.cluster!r}" if m.mode != "anycast"
+                   else f"the anycast backends {', '.join(sorted(m.backends))}")
+            first = vip_owner.setdefault(ip, (sname, who))
+            if first[1] != who:
+                ctx.err("services", sname, f"vip[{i}]", f"VIP {ip} is announced by {who} here and by {first[1]} "
+                        f"in service {first[0]!r} ({file_of(ctx.raw['services'], first[0])}): one VIP, one "
+                        "announcing set", svc.raw, path)
+    all_vips = {ip: s for s in sorted(services) for ip in services[s].vips}
+    # -- node roles and what each node serves itself
+    in_cluster = {x for c in clusters.values() for x in c.nodes}
+    anycast_of: dict[str, list[str]] = {}
+    for sname, svc in services.items():
+        if svc.model.mode == "anycast":
+            for b in svc.model.backends:
+                anycast_of.setdefault(b, []).append(sname)
+    served: dict[str, list[tuple[int, str, str]]] = {}
+    for nid, n in nodes.items():
+        ports = list(NODE_PORTS["any"])
+        if nid in in_cluster or nid in anycast_of or "route-reflector" in n.roles or "monitoring" in n.roles:
+            ports += NODE_PORTS["bird"]
+        for role in ("salt-master", "monitoring"):
+            if role in n.roles:
+                ports += NODE_PORTS[role]
+        if nid in in_cluster:
+            ports += NODE_PORTS["haproxy"]
+        served[nid] = ports
+    for cid, c in clusters.items():
+        for i, member in enumerate(c.nodes):
+            n = nodes.get(member)
+            for role in ("route-reflector", "monitoring", "salt-master"):
+                if n is not None and role in n.roles:
+                    ctx.err("clusters", cid, f"nodes[{i}]", f"node {member!r} has the role {role} and may not "
+                            f"balance VIPs (a {role} in a cluster would peer with itself or expose its own "
+                            f"ports on VIPs)", ctx.raw.get("clusters", {}).get(cid), ["nodes", i])
+    # apache Listen ports per backend node
+    apache_ports: dict[str, dict[int, str]] = {}
+    for sname, svc in services.items():
+        if svc.model.apache is not None and svc.model.mode == "http":
+            for b in svc.model.backends:
+                if b in nodes:
+                    for p in svc.ports:
+                        apache_ports.setdefault(b, {})[svc.model.backend_port or p.port] = sname
+    for sname in sorted(services):
+        svc = services[sname]
+        m = svc.model
+        allowed = set(m.allow_node_ports)
+        announcers = (clusters[m.cluster].nodes if m.mode != "anycast" and m.cluster in clusters
+                      else [b for b in m.backends if b in nodes])
+        announcers = [x for x in announcers if x in nodes]
+        err = lambda key, msg, path: ctx.err("services", sname, key, msg, svc.raw, path)  # noqa: E731
+        if m.mode != "anycast" and m.cluster in clusters and not clusters[m.cluster].nodes:
+            err("cluster", f"cluster {m.cluster!r} has no nodes: nothing would serve this service", ["cluster"])
+        elif announcers and not any(nodes[x].state == "active" for x in announcers):
+            f, ln = _where(svc.raw, ["cluster" if m.mode != "anycast" else "backends"])
+            warnings.append(CatalogError(f or ctx.name, ln, "service", sname,
+                                         "cluster" if m.mode != "anycast" else "backends",
+                                         "no announcer is active (all drained or in maintenance): the service's "
+                                         "VIPs are announced by no node"))
+        if m.mode == "anycast":
+            for b in m.backends:
+                n = nodes.get(b)
+                for role in ("route-reflector", "monitoring", "salt-master"):
+                    if n is not None and role in n.roles:
+                        err(f"backends.{b}", f"node {b!r} has the role {role} and may not be an anycast backend",
+                            ["backends"])
+        if any(ip.version == 6 for ip in svc.vips):
+            for x in announcers:
+                if not nodes[x].address6:
+                    err("vip", f"IPv6 VIPs need an IPv6 BGP session on every announcer, and node {x!r} has no "
+                        "address6", ["vip"])
+            for rr, n in nodes.items():
+                if "route-reflector" in n.roles and not n.address6:
+                    err("vip", f"IPv6 VIPs need IPv6 sessions to the route reflectors, and {rr!r} has no address6",
+                        ["vip"])
+        # VIP ports against what the announcing nodes serve themselves
+        for i, p in enumerate(svc.ports):
+            if p.port in allowed:
+                continue
+            for x in announcers:
+                clash = [what for port, proto, what in served.get(x, []) if port == p.port and proto == p.protocol]
+                clash += [f"apache's Listen for service {apache_ports[x][p.port]!r}"
+                          for _ in [0] if p.protocol == "tcp" and p.port in apache_ports.get(x, {})]
+                if clash:
+                    err(f"ports[{i}]", f"port {p} is {clash[0]} on node {x!r}: pick another port, or list it in "
+                        "allow_node_ports if this is meant", ["ports", i])
+                    break
+        # backends: no loopback / special addresses, no VIP of the fleet, no node's own ports
+        for b, be in m.backends.items():
+            bpath = ["backends", b] if isinstance(svc.raw.get("backends"), dict) else ["backends"]
+            if be.address is not None:
+                ip = ipaddress.ip_address(be.address)
+                why = _special(ip)
+                if why:
+                    err(f"backends.{b}.address", f"backend address {ip} is a {why} address", bpath + ["address"])
+                if ip in all_vips:
+                    err(f"backends.{b}.address", f"backend address {ip} is a VIP of service {all_vips[ip]!r}: "
+                        "traffic would loop", bpath + ["address"])
+            if b in nodes and m.mode != "anycast":
+                for sport in sorted({m.backend_port or p.port for p in svc.ports}):
+                    if sport in allowed:
+                        continue
+                    clash = [what for port, proto, what in served.get(b, []) if port == sport and proto == "tcp"]
+                    if clash:
+                        err(f"backends.{b}", f"backend port {sport} is {clash[0]} on node {b!r}: pick another "
+                            "port, or list it in allow_node_ports if this is meant", bpath)
+    # apache Listen against HAProxy's binds on one node
+    for nid, ports in sorted(apache_ports.items()):
+        for port, sname in sorted(ports.items()):
+            for cid in sorted(clusters):
+                if nid not in clusters[cid].nodes:
+                    continue
+                for other, svc in sorted(services.items()):
+                    if svc.model.cluster == cid and svc.model.mode != "anycast" and any(
+                            p.port == port and p.protocol == "tcp" for p in svc.ports) and \
+                            port not in services[sname].model.allow_node_ports:
+                        ctx.err("services", sname, "apache", f"apache on node {nid!r} would Listen on port {port}, "
+                                f"which HAProxy binds there for service {other!r}", services[sname].raw, ["apache"])
+    return warnings
+
 
 
 def _dedupe(errors: list[CatalogError]) -> list[CatalogError]:
@@ -510,6 +721,11 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             ip = S.parse_ip(text)
         except ValueError as exc:
             err(f"vip[{i}]", str(exc), path)
+            ok = False
+            continue
+        why = _special(ip)
+        if why:
+            err(f"vip[{i}]", f"VIP {ip} is a {why} address", path)
             ok = False
             continue
         fam_pools = [p for p in pools if p.version == ip.version]

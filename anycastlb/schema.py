@@ -761,6 +761,8 @@ class Service(Strict):
     redirect_http: bool = False
     apache: Apache | None = None
     monitor: Monitor = Monitor()
+    allow_node_ports: list[PortNumber] = Field([], description="VIP or backend ports that may be ports the "
+                                                              "node serves itself (ssh, BGP, Salt ...)")
     description: Text | None = None
     haproxy: HaproxySettings | None = Field(None, description="per-service HAProxy settings (http and tcp modes)")
 
@@ -782,6 +784,13 @@ class Service(Strict):
         return out
 
 
+class Limits(Strict):
+    """Fleet-wide bounds a root file may set."""
+
+    max_pool_v4: int = Field(16, ge=8, le=32, description="the widest IPv4 vip_pools prefix (default /16)")
+    max_pool_v6: int = Field(48, ge=16, le=128, description="the widest IPv6 vip_pools prefix (default /48)")
+
+
 class CatalogSchema(Strict):
     """The whole catalog, for the JSON Schema export (the compiler validates object by object)."""
 
@@ -790,6 +799,7 @@ class CatalogSchema(Strict):
     vip_pools: StrList = []
     management: StrList = []
     firewall: Firewall = Field(default_factory=Firewall)
+    limits: Limits = Field(default_factory=Limits)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     contacts: dict[Name, Contact] = {}
     defaults: Service = Field(default_factory=Service)

@@ -126,7 +126,8 @@ def test_a_change_that_stays_off_the_routers_drains_nothing(tmp_path, campus_cat
     (lambda d: d["bgp"].update(bfd={"interval": "200ms", "multiplier": 3}), "lb1", "its BGP bfd changes"),
     (lambda d: d["services"].pop("imap"), "lb1", "it stops announcing 192.0.2.20/32"),
     (lambda d: d["nodes"]["lb2"].update(address6="2001:db8:100::29"), "lb2", "its address6 changes"),
-    (lambda d: d["nodes"].update(lb4={"address": "198.51.100.24"}) or d["clusters"]["edge"]["nodes"].append("lb4"),
+    (lambda d: d["nodes"].update(lb4={"address": "198.51.100.24", "address6": "2001:db8:100::24"})
+     or d["clusters"]["edge"]["nodes"].append("lb4"),
      "lb4", "not in the deployed catalog"),
 ])
 def test_a_change_that_reaches_the_routers_drains_the_node(tmp_path, campus_catalog, edit, node, why):
