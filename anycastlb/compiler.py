@@ -813,20 +813,6 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             ok = False
     if m.apache is not None and not any(b in nodes for b in m.backends):
         err("apache", "apache vhosts go on managed backends, and this service has none")
-    if m.apache is not None and m.mode == "http":
-        # apache serves the health check from a static file under the vhost's document root.
-        if m.check.http is None:
-            err("check", "a service with apache needs an http check (check: {http: {path: /healthz}}): "
-                "apache answers it from a static file")
-            ok = False
-        elif m.check.http.path == "/":
-            err("check.http.path", "'/' is the vhost's index page: on a service with apache the check path names "
-                "the health file apache serves, e.g. /healthz")
-            ok = False
-    if m.mode == "anycast" and m.check.http is not None and "-" in m.check.http.expect:
-        err("check.http.expect", f"{m.check.http.expect!r}: the health agent of an anycast service expects one "
-            "status code, e.g. 200")
-        ok = False
     return _Svc(name, m, raw, vips, list(m.ports)) if ok else None
 
 
@@ -1416,9 +1402,6 @@ class _Builder:
                     for sport in sorted({self.server_port(svc, p) for p in svc.ports}):
                         c = self.check_model(svc, sport)
                         c.pop("interval_ms", None)
-                        if c.get("expect") and "-" in c["expect"]:
-                            # check_http -e takes a list of status strings, not a range
-                            c["expect"] = ",".join(str(x) for x in S.status_codes(c["expect"]))
                         if c["type"] not in ("http", "tcp"):
                             c["type"] = "tcp"  # a protocol check (ldap, smtp ...) is HAProxy's; Icinga connects
                         checks.append({"name": f"backend {sname} {bid}:{sport}", "host": bid, "service": sname,

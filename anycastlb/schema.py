@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
                       field_validator, model_validator)
 
+from . import httpstatus
+
 # ------------------------------------------------------------------ string grammars
 # Every string that reaches a config has a grammar, matched whole (re.fullmatch, \A..\Z:
 # ``$`` would also match before a final newline). docs/catalog.md has the table.
@@ -30,8 +32,9 @@ WILDCARD_HOSTNAME_RE = rf"\A(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\Z"
 #: An absolute URI path (RFC 3986 path-absolute, a subset): no query, fragment, space,
 #: quote, backslash, percent-encoding, empty or dot segment.
 URI_PATH_RE = r"\A(?:/[A-Za-z0-9._~!*+,;=:@-]*)+\Z"
-#: An HTTP status: a code, ``2xx``, or a range ``200-299``.
-STATUS_RE = r"\A(?:[1-5][0-9][0-9]|[1-5]xx|[1-5][0-9][0-9]-[1-5][0-9][0-9])\Z"
+#: An HTTP status: a code, ``2xx``, a range ``200-299``, or a comma-separated list of them.
+_STATUS = r"(?:[1-5][0-9][0-9]|[1-5]xx|[1-5][0-9][0-9]-[1-5][0-9][0-9])"
+STATUS_RE = rf"\A{_STATUS}(?:,{_STATUS})*\Z"
 #: A systemd service unit (``check.unit``): letters, digits and ``:_.-``, an optional template
 #: instance after ``@``, then ``.service`` (no escapes, no path, nothing to quote).
 UNIT_RE = r"\A[A-Za-z0-9][A-Za-z0-9:_.-]{0,200}(?:@[A-Za-z0-9:_.-]{1,40})?\.service\Z"
@@ -91,27 +94,14 @@ Text = Annotated[str, AfterValidator(_text), WithJsonSchema({"type": "string", "
 
 
 def parse_status(value: Any) -> str:
-    """``200`` / ``"2xx"`` / ``"200-299"`` → ``"200"`` or ``"200-299"`` (the canonical form)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError("an HTTP status is expected: a code such as 200, 2xx or a range such as 200-299")
-    text = str(value) if isinstance(value, int) and 100 <= value <= 599 else value
-    if not isinstance(text, str) or len(text) > 7 or not re.fullmatch(STATUS_RE, text):
-        raise ValueError(f"{str(value)[:20]!r} is not an HTTP status: a code 100-599 such as 200, "
-                         f"a class such as 2xx, or a range such as 200-299")
-    if text.endswith("xx"):
-        return f"{text[0]}00-{text[0]}99"
-    if "-" in text:
-        low, high = text.split("-")
-        if int(low) > int(high):
-            raise ValueError(f"{text!r}: the range's low end is above its high end")
-        return text if low != high else low
-    return text
-
-
-def status_codes(canonical: str) -> list[int]:
-    """Every code a canonical status admits (``"200-202"`` → ``[200, 201, 202]``)."""
-    low, _, high = canonical.partition("-")
-    return list(range(int(low), int(high or low) + 1))
+    """``200`` / ``"2xx"`` / ``"200-299"`` / ``"200,301-302"`` → the canonical text (:mod:`anycastlb.httpstatus`)."""
+    if isinstance(value, str) and len(value) > 80:
+        raise ValueError("an HTTP status list is at most 80 characters")
+    try:
+        return httpstatus.text(httpstatus.parse(value))
+    except ValueError:
+        raise ValueError(f"{str(value)[:20]!r} is not an HTTP status: a code 100-599 such as 200, a class such "
+                         f"as 2xx, a range such as 200-299, or a list of them such as 200,301-302") from None
 
 
 HttpStatus = Annotated[str, BeforeValidator(parse_status),

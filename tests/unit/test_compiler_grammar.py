@@ -122,25 +122,15 @@ def test_name_pattern_is_anchored_at_the_very_end(tmp_path):
     assert any("is not a valid name" in e for e in errors), errors
 
 
-def test_anycast_status_range_refused_at_the_door(tmp_path):
-    # healthd compares one status code: '2xx' on an anycast service was an int() traceback in render.
+def test_former_crash_forms_are_admitted_and_compile(tmp_path):
+    # The renderers handle them (tests/unit/test_quoting.py renders them through every checker):
+    # a status class on an anycast service, a tcp check or '/' on an apache service.
     text = edit("check: {tcp: {port: 88}}", "check: {http: {path: /health, expect: 2xx, port: 8080}}")
-    errors = refused(tmp_path, text)
-    assert_one(errors, f"{tmp_path / 'catalog.yaml'}:{line(text, 'expect: 2xx')}", "service 'kdc'",
-               "check.http.expect", "one status code")
-
-
-def test_apache_service_with_tcp_check_refused(tmp_path):
-    text = edit("apache: {server_name: intranet.example.org}",
-                "apache: {server_name: intranet.example.org}\n    check: {http: null, tcp: {}}")
-    errors = refused(tmp_path, text)
-    assert any("service 'intranet', key 'check'" in e and "needs an http check" in e for e in errors), errors
-
-
-def test_apache_service_with_root_check_path_refused(tmp_path):
-    text = edit("check: {http: {path: /healthz}}", "check: {http: {}}")
-    errors = refused(tmp_path, text)
-    assert any("key 'check.http.path'" in e and "index page" in e for e in errors), errors
+    text = text.replace("check: {http: {path: /healthz}}", "check: {http: {}}", 1)
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    fleet = compile_catalog(p)
+    assert fleet.nodes["kdc1"]["health"]["announcements"][0]["watch"]["expect"] == "200-299"
 
 
 @pytest.mark.parametrize("value,canonical", [(200, "200"), ("2xx", "200-299"), ("200-204", "200-204"),
