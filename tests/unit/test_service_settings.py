@@ -32,6 +32,7 @@ needs_haproxy = pytest.mark.skipif(not shutil.which("haproxy"), reason="haproxy 
 BASE = """\
 bgp: {asn: 64600}
 vip_pools: [192.0.2.0/24]
+management: [198.51.100.0/24]
 nodes:
   rr1: {address: 198.51.100.11, roles: [route-reflector]}
   lb1: {address: 198.51.100.21}
