@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from .render import DaemonSpec, RenderedFile, confine, daemon, under
 from .secrets import MASK, mask
@@ -72,7 +72,7 @@ def _same_owner(path: str, group: str) -> bool:
         return False
 
 
-def plan(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any], root: str = "/"
+def plan(spec: DaemonSpec, model: Mapping[str, Any], secrets: dict[str, Any], root: str = "/"
          ) -> tuple[list[RenderedFile], list[str], dict[str, str]]:
     """What would change: (files to write, files to remove, unified diff per path)."""
     files = spec.render(model, secrets, root)
@@ -120,7 +120,7 @@ def _diff(spec: DaemonSpec, f: RenderedFile, old: str | None, old_mode: int | No
     return note + mask(text, secrets)
 
 
-def stage_and_check(spec: DaemonSpec, model: dict[str, Any], secrets: dict[str, Any],
+def stage_and_check(spec: DaemonSpec, model: Mapping[str, Any], secrets: dict[str, Any],
                     root: str = "/") -> tuple[bool, str]:
     """Render into a staging copy (with the daemon's whole tree) and run its checker there."""
     with tempfile.TemporaryDirectory(prefix="aclb-stage-") as staging:
@@ -158,7 +158,7 @@ def write_file(path: str, content: str, mode: int, group: str = "") -> None:
         raise
 
 
-def apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | None = None, root: str = "/",
+def apply_daemon(name: str, model: Mapping[str, Any], secrets: dict[str, Any] | None = None, root: str = "/",
                  test: bool = False, reload: bool = True, control: Any = None) -> ApplyResult:
     """Apply one daemon's config on this host.
 
@@ -175,7 +175,7 @@ def apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | Non
     return res
 
 
-def _apply_daemon(name: str, model: dict[str, Any], secrets: dict[str, Any] | None = None, root: str = "/",
+def _apply_daemon(name: str, model: Mapping[str, Any], secrets: dict[str, Any] | None = None, root: str = "/",
                  test: bool = False, reload: bool = True, control: Any = None) -> ApplyResult:
     """The work of :func:`apply_daemon` (its result is masked there)."""
     from .render import RenderError
@@ -258,7 +258,7 @@ def _restore(backup: dict[str, tuple[str | None, int | None, str]]) -> None:
             write_file(path, content, mode if mode is not None else 0o644, group)
 
 
-def check_node(model: dict[str, Any], secrets: dict[str, Any] | None = None) -> dict[str, tuple[bool, str]]:
+def check_node(model: Mapping[str, Any], secrets: dict[str, Any] | None = None) -> dict[str, tuple[bool, str]]:
     """Run every checker of this node's daemons on freshly rendered files (nothing live is touched)."""
     from .render import daemons
     secrets = secrets or {"certificates": {}, "bgp_passwords": {}}

@@ -72,7 +72,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if m["monitoring"]:
         print(f"  monitoring: {len(m['monitoring']['hosts'])} hosts, {len(m['monitoring']['checks'])} checks")
     fw = m["firewall"]
-    print(f"  firewall: default {fw['policy']}, {len(fw['rules'])} accept rules" if fw.get("managed", True)
+    if fw is None:
+        return 0
+    print(f"  firewall: default {fw['policy']}, {len(fw['rules'])} accept rules" if fw["managed"]
           else f"  firewall: unmanaged (the site's must open {len(fw['rules'])} rules: anycastlb ports)")
     return 0
 

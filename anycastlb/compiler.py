@@ -23,6 +23,8 @@ from pydantic import BaseModel, ValidationError
 from . import schema as S
 from .errors import CatalogError, CatalogRefused
 from .loader import Marked, MarkedList, file_of, line_of, load_catalog
+from .model import (ApacheModel, Bfd, BgpModel, FirewallModel, FirewallRule, HaproxyModel, HealthModel,
+                    Announcement, MonitoringModel, Neighbor, NodeModel, PeerExport, SecretNames)
 
 MODEL_VERSION = 1
 HAPROXY_STATS_PORT = 8404
@@ -80,15 +82,15 @@ def _where(obj: Any, path: Iterable[Any]) -> tuple[str | None, int | None]:
     return file, line
 
 
-class NodeModels(Mapping[str, dict[str, Any]]):
+class NodeModels(Mapping[str, NodeModel]):
     """Node id → model, each computed on first access (a minion's slice costs one node's work)."""
 
     def __init__(self, ids: list[str], build: Any):
         self._ids = ids
         self._build = build
-        self._cache: dict[str, dict[str, Any]] = {}
+        self._cache: dict[str, NodeModel] = {}
 
-    def __getitem__(self, node_id: str) -> dict[str, Any]:
+    def __getitem__(self, node_id: str) -> NodeModel:
         m = self._cache.get(node_id)
         if m is None:
             if node_id not in self._ids_set:
@@ -115,19 +117,19 @@ class Fleet:
     """A compiled catalog: the per-node models plus what the CLI's lint and diff show."""
 
     catalog: str
-    nodes: Mapping[str, dict[str, Any]]
+    nodes: Mapping[str, NodeModel]
     services: dict[str, dict[str, Any]]
     summary: dict[str, Any]
     #: What lint reports without refusing (a cluster with no active node ...).
     warnings: list[CatalogError] = field(default_factory=list)
 
-    def slice(self, node_id: str) -> dict[str, Any] | None:
+    def slice(self, node_id: str) -> NodeModel | None:
         """One node's model, or None for a node the catalog does not name."""
         return self.nodes[node_id] if node_id in self.nodes else None
 
     def to_json(self, node_id: str | None = None) -> str:
         """Deterministic JSON of one node's model, or of the whole fleet."""
-        data = self.nodes[node_id] if node_id else {"nodes": dict(self.nodes), "services": self.services}
+        data: Any = self.nodes[node_id] if node_id else {"nodes": dict(self.nodes), "services": self.services}
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -1107,10 +1109,10 @@ class _Builder:
         return sorted(((ip, sorted(s)) for ip, s in vips.items()), key=lambda t: (t[0].version, t[0]))
 
     # -- sections
-    def node_model(self, nid: str) -> dict[str, Any]:
+    def node_model(self, nid: str) -> NodeModel:
         n = self.nodes[nid]
         roles = self.roles(nid)
-        model: dict[str, Any] = {
+        model: NodeModel = {
             "version": MODEL_VERSION, "node": nid, "address": n.address, "address6": n.address6,
             "state": n.state, "roles": roles,
             "management": [str(p) for p in self.management],
@@ -1121,16 +1123,17 @@ class _Builder:
             "apache": self.apache_model(nid) if "apache" in roles else None,
             "monitoring": self.monitoring_model() if "monitoring" in roles else None,
             "salt_master": {"interface": n.address} if "salt-master" in roles else None,
+            "health": None, "firewall": None, "secrets": {"certificates": [], "bgp_passwords": []},
         }
         model["health"] = self.health_model(nid, model)
         model["firewall"] = self.firewall_model(nid, model)
         model["secrets"] = self.secret_names(nid, model)
         return model
 
-    def bgp_model(self, nid: str, roles: list[str]) -> dict[str, Any]:
+    def bgp_model(self, nid: str, roles: list[str]) -> BgpModel:
         n = self.nodes[nid]
-        bfd = {"interval_ms": self.bgp.bfd.interval, "multiplier": self.bgp.bfd.multiplier}
-        neighbors: list[dict[str, Any]] = []
+        bfd: Bfd = {"interval_ms": self.bgp.bfd.interval, "multiplier": self.bgp.bfd.multiplier}
+        neighbors: list[Neighbor] = []
 
         def add(name: str, kind: str, addr: str | None, asn: int, password: str | None,
                 add_paths: str | None, local: str | None, peer: S.Peer | None = None) -> None:
@@ -1139,11 +1142,11 @@ class _Builder:
             fam = family(ipaddress.ip_address(addr))
             session = peer.session if peer is not None else self.bgp.session
             pb = peer.bfd if peer is not None else S.PeerBfd()
-            timers = None
+            timers: Bfd | None = None
             if pb.enabled and (pb.interval is not None or pb.multiplier is not None):
                 timers = {"interval_ms": pb.interval or self.bgp.bfd.interval,
                           "multiplier": pb.multiplier or self.bgp.bfd.multiplier}
-            export = None
+            export: PeerExport | None = None
             if peer is not None:
                 parsed = [[int(x) for x in c.split(":")] for c in peer.communities]
                 export = {"communities": [c for c in parsed if len(c) == 2],
@@ -1193,7 +1196,7 @@ class _Builder:
             "announce": announce,
         }
 
-    def haproxy_model(self, nid: str) -> dict[str, Any]:
+    def haproxy_model(self, nid: str) -> HaproxyModel:
         n = self.nodes[nid]
         frontends: list[dict[str, Any]] = []
         backends: dict[str, dict[str, Any]] = {}
@@ -1235,8 +1238,8 @@ class _Builder:
                 "backends": [backends[k] for k in sorted(backends)],
                 "certificates": sorted(certs)}
 
-    def apache_model(self, nid: str) -> dict[str, Any]:
-        vhosts = []
+    def apache_model(self, nid: str) -> ApacheModel:
+        vhosts: list[dict[str, Any]] = []
         for sname in self.backend_of.get(nid, []):
             svc = self.services[sname]
             m = svc.model
@@ -1259,19 +1262,19 @@ class _Builder:
                 "proxy_protocol_exceptions": [a for x in self.monitors for a in self.addrs(x)] if proxy_ports
                 else []}
 
-    def health_model(self, nid: str, model: dict[str, Any]) -> dict[str, Any]:
+    def health_model(self, nid: str, model: NodeModel) -> HealthModel:
         """What the node's health agent watches before it announces each VIP."""
-        anns: list[dict[str, Any]] = []
+        anns: list[Announcement] = []
         bgp = model["bgp"]
         if bgp is None or bgp["role"] != "speaker":
             return {"announcements": []}
-        haproxy = model["haproxy"]
+        frontends = (model["haproxy"] or {"frontends": []})["frontends"]
         for v in bgp["vips"]:
             if v["prefix"] not in bgp["announce"]:
                 continue
             lb_svcs = [s for s in v["services"] if self.services[s].model.mode != "anycast"]
             if lb_svcs:
-                fes = [f for f in haproxy["frontends"] if f["service"] in lb_svcs and v["address"] in f["binds"]]
+                fes = [f for f in frontends if f["service"] in lb_svcs and v["address"] in f["binds"]]
                 anns.append({"prefix": v["prefix"], "services": lb_svcs,
                              "watch": {"type": "haproxy", "frontends": sorted(f["name"] for f in fes),
                                        "backends": sorted({f["backend"] for f in fes})}})
@@ -1287,9 +1290,9 @@ class _Builder:
                 anns.append({"prefix": v["prefix"], "services": [sname], "watch": check})
         return {"announcements": anns}
 
-    def firewall_model(self, nid: str, model: dict[str, Any]) -> dict[str, Any]:
+    def firewall_model(self, nid: str, model: NodeModel) -> FirewallModel:
         """Default-deny input; every accept rule names why it exists."""
-        rules: list[dict[str, Any]] = []
+        rules: list[FirewallRule] = []
 
         def rule(comment: str, proto: str, ports: Iterable[int], sources: Iterable[str],
                  destinations: Iterable[str] = ()) -> None:
@@ -1312,7 +1315,7 @@ class _Builder:
                 rule("salt-api", "tcp", [sm.api.port], sm.api.sources or mgmt or ["any"], own)
         bgp = model["bgp"]
         if bgp is not None:
-            by_name: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            by_name: dict[tuple[str, str], list[Neighbor]] = {}
             for nb in bgp["neighbors"]:
                 by_name.setdefault((nb["kind"], nb["name"]), []).append(nb)
             for (kind, name), nbs in by_name.items():
@@ -1356,7 +1359,7 @@ class _Builder:
         # unmanaged: nothing is rendered or loaded; the rules say what the site's firewall must open
         return {"policy": "drop", "managed": not (node_fw is not None and node_fw.unmanaged), "rules": rules}
 
-    def monitoring_model(self) -> dict[str, Any]:
+    def monitoring_model(self) -> MonitoringModel:
         """Hosts and checks for a monitoring node (identical on every monitoring node)."""
         hosts: list[dict[str, Any]] = []
         checks: list[dict[str, Any]] = []
@@ -1441,10 +1444,11 @@ class _Builder:
                     "path": path, "expect": "301" if redirect else None, "tls": tls}
         return {"type": "tcp", "address": address, "port": port.port}
 
-    def secret_names(self, nid: str, model: dict[str, Any]) -> dict[str, list[str]]:
+    def secret_names(self, nid: str, model: NodeModel) -> SecretNames:
         """Names of the secrets this node uses (the pillar fills in the values)."""
         certs = sorted(model["haproxy"]["certificates"]) if model["haproxy"] else []
-        pw = sorted({nb["password"] for nb in (model["bgp"] or {}).get("neighbors", []) if nb["password"]})
+        bgp = model["bgp"]
+        pw = sorted({nb["password"] for nb in (bgp["neighbors"] if bgp else []) if nb["password"]})
         return {"certificates": certs, "bgp_passwords": pw}
 
     def service_summary(self, sname: str) -> dict[str, Any]:

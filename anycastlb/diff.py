@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from .compiler import Fleet
 
@@ -45,7 +45,7 @@ def _dict_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
     return lines
 
 
-def _node_sections(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _node_sections(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
@@ -73,8 +73,9 @@ def diff_fleets(old: Fleet, new: Fleet) -> dict[str, Any]:
                     detail.append(f"state {a['state']} -> {b['state']}")
                 if a["roles"] != b["roles"]:
                     detail.extend(_dict_changes({"roles": a["roles"]}, {"roles": b["roles"]}))
-                ann_a = (a.get("bgp") or {}).get("announce", [])
-                ann_b = (b.get("bgp") or {}).get("announce", [])
+                bgp_a, bgp_b = a["bgp"], b["bgp"]
+                ann_a = bgp_a["announce"] if bgp_a else []
+                ann_b = bgp_b["announce"] if bgp_b else []
                 if ann_a != ann_b:
                     detail.extend(_dict_changes({"announces": ann_a}, {"announces": ann_b}))
                 nodes["changed"][n] = {"sections": _node_sections(a, b), "detail": detail}

@@ -17,15 +17,16 @@ import os
 import signal
 import tempfile
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 from .apply import ApplyResult, apply_daemon, stage_and_check
+from .model import NodeModel
 from .poll import poll_until
 from .render import RenderedFile, RenderError, daemon, daemons
 from .service import ServiceControl
 
 #: Builds the service controller from the service mode (``None``: detect). Tests replace it.
-control_factory: Callable[[str | None], Any] = ServiceControl
+control_factory: Callable[..., Any] = ServiceControl
 
 HEALTHD_CONFIG = "/etc/anycastlb/healthd.json"
 HEALTHD_PIDFILE = "/run/anycastlb/healthd.pid"
@@ -39,7 +40,7 @@ class NodeError(RuntimeError):
 # ----------------------------------------------------------------- pillar → model
 
 
-def node_of(pillar: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def node_of(pillar: Mapping[str, Any] | None) -> tuple[NodeModel, dict[str, Any]]:
     """(model, secret values) from the ``anycastlb`` pillar; refuses a minion the catalog does not name."""
     data = dict(pillar or {})
     if not data.get("node"):
@@ -48,7 +49,9 @@ def node_of(pillar: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str,
     secrets = data.pop("secrets", None)
     if not isinstance(secrets, dict) or "certificates" not in secrets:
         secrets = NO_SECRETS  # a model straight from `anycastlb show`: names only, no values
-    return data, secrets
+    data["secrets"] = {k: sorted(secrets.get(k) or ()) for k in ("certificates", "bgp_passwords")}  # names again
+    # The pillar's anycastlb key is the node's compiled model (anycastlb.model.NodeModel) by contract.
+    return cast(NodeModel, data), secrets
 
 
 def control(pillar: Mapping[str, Any] | None, root: str = "/") -> Any:
@@ -61,12 +64,12 @@ def control(pillar: Mapping[str, Any] | None, root: str = "/") -> Any:
     return control_factory(mode) if root in ("", "/") else control_factory(mode, root=root)
 
 
-def wanted(model: dict[str, Any]) -> list[str]:
+def wanted(model: NodeModel) -> list[str]:
     """The daemons this node runs, in apply order."""
     return [d.name for d in daemons() if d.wanted(model)]
 
 
-def spec_for(name: str, model: dict[str, Any]) -> Any:
+def spec_for(name: str, model: NodeModel) -> Any:
     try:
         spec = daemon(name)
     except KeyError as exc:
@@ -76,7 +79,7 @@ def spec_for(name: str, model: dict[str, Any]) -> Any:
     return spec
 
 
-def _selected(model: dict[str, Any], name: str | None) -> list[Any]:
+def _selected(model: NodeModel, name: str | None) -> list[Any]:
     return [spec_for(name, model)] if name else [daemon(n) for n in wanted(model)]
 
 
@@ -89,14 +92,14 @@ def _shown(f: RenderedFile, show_secrets: bool) -> str:
     return f.content
 
 
-def render(model: dict[str, Any], secrets: dict[str, Any], name: str | None = None,
+def render(model: NodeModel, secrets: dict[str, Any], name: str | None = None,
            show_secrets: bool = False) -> dict[str, dict[str, str]]:
     """``{daemon: {path: text}}``: what would be written (secret files hidden unless asked)."""
     return {s.name: {f.path: _shown(f, show_secrets) for f in s.render(model, secrets, "/")}
             for s in _selected(model, name)}
 
 
-def check(model: dict[str, Any], secrets: dict[str, Any], name: str | None = None) -> dict[str, dict[str, Any]]:
+def check(model: NodeModel, secrets: dict[str, Any], name: str | None = None) -> dict[str, dict[str, Any]]:
     """Run each daemon's own checker on freshly rendered files; nothing live is touched."""
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="aclb-check-") as empty_root:
@@ -110,7 +113,7 @@ def check(model: dict[str, Any], secrets: dict[str, Any], name: str | None = Non
     return out
 
 
-def apply(name: str, model: dict[str, Any], secrets: dict[str, Any], ctl: Any = None, root: str = "/",
+def apply(name: str, model: NodeModel, secrets: dict[str, Any], ctl: Any = None, root: str = "/",
           test: bool = False) -> ApplyResult:
     """Render → stage → check → swap → reload one daemon; every failure becomes a ``False`` result."""
     try:
@@ -218,7 +221,7 @@ def set_drain(drained: bool, timeout: float = 10.0, config: str = HEALTHD_CONFIG
     return ret
 
 
-def status(model: dict[str, Any], ctl: Any, config: str = HEALTHD_CONFIG,
+def status(model: NodeModel, ctl: Any, config: str = HEALTHD_CONFIG,
            pidfile: str = HEALTHD_PIDFILE) -> dict[str, Any]:
     """The health agent's view (drained, what is announced and why) and whether each daemon runs."""
     drain_file, state_file = _healthd_paths(config)
@@ -307,7 +310,7 @@ def sessions(socket: str = BIRD_SOCKET) -> dict[str, dict[str, str]]:
 # ----------------------------------------------------------------- verify (after an apply)
 
 
-def _verify_once(model: dict[str, Any], ctl: Any, pending: list[str]) -> tuple[list[str], list[str]]:
+def _verify_once(model: NodeModel, ctl: Any, pending: list[str]) -> tuple[list[str], list[str]]:
     from .answers.haproxy import STAT_COMMAND, parse_show_stat, verify_haproxy
     from .render.haproxy import ADMIN_SOCKET
     from .service import unix_query
@@ -322,14 +325,15 @@ def _verify_once(model: dict[str, Any], ctl: Any, pending: list[str]) -> tuple[l
             problems.append(f"{name}: cannot tell whether it runs ({type(exc).__name__}: {exc})")
     if problems:
         return problems, notes
-    if model.get("haproxy"):
+    hap = model["haproxy"]
+    if hap:
         try:
             rows = parse_show_stat(unix_query(ADMIN_SOCKET, STAT_COMMAND.strip()))
         except (OSError, ValueError) as exc:
             problems.append(f"haproxy stats socket: {exc}")
         else:
-            p, n = verify_haproxy(rows, [f["name"] for f in model["haproxy"]["frontends"]],
-                                  [b["name"] for b in model["haproxy"]["backends"]], pending)
+            p, n = verify_haproxy(rows, [f["name"] for f in hap["frontends"]],
+                                  [b["name"] for b in hap["backends"]], pending)
             problems += p
             notes += n
     if model.get("bgp"):
@@ -339,7 +343,8 @@ def _verify_once(model: dict[str, Any], ctl: Any, pending: list[str]) -> tuple[l
             problems.append(str(exc))
         else:
             problems += [f"BGP session {n} is {st}" for n, st in sorted(bad.items())]
-    for vh in (model.get("apache") or {}).get("vhosts", []):
+    apache = model["apache"]
+    for vh in apache["vhosts"] if apache else []:
         if vh.get("health_path"):
             problems += _http_ok(model["address"], vh["port"], vh["server_name"], vh["health_path"])
     return problems, notes
@@ -359,7 +364,7 @@ def _http_ok(address: str, port: int, host: str, path: str) -> list[str]:
     return [] if status == 200 else [f"apache2 {host}{path} on {address}:{port} answers {status}"]
 
 
-def verify(model: dict[str, Any], ctl: Any, pending: list[str] | None = None, timeout: float = 20.0,
+def verify(model: NodeModel, ctl: Any, pending: list[str] | None = None, timeout: float = 20.0,
            interval: float = 0.25) -> dict[str, Any]:
     """After an apply: every daemon runs, HAProxy's frontends are OPEN and backends UP, every BGP
     session is Established, every apache2 vhost answers its health path — polled until true or

@@ -195,7 +195,7 @@ def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
     model = compiled.fleet.nodes.get(minion_id)
     if model is None:
         return {}
-    data = copy.deepcopy(model)
+    data: dict[str, Any] = dict(copy.deepcopy(model))
     data["secrets"] = slice_for(model["secrets"], compiled.store or {})
     if service_mode:
         data["service_mode"] = service_mode

@@ -10,7 +10,7 @@ test keeps it equal to this output).
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .compiler import Fleet
 
@@ -23,7 +23,8 @@ def _names(fleet: Fleet) -> dict[str, str]:
         for a in (m["address"], m["address6"]):
             if a:
                 names[a] = nid
-        for nb in (m["bgp"] or {}).get("neighbors", []):
+        bgp = m["bgp"]
+        for nb in bgp["neighbors"] if bgp else []:
             if nb["kind"] == "peer":
                 names.setdefault(nb["address"], f"peer {nb['name']}")
         for p in m["management"]:
@@ -36,7 +37,7 @@ def _purpose(comment: str) -> str:
     return f"{m.group(1).upper()} ({m.group(2)})" if m else comment
 
 
-def _on(rule: dict[str, Any], model: dict[str, Any]) -> str:
+def _on(rule: Mapping[str, Any], model: Mapping[str, Any]) -> str:
     own = {model["address"], model["address6"]}
     if not rule["destinations"]:
         return "any"
@@ -53,7 +54,7 @@ def rows(fleet: Fleet, nodes: Iterable[str] | None = None) -> list[dict[str, str
     flows: dict[tuple[str, str, str, str, str], set[str]] = {}
     for nid in (nodes if nodes is not None else fleet.nodes):
         m = fleet.nodes[nid]
-        for r in m["firewall"]["rules"]:
+        for r in (m["firewall"] or {"rules": []})["rules"]:
             ports = ", ".join(str(p) for p in r["ports"]) or "all"
             key = (nid, f"{r['protocol']} {ports}", _on(r, m), _purpose(r["comment"]))
             src = {names.get(s, s) for s in r["sources"]} or {"any"}
@@ -75,4 +76,4 @@ def markdown(table: list[dict[str, str]]) -> str:
 
 def unmanaged(fleet: Fleet) -> list[str]:
     """Nodes whose firewall the site manages (their rows are what the site must open)."""
-    return [nid for nid in fleet.nodes if not fleet.nodes[nid]["firewall"].get("managed", True)]
+    return [nid for nid in fleet.nodes if not (fleet.nodes[nid]["firewall"] or {"managed": True})["managed"]]

@@ -155,7 +155,7 @@ def normalise(data: Mapping[str, Any]) -> dict[str, Any]:
             "bgp_passwords": dict(data.get("bgp_passwords") or {})}
 
 
-def slice_for(names: Mapping[str, list[str]], store: Mapping[str, Any]) -> dict[str, Any]:
+def slice_for(names: Mapping[str, Any], store: Mapping[str, Any]) -> dict[str, Any]:
     """The secret values a node uses, given the names in its model."""
     store = normalise(store)
     return {"certificates": {n: store["certificates"][n] for n in names.get("certificates", [])

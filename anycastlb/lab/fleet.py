@@ -112,7 +112,8 @@ def expected_announcers(fleet: Fleet) -> dict[str, list[str]]:
     """Prefix → active nodes that should announce it."""
     out: dict[str, set[str]] = {}
     for n, m in fleet.nodes.items():
-        for p in (m["bgp"] or {}).get("announce", []) if (m["bgp"] or {}).get("role") == "speaker" else []:
+        bgp = m["bgp"]
+        for p in bgp["announce"] if bgp and bgp["role"] == "speaker" else []:
             out.setdefault(p, set()).add(n)
     return {p: sorted(v) for p, v in out.items()}
 

@@ -126,9 +126,10 @@ class Master:
         if not res.ok:
             return {"result": False, "catalog": res.catalog, "comment": res.summary, "errors": res.errors, "steps": []}
         fleet = res.fleet
+        assert fleet is not None  # res.ok
         drained: dict[str, str] = {}
         if runtime:
-            speakers = [n for n, m in fleet.nodes.items() if (m.get("bgp") or {}).get("role") == "speaker"]
+            speakers = [n for n, m in fleet.nodes.items() if (m["bgp"] or {"role": ""})["role"] == "speaker"]
             for minion, (_rc, st) in self.cmd(speakers, "anycastlb.status", None, 30).items():
                 if isinstance(st, dict) and st.get("drain_file") and st.get("drain_reason") != ORCHESTRATE:
                     drained[minion] = f"drain file, reason: {st.get('drain_reason') or 'none given'}"

@@ -120,7 +120,8 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
     # 2. HAProxy clusters, in the order they first appear
     clusters: dict[str, list[str]] = {}
     for n in order:
-        for c in (nodes[n].get("haproxy") or {}).get("clusters", []):
+        hap = nodes[n]["haproxy"]
+        for c in hap["clusters"] if hap else []:
             clusters.setdefault(c, []).append(n)
     managed_later = {n for n in order if {"backend", "apache"} & set(nodes[n]["roles"])}
     for cname, members in clusters.items():
@@ -128,18 +129,21 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
         for n in members:
             if n in placed:
                 continue
+            hap = nodes[n]["haproxy"]
+            assert hap is not None  # a cluster member runs HAProxy
             pending = tuple(sorted(
-                b["name"] for b in nodes[n]["haproxy"]["backends"]
+                b["name"] for b in hap["backends"]
                 if b["servers"] and all(s["managed"] and s["name"] in managed_later for s in b["servers"])))
             add(_rolling(n, nodes[n], "clusters", f"cluster {cname}", active, rd, pending, before.get(n), drain))
     # 3. anycast backends: the other announcers are the nodes sharing one of its VIPs
     for n in order:
         if n in placed or "anycast" not in nodes[n]["roles"]:
             continue
-        mine = set(nodes[n]["bgp"]["announce"]) if _speaker(nodes[n]) else set()
+        bgp = nodes[n]["bgp"]
+        mine = set(bgp["announce"]) if bgp and _speaker(nodes[n]) else set()
         svc = sorted(s for s in nodes[n]["services"] if fleet.services.get(s, {}).get("mode") == "anycast")
         sharing = [m for m in order if _active(nodes[m]) and m not in rd and "anycast" in nodes[m]["roles"]
-                   and (set(nodes[m]["bgp"]["announce"]) & mine or m == n)]
+                   and (set((nodes[m]["bgp"] or {"announce": []})["announce"]) & mine or m == n)]
         add(_rolling(n, nodes[n], "anycast", "anycast " + ",".join(svc), sharing, rd, (), before.get(n), drain))
     # 4. backends (apache vhosts, HAProxy servers)
     for n in order:
@@ -161,6 +165,7 @@ def out_at_once(steps: Sequence[Step], fleet: Fleet) -> dict[str, int]:
     """Cluster → the most active nodes the plan has out (drained) at the same time (1 or 0)."""
     out: dict[str, int] = {}
     for s in steps:
-        for c in (fleet.nodes[s.node].get("haproxy") or {}).get("clusters", []):
+        hap = fleet.nodes[s.node]["haproxy"]
+        for c in hap["clusters"] if hap else []:
             out[c] = max(out.get(c, 0), 1 if "drain" in s.actions and "undrain" in s.actions else 0)
     return out

@@ -103,8 +103,9 @@ class DaemonSpec:
     """
 
     name: str
-    wanted: Callable[[dict[str, Any]], bool]
-    render: Callable[[dict[str, Any], dict[str, Any], str], list[RenderedFile]]
+    # ``model`` is a NodeModel (anycastlb.model); typed Any here so that renderers may take it as a mapping
+    wanted: Callable[[Any], bool]
+    render: Callable[[Any, dict[str, Any], str], list[RenderedFile]]
     check: Callable[[str, list[RenderedFile]], CheckResult]
     tree: tuple[str, ...] = ()
     owned: tuple[str, ...] = ()
@@ -158,7 +159,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        autoescape=lambda name: bool(name) and name.endswith(".html.j2"),
+        autoescape=lambda name: bool(name) and str(name).endswith(".html.j2"),
         finalize=quote.finalize,
     )
     env.globals["HEADER"] = quote.Quoted(HEADER)

@@ -1,0 +1,167 @@
+"""The compiled node model: the contract between compiler, renderers, minion and runner.
+
+:func:`anycastlb.compiler.compile_catalog` builds one :class:`NodeModel` per node
+(``anycastlb show NODE --json`` prints it; docs/model.md explains every key). It is a
+plain JSON-able mapping, because it travels as Salt pillar; these TypedDicts give it
+types, so mypy checks the builders against its consumers. Sections a node does not
+run are ``None``. Deep parts that are lists of HAProxy, apache2 and Icinga2 objects are
+typed one level down (their keys are documented in docs/model.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class Bfd(TypedDict):
+    """BFD timers of a BGP session."""
+
+    interval_ms: int
+    multiplier: int
+
+
+class PeerExport(TypedDict):
+    """What the route reflectors attach to the paths they send one external peer."""
+
+    communities: list[list[int]]
+    large_communities: list[list[int]]
+    med: int | None
+    prepend: int
+    local_pref: int | None
+
+
+class Neighbor(TypedDict):
+    """One BGP session of the node (one per address family)."""
+
+    name: str
+    ident: str
+    kind: str                 # client, listener, peer, route-reflector
+    address: str
+    family: str               # ipv4 / ipv6
+    local_address: str
+    asn: int
+    password: str | None
+    add_paths: str | None     # tx, rx or None
+    bfd: bool
+    bfd_timers: Bfd | None
+    multihop: bool
+    export: PeerExport | None
+    ebgp: bool
+
+
+class Vip(TypedDict):
+    """A VIP the node may announce and the services on it."""
+
+    address: str
+    prefix: str
+    family: str
+    services: list[str]
+
+
+class VipPools(TypedDict):
+    ipv4: list[str]
+    ipv6: list[str]
+
+
+class BgpModel(TypedDict):
+    """What BIRD runs on the node."""
+
+    asn: int
+    router_id: str
+    role: str                 # speaker, route-reflector, listener
+    bfd: Bfd
+    hold_ms: int
+    vip_pools: VipPools
+    neighbors: list[Neighbor]
+    vips: list[Vip]
+    announce: list[str]
+
+
+class HaproxyModel(TypedDict):
+    """HAProxy on an LB node (frontends, backends and their servers: docs/model.md)."""
+
+    clusters: list[str]
+    stats: dict[str, Any]
+    frontends: list[dict[str, Any]]
+    backends: list[dict[str, Any]]
+    certificates: list[str]
+
+
+class ApacheModel(TypedDict):
+    """apache2 on a backend node (vhosts: docs/model.md)."""
+
+    listen: list[Any]
+    vhosts: list[dict[str, Any]]
+    proxy_protocol_ports: list[int]
+    proxy_protocol_exceptions: list[str]
+
+
+class MonitoringModel(TypedDict):
+    """Icinga2 on a monitoring node (hosts, checks, users: docs/model.md)."""
+
+    hosts: list[dict[str, Any]]
+    vip_hosts: list[str]
+    checks: list[dict[str, Any]]
+    users: list[str]
+    icinga: str
+    contacts: dict[str, Any]
+
+
+class SaltMasterModel(TypedDict):
+    interface: str
+
+
+class Announcement(TypedDict):
+    """One prefix anycastlb-healthd announces while its watch is healthy."""
+
+    prefix: str
+    services: list[str]
+    watch: dict[str, Any]
+
+
+class HealthModel(TypedDict):
+    announcements: list[Announcement]
+
+
+class FirewallRule(TypedDict):
+    comment: str
+    protocol: str
+    ports: list[int]
+    sources: list[str]
+    destinations: list[str]
+
+
+class FirewallModel(TypedDict):
+    """nftables on the node (``managed`` false: the site's own firewall)."""
+
+    policy: str
+    managed: bool
+    rules: list[FirewallRule]
+
+
+class SecretNames(TypedDict):
+    """The names of the secrets the node needs (their values travel apart: anycastlb.pillar)."""
+
+    certificates: list[str]
+    bgp_passwords: list[str]
+
+
+class NodeModel(TypedDict):
+    """One node's compiled model."""
+
+    version: int
+    node: str
+    address: str
+    address6: str | None
+    state: str                # active, drain, maintenance
+    roles: list[str]
+    management: list[str]
+    services: list[str]
+    bgp: BgpModel | None
+    haproxy: HaproxyModel | None
+    apache: ApacheModel | None
+    monitoring: MonitoringModel | None
+    salt_master: SaltMasterModel | None
+    health: HealthModel | None
+    firewall: FirewallModel | None
+    secrets: SecretNames
