@@ -27,6 +27,8 @@ from .model import (ApacheModel, Bfd, BgpModel, FirewallModel, FirewallRule, Hap
                     Announcement, MonitoringModel, Neighbor, NodeModel, PeerExport, SecretNames)
 
 MODEL_VERSION = 1
+#: Longest ``extends`` chain (templates on templates).
+MAX_EXTENDS = 16
 HAPROXY_STATS_PORT = 8404
 SSH_PORT = 22
 SALT_PORTS = (4505, 4506)
@@ -310,6 +312,10 @@ def _resolve(ctx: _Ctx, name: str, templates: Marked, defaults: Any, section: st
         if parent in seen:
             cycle = " -> ".join(seen + [parent])
             ctx.err(section, name, "extends", f"extends cycle: {cycle}", cur, ["extends"])
+            return None
+        if len(chain) > MAX_EXTENDS:
+            ctx.err(section, name, "extends", f"the extends chain is deeper than {MAX_EXTENDS} templates "
+                    f"({' -> '.join(seen[:3] + ['...'] + seen[-2:])})", body, ["extends"])
             return None
         seen.append(parent)
         cur = templates[parent]

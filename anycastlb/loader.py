@@ -106,18 +106,106 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+# ------------------------------------------------------------------ limits
+# A catalog is input from many hands: a hostile file must be refused in well under a
+# second, by lint and by the ext_pillar alike, before anything is built from it.
+#: Largest catalog file.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+#: Most files in a directory catalog.
+MAX_FILES = 10_000
+#: Deepest nesting of mappings and lists.
+MAX_DEPTH = 32
+#: Most nodes a file may stand for once its aliases (and merge keys) are expanded.
+MAX_EXPANDED_NODES = 1_000_000
+#: Most alias uses (``*name``, ``<<: *name``) in one file.
+MAX_ALIASES = 10_000
+
+
+def _limit_error(filename: str, mark: Any, message: str) -> CatalogRefused:
+    line = mark.line + 1 if mark is not None else None
+    return CatalogRefused([CatalogError(filename, line, "yaml", "", "", message)])
+
+
+def check_limits(text: str, filename: str = "<catalog>") -> None:
+    """Refuse a file that is too big, too deep, expands too far through aliases, or has complex keys.
+
+    Walks the parser's events (libyaml's where available) without building anything:
+    each anchor remembers how many nodes it stands for, so an alias bomb is measured,
+    never expanded.
+    """
+    if len(text) > MAX_FILE_BYTES:
+        raise CatalogRefused([CatalogError(filename, None, "file", "", "",
+                                           f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")])
+    sizes: dict[str, int] = {}
+    # one frame per open collection: [size so far, anchor, is mapping, next node is a key]
+    stack: list[list[Any]] = []
+    total = aliases = 0
+
+    def add(size: int, event: Any, is_collection: bool) -> None:
+        nonlocal total
+        total += size
+        if total > MAX_EXPANDED_NODES:
+            raise _limit_error(filename, event.start_mark, f"the file stands for more than {MAX_EXPANDED_NODES} "
+                               "values once its aliases are expanded (an alias bomb?)")
+        if stack:
+            frame = stack[-1]
+            if frame[2]:
+                if frame[3] and is_collection:
+                    raise _limit_error(filename, event.start_mark, "a mapping key must be a plain value, "
+                                       "not a list or a mapping")
+                frame[3] = not frame[3]
+            frame[0] += size
+
+    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        for event in yaml.parse(text, Loader=loader_cls):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                if stack and stack[-1][2] and stack[-1][3]:
+                    raise _limit_error(filename, event.start_mark, "a mapping key must be a plain value, "
+                                       "not a list or a mapping")
+                if len(stack) >= MAX_DEPTH:
+                    raise _limit_error(filename, event.start_mark, f"values nest deeper than {MAX_DEPTH} levels")
+                stack.append([1, event.anchor, isinstance(event, yaml.MappingStartEvent), True])
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                size, anchor, _, _ = stack.pop()
+                if anchor:
+                    sizes[anchor] = size
+                add(size, event, True)
+            elif isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    sizes[event.anchor] = 1
+                add(1, event, False)
+            elif isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    raise _limit_error(filename, event.start_mark, f"more than {MAX_ALIASES} aliases")
+                if stack and stack[-1][2] and stack[-1][3] and sizes.get(event.anchor, 1) > 1:
+                    raise _limit_error(filename, event.start_mark, "a mapping key must be a plain value, "
+                                       "not a list or a mapping")
+                add(sizes.get(event.anchor, 1), event, False)
+    except yaml.YAMLError:
+        return   # the loader reports syntax errors with their line
+
+
 def load_file(path: str | os.PathLike[str], display: str | None = None) -> Marked:
     """Parse one YAML file into a :class:`Marked` mapping (empty file → empty mapping)."""
     name = display or str(path)
     try:
+        if os.stat(path).st_size > MAX_FILE_BYTES:
+            raise CatalogRefused([CatalogError(name, None, "file", "", "",
+                                               f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")])
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogRefused([CatalogError(name, None, "file", "", "", f"cannot read: {exc.strerror}")])
+    except UnicodeDecodeError as exc:
+        raise CatalogRefused([CatalogError(name, None, "file", "", "", f"not UTF-8 text ({exc.reason} at byte "
+                                           f"{exc.start})")])
     return load_text(text, name)
 
 
 def load_text(text: str, filename: str = "<catalog>") -> Marked:
     """Parse YAML text into a :class:`Marked` mapping, refusing syntax errors with their line."""
+    check_limits(text, filename)
     try:
         loader = _Loader(text, filename)
     except yaml.YAMLError as exc:
@@ -149,6 +237,9 @@ def catalog_files(path: str | os.PathLike[str]) -> list[Path]:
                        and not any(part.startswith(".") for part in f.relative_to(p).parts))
         if not files:
             raise CatalogRefused([CatalogError(str(p), None, "file", "", "", "the directory holds no .yaml files")])
+        if len(files) > MAX_FILES:
+            raise CatalogRefused([CatalogError(str(p), None, "file", "", "",
+                                               f"the directory holds more than {MAX_FILES} .yaml files")])
         return files
     if not p.exists():
         raise CatalogRefused([CatalogError(str(p), None, "file", "", "", "no such file or directory")])
