@@ -1439,6 +1439,9 @@ class _Builder:
 
     def _service_check(self, svc: _Svc, port: S.Port, address: str) -> dict[str, Any]:
         m = svc.model
+        if port.protocol == "udp" and m.check.dns is not None and port.port == m.check.dns.port:
+            return {"type": "udp", "address": address, "port": port.port, "dns": m.check.dns.name,
+                    "dns_type": m.check.dns.type}
         if port.protocol == "udp":
             return {"type": "udp", "address": address, "port": port.port}
         if m.mode == "http":

@@ -5,7 +5,8 @@ socket per check and no process per check. Only the standard library:
 
 * DNS (RFC 1035): a query with one question and recursion desired; a resolver is
   healthy when it answers that query (same id, QR set, same question) with
-  ``NOERROR``.
+  ``NOERROR``. The builder and reader live in the self-contained Icinga plugin
+  :mod:`anycastlb.plugins.check_anycastlb_udp` (``--dns``), so both use one.
 * Kerberos (RFC 4120): an AS-REQ for ``krbtgt/REALM@REALM`` from a client that
   does not exist (``anycastlb-healthcheck``). A KDC that serves the realm answers
   with a KRB-ERROR (client unknown, pre-authentication required ...) or an AS-REP;
@@ -16,51 +17,9 @@ socket per check and no process per check. Only the standard library:
 from __future__ import annotations
 
 import secrets
-import struct
 import time
 
-#: DNS record types healthd can ask for (the catalog's ``check.dns.type``).
-DNS_TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33}
-DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
-
-
-def _qname(name: str) -> bytes:
-    labels = name.rstrip(".").split(".") if name.strip(".") else []
-    out = b""
-    for label in labels:
-        raw = label.encode("ascii")
-        if not 1 <= len(raw) <= 63:
-            raise ValueError(f"DNS label {label!r} must have 1 to 63 characters")
-        out += bytes([len(raw)]) + raw
-    if len(out) + 1 > 255:
-        raise ValueError(f"DNS name {name!r} is longer than 255 octets")
-    return out + b"\0"
-
-
-def dns_query(name: str, qtype: str, qid: int | None = None) -> tuple[int, bytes]:
-    """``(id, message)``: a recursive query for ``name``/``qtype`` in class IN."""
-    qid = secrets.randbelow(65536) if qid is None else qid
-    header = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-    return qid, header + _qname(name) + struct.pack("!HH", DNS_TYPES[qtype], 1)
-
-
-def dns_verdict(query: bytes, answer: bytes) -> tuple[bool, str]:
-    """Whether ``answer`` is a NOERROR response to ``query``, and why (a stream's 2-byte length removed)."""
-    if len(answer) < 12:
-        return False, f"short DNS answer ({len(answer)} bytes)"
-    qid, flags, qdcount, ancount = struct.unpack("!HHHH", answer[:8])
-    if qid != struct.unpack("!H", query[:2])[0]:
-        return False, "DNS answer to another query (id differs)"
-    if not flags & 0x8000:
-        return False, "not a DNS response (QR unset)"
-    question = query[12:]
-    if qdcount != 1 or answer[12:12 + len(question)].lower() != question.lower():
-        return False, "DNS answer does not repeat the question"
-    rcode = flags & 0x000F
-    if rcode != 0:
-        return False, f"DNS answer {DNS_RCODES.get(rcode, f'rcode {rcode}')}"
-    return True, f"NOERROR, {ancount} answer record(s)"
-
+from .plugins.check_anycastlb_udp import DNS_RCODES, DNS_TYPES, dns_query, dns_verdict  # noqa: F401
 
 # ------------------------------------------------------------------ DER (the subset Kerberos needs)
 

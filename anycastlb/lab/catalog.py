@@ -116,9 +116,11 @@ def stand_ins(path: str | Path) -> tuple[list[tuple[str, str]], dict[str, tuple[
     for svc in fleet.services.values():
         tcp = [int(x.split("/")[0]) for x in svc["ports"] if x.endswith("/tcp")]
         udp = [int(x.split("/")[0]) for x in svc["ports"] if x.endswith("/udp")]
-        if svc.get("backend_port") is not None:
-            bport = int(svc["backend_port"])
-            tcp, udp = ([bport] if tcp else []), ([bport] if udp else [])
+        bport = svc.get("backend_port")
+        if isinstance(bport, dict):   # per frontend port; an unmapped port keeps its number
+            tcp = [int(bport.get(x, x)) for x in tcp]
+        elif bport is not None:
+            tcp, udp = ([int(bport)] if tcp else []), ([int(bport)] if udp else [])
         for name, spec in (svc.get("backends") or {}).items():
             if name not in fleet.nodes and spec.get("address"):
                 external[str(name)] = str(spec["address"])

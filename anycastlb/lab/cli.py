@@ -18,6 +18,7 @@ from . import catalog as cat_mod
 from .core import (DEFAULT_PREFIX, Lab, LabError, load_lab, missing_prerequisites, teardown_on_failure,
                    up_network)
 from .peer import start_peers
+from .protocols import protocol_stand_ins, start_resolver
 from .responder import start_responder
 from .salt import start_salt
 from . import fleet as fl
@@ -47,9 +48,20 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
         if init == "systemd":
             print(f"{len(lab.nodes)} nodes booted systemd (is-system-running: running) after "
                   f"{lab.meta['boot_seconds']} s more", file=out)
+        protos = protocol_stand_ins(compile_catalog(catalog))
         for host, (tcp, udp) in ports.items():
-            start_responder(lab, host, tcp, udp)
-            print(f"responder on {host}: tcp {tcp} udp {udp}", file=out)
+            p = protos.get(host, {})
+            dns_ports = {d[0] for d in p.get("dns", [])}
+            ldap = sorted(set(p.get("ldap", [])))
+            tcp = [x for x in tcp if x not in dns_ports and x not in ldap]
+            udp = [x for x in udp if x not in dns_ports]
+            if tcp or udp or ldap:
+                start_responder(lab, host, tcp, udp, ldap=ldap)
+                print(f"responder on {host}: tcp {tcp} udp {udp}{f' ldap {ldap}' if ldap else ''}", file=out)
+        for host, p in protos.items():
+            for port in sorted({d[0] for d in p.get("dns", [])}):
+                start_resolver(lab, host, port, [(d[1], d[2]) for d in p["dns"] if d[0] == port])
+                print(f"resolver (dnsmasq) on {host}: port {port}", file=out)
         lab.meta["peer_router"] = peer
         for name, pid in start_peers(lab, peer).items():
             print(f"{'FRR' if peer == 'frr' else 'BIRD'} on peer {name}: pid {pid}", file=out)

@@ -2,6 +2,9 @@
 
 TCP: accept, send ``<name> <port>\\n``, then echo what the client sends until it closes
 (or stays idle for ``--idle`` seconds). UDP: answer every datagram with the same banner.
+``--ldap`` ports send no banner and answer every LDAP message with a successful
+BindResponse of the same message id: enough for HAProxy's ``option ldap-check`` (an
+anonymous bind); there is no directory behind it.
 It listens on ``0.0.0.0`` and ``::`` (so VIPs on ``lo`` answer too), is single-threaded
 (one ``selectors`` loop, at most ``--max-conns`` open connections) and exits when the
 ``--watch`` path disappears (the lab's state dir) besides being killed by PID at teardown.
@@ -42,6 +45,20 @@ def _reply_udp(sock: socket.socket, banner: bytes) -> None:
     sock.sendto(banner, peer)
 
 
+def ldap_bind_response(request: bytes) -> bytes:
+    """A BindResponse (resultCode success) to the LDAP message ``request``, or b"" if it is none."""
+    # LDAPMessage ::= SEQUENCE { messageID INTEGER, protocolOp ... }: 30 LEN 02 N ID...
+    if len(request) < 5 or request[0] != 0x30:
+        return b""
+    at = 2 + (request[1] & 0x7F if request[1] & 0x80 else 0)
+    if at + 2 > len(request) or request[at] != 0x02:
+        return b""
+    n = request[at + 1]
+    msgid = request[at:at + 2 + n]
+    op = b"\x61\x07\x0a\x01\x00\x04\x00\x04\x00"   # [APPLICATION 1] resultCode 0, matchedDN "", message ""
+    return bytes([0x30, len(msgid) + len(op)]) + msgid + op
+
+
 def _listeners(tcp: list[int], udp: list[int]) -> list[tuple[socket.socket, str, int]]:
     out = []
     for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
@@ -67,10 +84,11 @@ def _listeners(tcp: list[int], udp: list[int]) -> list[tuple[socket.socket, str,
 
 
 def serve(name: str, tcp: list[int], udp: list[int], watch: Path | None = None,
-          max_conns: int = 256, idle: float = 10.0) -> None:
+          max_conns: int = 256, idle: float = 10.0, ldap: list[int] | None = None) -> None:
     """Answer on the given ports until ``watch`` disappears (or forever if None)."""
     sel = selectors.DefaultSelector()
-    for s, kind, port in _listeners(tcp, udp):
+    ldap_ports = set(ldap or [])
+    for s, kind, port in _listeners(sorted(set(tcp) | ldap_ports), udp):
         sel.register(s, selectors.EVENT_READ, (kind, port, None))
     conns: dict[socket.socket, float] = {}
     print(f"responder {name}: tcp {tcp} udp {udp}", flush=True)
@@ -94,14 +112,15 @@ def serve(name: str, tcp: list[int], udp: list[int], watch: Path | None = None,
                         c.close()
                         continue
                     c.setblocking(False)
-                    c.send(banner)
+                    if port not in ldap_ports:
+                        c.send(banner)
                     conns[c] = time.monotonic()
                     sel.register(c, selectors.EVENT_READ, ("conn", port, None))
                 else:
                     data = sock.recv(4096)
                     if not data:
                         raise ConnectionResetError
-                    sock.send(data)
+                    sock.send(ldap_bind_response(data) if port in ldap_ports else data)
                     conns[sock] = time.monotonic()
             except (BlockingIOError, InterruptedError):
                 continue
@@ -111,13 +130,15 @@ def serve(name: str, tcp: list[int], udp: list[int], watch: Path | None = None,
                     conns.pop(sock, None)
                     sock.close()
         cutoff = time.monotonic() - idle
-        for c in [c for c, t in conns.items() if t < cutoff]:
+        # A directory keeps idle binds open: LDAP connections are not cut for idling.
+        for c in [c for c, t in conns.items() if t < cutoff and sel.get_key(c).data[1] not in ldap_ports]:
             sel.unregister(c)
             del conns[c]
             c.close()
 
 
-def start_responder(lab: "Lab", host: str, tcp: list[int], udp: list[int], name: str | None = None) -> int:
+def start_responder(lab: "Lab", host: str, tcp: list[int], udp: list[int], name: str | None = None,
+                    ldap: list[int] | None = None) -> int:
     """Run a responder in lab host ``host`` (banner name defaults to the host); return its PID."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--name", name or host,
             "--watch", str(lab.statedir)]
@@ -125,6 +146,8 @@ def start_responder(lab: "Lab", host: str, tcp: list[int], udp: list[int], name:
         argv += ["--tcp", *map(str, tcp)]
     if udp:
         argv += ["--udp", *map(str, udp)]
+    if ldap:
+        argv += ["--ldap", *map(str, ldap)]
     return lab.spawn(host, argv, "responder")
 
 
@@ -134,12 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--tcp", type=int, nargs="*", default=[])
     ap.add_argument("--udp", type=int, nargs="*", default=[])
+    ap.add_argument("--ldap", type=int, nargs="*", default=[], help="tcp ports answering LDAP binds")
     ap.add_argument("--watch", type=Path)
     ap.add_argument("--max-conns", type=int, default=256)
     ap.add_argument("--idle", type=float, default=10.0)
     a = ap.parse_args(argv)
     os.nice(5)
-    serve(a.name, a.tcp, a.udp, a.watch, a.max_conns, a.idle)
+    serve(a.name, a.tcp, a.udp, a.watch, a.max_conns, a.idle, a.ldap)
 
 
 if __name__ == "__main__":

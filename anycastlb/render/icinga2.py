@@ -123,6 +123,8 @@ def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]],
         base["command"] = "anycastlb-udp"
         base["vars"].update({"anycastlb_udp_address": addr, "anycastlb_udp_port": check["port"],
                              "anycastlb_udp_send": check.get("send", UDP_SEND)})
+        if check.get("dns"):   # a resolver: a DNS query, OK only on NOERROR
+            base["vars"].update({"anycastlb_udp_dns": check["dns"], "anycastlb_udp_dns_type": check["dns_type"]})
     elif t == "haproxy-frontend":
         base["command"] = "anycastlb-haproxy"
         base["vars"].update({"anycastlb_address": addr, "anycastlb_port": check["port"],

@@ -147,7 +147,7 @@ def test_resolver_is_checked_by_a_dns_query(fleet: Any) -> None:
     anns = fleet.nodes["dns1"]["health"]["announcements"]
     watches = {a["prefix"]: a["watch"] for a in anns}
     w = watches["192.0.2.53/32"]
-    assert (w["type"], w["name"], w["qtype"], w["port"], w["address"]) == ("dns", "example.org", "SOA", 53,
+    assert (w["type"], w["name"], w["qtype"], w["port"], w["address"]) == ("dns", "www.example.org", "A", 53,
                                                                            "192.0.2.53")
     assert watches["2001:db8:5::53/128"]["address"] == "2001:db8:5::53"
 

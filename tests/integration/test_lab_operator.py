@@ -1,0 +1,121 @@
+"""The operator fleet (tests/data/operator-fleet.yaml) in the lab: real Salt, real daemons.
+
+Issue 19's "done when": the fleet written the way its services run (two LBs, two route
+reflectors, www with TLS, LDAP over tcp with per-port backend ports and long idle
+timeouts, an anycast DNS resolver, monitoring) comes up in the lab and serves. The
+directory behind LDAP is the lab's stand-in (it answers binds, anycastlb.lab.responder);
+the resolvers are real (dnsmasq, anycastlb.lab.protocols).
+
+The issue asks for LDAP binds held idle for 10 minutes; CI cannot wait that long. The
+test holds one idle for 35 s, past HAProxy's 30 s default (``timeout client/server`` in
+``defaults``): it survives only because the service's own ``timeouts`` (15m) are in the
+live HAProxy. docs/traffic.md says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.lab]
+
+FLEET = Path(__file__).resolve().parents[1] / "data" / "operator-fleet.yaml"
+RESOLVER = "192.0.2.53/32"
+
+# Runs in the lab's client namespace: an LDAP bind, idle, a second bind on the same connection.
+LDAP_IDLE = """
+import socket, sys, time
+bind = bytes.fromhex("300c020101600702010304008000")
+s = socket.create_connection(("192.0.2.89", int(sys.argv[1])), timeout=5)
+s.sendall(bind); first = s.recv(100)
+time.sleep(float(sys.argv[2]))
+s.settimeout(5)
+try:
+    s.sendall(bind); second = s.recv(100)
+except OSError as exc:
+    second = repr(exc).encode()
+print(first.hex(), second.hex() if second else "closed")
+"""
+
+# Runs in the client namespace: one DNS query to the resolver VIP with healthd's own probe.
+DNS_QUERY = """
+import asyncio
+from anycastlb.healthd import DnsWatch
+from anycastlb.healthd_main import dns_probe
+print(asyncio.run(dns_probe(DnsWatch(address="192.0.2.53", name="www.example.org", qtype="A", timeout_ms=1000))))
+"""
+
+
+@pytest.fixture(scope="module")
+def lab():
+    if os.geteuid() != 0 or not shutil.which("haproxy") or not shutil.which("ip"):
+        pytest.skip("the lab needs root, iproute2 and the daemons (run .ci/setup)")
+    if not os.path.exists("/usr/sbin/dnsmasq"):
+        pytest.skip("dnsmasq is not installed (bash .ci/setup installs dnsmasq-base)")
+    from anycastlb.lab.cli import temporary_lab
+    with temporary_lab(catalog=FLEET, tag="operator") as the_lab:
+        print(the_lab.up_output)
+        yield the_lab
+
+
+@pytest.fixture(scope="module")
+def fleet(lab):
+    from anycastlb.compiler import compile_catalog
+    return compile_catalog(lab.catalog)
+
+
+def client_python(lab, code: str, *args: str, timeout: float = 60) -> str:
+    from anycastlb.lab.net import CLIENT
+    from anycastlb.lab.salt import PYTHON
+    r = lab.exec(CLIENT, [PYTHON, "-c", code, *args], timeout=timeout, cwd=str(lab.repo))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_fleet_converges_and_serves(lab, fleet):
+    from anycastlb.lab import fleet as fl
+    assert "0 failed" in lab.up_output
+    st = fl.status(lab, fleet)
+    assert st["announcers"] == st["expected"]
+    assert st["announcers"][RESOLVER] == ["dns1", "dns2"]
+    # The lab's tcp probe wants a banner: the LDAP stand-in and dnsmasq send none, so they are
+    # checked below by their own protocol (a bind, a query).
+    wrong = [p for p in st["probes"] if p["service"] == "www" and p["ok"] != p["allowed"]]
+    assert not wrong, wrong
+    bad = {k: v for k, v in (st["icinga"] or {}).items() if v["state"] != "OK"}
+    assert st["icinga"] and not bad, bad   # the resolver's udp checks ask DNS queries too
+    assert all(s == "UP" for b, servers in st["haproxy"].items() for s in servers.values()), st["haproxy"]
+    assert set(st["haproxy"]) >= {"ldap-1389", "ldap-1636", "www-8080"}
+
+
+def test_ldaps_port_reaches_its_own_backend_port(lab):
+    out = client_python(lab, LDAP_IDLE, "636", "0").split()
+    assert out[0].startswith("300c02010161070a0100") and out[1] == out[0], out
+
+
+def test_ldap_bind_survives_idling_past_the_default_timeout(lab):
+    out = client_python(lab, LDAP_IDLE, "389", "35", timeout=60).split()
+    assert out[0].startswith("300c02010161070a0100"), out   # BindResponse, success
+    assert out[1] == out[0], f"the idle connection was closed: {out}"
+
+
+def test_resolver_withdrawn_when_its_answers_stop(lab, fleet):
+    from anycastlb.lab import fleet as fl
+    from anycastlb.lab.faults import wait_until
+    assert "NOERROR" in client_python(lab, DNS_QUERY)
+    pid = lab.registry.get("dns1", "resolver-53")["pid"]
+    os.kill(pid, signal.SIGSTOP)   # the process lives and its tcp port accepts; it answers nothing
+    try:
+        took = wait_until(lambda: fl.announcers(lab, fleet).get(RESOLVER) == ["dns2"], 15,
+                          "dns1's path for the resolver VIP withdrawn", every=0.5)
+        print(f"\nresolver on dns1 stopped answering -> its path gone from the route reflector in {took:.1f} s "
+              f"(check interval 1 s, fall 2; timing on a shared machine)")
+        assert "NOERROR" in client_python(lab, DNS_QUERY), "dns2 still answers on the VIP"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: fl.announcers(lab, fleet).get(RESOLVER) == ["dns1", "dns2"], 15, "dns1 back", every=0.5)
