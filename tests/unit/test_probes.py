@@ -200,3 +200,24 @@ def test_kerberos_probe_times_out_on_a_silent_port() -> None:
         data = s.recv(4096)
     assert (ok, hard) == (False, False) and reason == f"kerberos 127.0.0.1:{port}/udp: no answer in 200 ms"
     assert data.startswith(b"\x6a") and b"krbtgt" in data   # what it sent is an AS-REQ
+
+
+def test_icinga_udp_plugin_asks_the_resolver(dnsmasq: tuple[int, subprocess.Popen[bytes]],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from anycastlb.plugins.check_anycastlb_udp import CRITICAL, OK, main
+    port, _proc = dnsmasq
+    assert main(["-H", "127.0.0.1", "-p", str(port), "--dns", "www.example.org", "-t", "2"]) == OK
+    assert "NOERROR, 1 answer record(s)" in capsys.readouterr().out
+    assert main(["-H", "127.0.0.1", "-p", str(port), "--dns", "nothing.example.net", "-t", "2"]) == CRITICAL
+    assert capsys.readouterr().out.startswith(f"CRITICAL: 127.0.0.1 port {port}/udp: DNS answer ")
+
+
+def test_icinga_checks_a_dns_service_with_queries() -> None:
+    from anycastlb.compiler import compile_catalog
+    from anycastlb.render.icinga2 import objects
+    fleet = compile_catalog(Path(__file__).resolve().parents[1] / "data" / "operator-fleet.yaml")
+    services = {s["name"]: s for s in objects(fleet.nodes["mon1"])["services"]}
+    udp = services["vip resolver 192.0.2.53 53/udp"]
+    assert udp["command"] == "anycastlb-udp"
+    assert (udp["vars"]["anycastlb_udp_dns"], udp["vars"]["anycastlb_udp_dns_type"]) == ("www.example.org", "A")
+    assert "anycastlb_udp_dns" not in services["vip resolver 192.0.2.53 53/tcp"]["vars"]
