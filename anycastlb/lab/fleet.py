@@ -240,13 +240,13 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> float:
 def status(lab: "Lab", fleet: Fleet | None = None) -> dict[str, Any]:
     """Everything ``lab status`` prints, as data."""
     fleet = fleet or compile_catalog(lab.catalog)
-    cafile = str(lab.statedir / "pki" / "campus-wildcard.crt")
     cafiles = sorted((lab.statedir / "pki").glob("*.crt")) if (lab.statedir / "pki").exists() else []
     cafile = str(cafiles[0]) if cafiles else None
     campus = master_node(lab)
     results = run_probes(lab, CLIENT, probe_specs(lab, fleet, CLIENT, cafile))
+    client4 = lab.host(CLIENT).address
     results += run_probes(lab, campus, [s for s in probe_specs(lab, fleet, campus, cafile)
-                                        if not _in_allow(lab.host(CLIENT).address, fleet.services[s["service"]]["allow"])])
+                                        if not (client4 and _in_allow(client4, fleet.services[s["service"]]["allow"]))])
     ann = announcers(lab, fleet)
     lbs = [n for n, m in fleet.nodes.items() if m["haproxy"] and m["state"] == "active"]
     ha = haproxy_states(lab, lbs[0]) if lbs else {}

@@ -109,7 +109,7 @@ def plan(cat: LabCatalog, prefix: str, external: list[tuple[str, str]]) -> tuple
             hosts[h.name] = hp
     hosts[first.name].ifaces.append(
         Iface("eth1", "br1", veth("c"), f"{CLIENT_GW4}/{CLIENT_NET4.prefixlen}", f"{CLIENT_GW6}/{CLIENT_NET6.prefixlen}"))
-    edge = [(CLIENT, "client", CLIENT_ADDR4, CLIENT_ADDR6)]
+    edge: list[tuple[str, str, str, str | None]] = [(CLIENT, "client", CLIENT_ADDR4, CLIENT_ADDR6)]
     edge += [(n, "external", a, None) for n, a in external]
     for name, kind, a4, a6 in edge:
         if name in hosts or name == FABRIC:

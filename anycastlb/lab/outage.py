@@ -128,7 +128,8 @@ class Prober:
         while not ready.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._proc.kill()
-                raise RuntimeError(f"the prober in {self.source} did not start: {self._proc.stderr.read()[-500:]}")
+                err = self._proc.stderr.read() if self._proc.stderr else ""
+                raise RuntimeError(f"the prober in {self.source} did not start: {err[-500:]}")
             time.sleep(0.01)
         return self
 

@@ -119,7 +119,7 @@ def scan(address: str, ports: list[int], timeout: float = 1.5, batch: int = 200)
                 if port in pending:
                     pending.discard(port)
                     sel.unregister(key.fileobj)
-                    if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    if socks[port].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
                         open_ports.append(port)
         for s in socks.values():
             s.close()

@@ -110,8 +110,8 @@ def mntns_pids(inodes: set[int]) -> list[int]:
 
 def kill_all(pids: list[int], grace: float = 3.0) -> list[int]:
     """SIGTERM ``pids``, wait up to ``grace`` seconds, SIGKILL survivors; return those still alive."""
-    starts = {p: start_time(p) for p in set(pids) if p != os.getpid()}
-    starts = {p: s for p, s in starts.items() if s is not None}
+    maybe = {p: start_time(p) for p in set(pids) if p != os.getpid()}
+    starts = {p: s for p, s in maybe.items() if s is not None}
     for p in starts:
         try:
             os.kill(p, signal.SIGTERM)

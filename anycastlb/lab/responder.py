@@ -102,6 +102,7 @@ def serve(name: str, tcp: list[int], udp: list[int], watch: Path | None = None,
         for key, _ in sel.select(timeout=1.0):
             kind, port, _ = key.data
             sock = key.fileobj
+            assert isinstance(sock, socket.socket)
             banner = f"{name} {port}\n".encode()
             try:
                 if kind == "udp":
