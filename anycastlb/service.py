@@ -7,8 +7,8 @@ be forced with the pillar key ``anycastlb:service_mode`` or the environment
 variable ``ANYCASTLB_SERVICE_MODE`` (``systemd`` or ``direct``).
 
 Each daemon is one :class:`Service` entry in :data:`SERVICES` (its systemd unit,
-its direct-mode command, pidfile and reload method); renderer modules add theirs
-with :func:`register_service`. A reload is *confirmed*, never assumed:
+its direct-mode command, pidfile and reload method); a renderer module declares the
+``SERVICE`` of its daemon and :func:`services` loads them. A reload is *confirmed*, never assumed:
 
 - HAProxy (master-worker): the server states are dumped to the state file, the
   master gets SIGUSR2, and the master CLI (``show proc``) must show a new worker
