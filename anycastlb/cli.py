@@ -97,6 +97,25 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_owners(args: argparse.Namespace) -> int:
+    """Who owns what: root and each tenant's files, services, templates, VIPs and host names."""
+    fleet = _compile(args.catalog)
+    if args.json:
+        print(json.dumps(fleet.owners, indent=2, sort_keys=True))
+        return 0
+    for owner, o in fleet.owners.items():
+        head = owner if owner == "(root)" else f"tenant {owner} (declared in {o['declared_in']})"
+        print(head)
+        for key in ("files", "services", "templates", "vips", "host_names"):
+            print(f"  {key.replace('_', ' ')}: {', '.join(o[key]) or '-'}")
+        if o.get("lanes"):
+            lanes = o["lanes"]
+            for key in ("vip_prefixes", "hostnames", "clusters", "nodes", "backend_prefixes", "certificates"):
+                if key in lanes:
+                    print(f"  may use {key.replace('_', ' ')}: {', '.join(lanes[key]) or '-'}")
+    return 0
+
+
 def cmd_roster(args: argparse.Namespace) -> int:
     """Print a salt-ssh roster for the catalog's nodes."""
     from .roster import roster_yaml
@@ -146,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("new")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_diff)
+    s = sub.add_parser("owners", help="who owns what: root and tenant files, services, VIPs, host names")
+    s.add_argument("catalog", help="catalog file or directory")
+    s.add_argument("--json", action="store_true", help="as JSON, for review tooling")
+    s.set_defaults(func=cmd_owners)
     s = sub.add_parser("schema", help="JSON Schema of the catalog")
     s.set_defaults(func=cmd_schema)
     s = sub.add_parser("roster", help="salt-ssh roster of the catalog's nodes (for bootstrapping)")

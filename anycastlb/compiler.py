@@ -36,7 +36,7 @@ BGP_PORT = 179
 BFD_PORTS = (3784, 3785)
 BFD_MULTIHOP_PORT = 4784
 SECTION_KIND = {"nodes": "node", "peers": "peer", "clusters": "cluster", "templates": "template",
-                "services": "service", "contacts": "contact"}
+                "services": "service", "contacts": "contact", "tenants": "tenant"}
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -124,6 +124,8 @@ class Fleet:
     summary: dict[str, Any]
     #: What lint reports without refusing (a cluster with no active node ...).
     warnings: list[CatalogError] = field(default_factory=list)
+    #: Who owns what (``anycastlb owners``): root and each tenant's files, services, VIPs, names.
+    owners: dict[str, Any] = field(default_factory=dict)
 
     def slice(self, node_id: str) -> NodeModel | None:
         """One node's model, or None for a node the catalog does not name."""
@@ -355,6 +357,7 @@ def compile_catalog(path: str | os.PathLike[str], secrets: Mapping[str, Any] | N
 def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any] | None = None) -> Fleet:
     """Compile an already loaded (marked) catalog mapping."""
     ctx = _Ctx(raw=raw if isinstance(raw, Marked) else Marked(raw, file=name), name=name)
+    ctx.errors.extend(getattr(raw, "load_errors", []))   # merge and tenant-file errors, in the same round
     if "bgp" not in ctx.raw:
         ctx.err("catalog", "", "bgp", "required section 'bgp' (with 'asn') is missing")
         bgp = None
@@ -454,6 +457,8 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
                     ctx.err("services", sname, f"monitor.notify[{i}]", f"{user!r} is not in contacts "
                             f"({', '.join(sorted(contacts))})", svc.raw, ["monitor", "notify", i])
     _check_proxy_protocol(ctx, services, nodes)
+    _check_server_names(ctx, services, nodes)
+    owners = _check_tenants(ctx, services, nodes)
     if bgp is not None:
         _check_routing(ctx, nodes, services, clusters)
     if secrets is not None:
@@ -465,10 +470,150 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
                    icinga={"mode": monitoring.icinga,
                            "contacts": {k: v.model_dump() for k, v in sorted(contacts.items())}})
     fleet.warnings = _dedupe(warnings)
+    fleet.owners = owners
     return fleet
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def _host_names(m: S.Service, sname: str) -> list[tuple[str, str]]:
+    """(key, host name) a service claims: its vhost's name and aliases, its check's Host."""
+    out: list[tuple[str, str]] = []
+    if m.apache is not None:
+        out.append(("apache.server_name", m.apache.server_name or sname))
+        out += [(f"apache.aliases[{i}]", a) for i, a in enumerate(m.apache.aliases)]
+    if m.check.http is not None and m.check.http.host:
+        out.append(("check.http.host", m.check.http.host))
+    return out
+
+
+def _check_server_names(ctx: _Ctx, services: dict[str, _Svc], nodes: dict[str, S.Node]) -> None:
+    """Two services may not claim one host name on one backend port of one node (apache would pick one)."""
+    claims: dict[tuple[str, int, str], str] = {}
+    for sname in sorted(services):
+        svc = services[sname]
+        m = svc.model
+        if m.apache is None or m.mode != "http":
+            continue
+        names = [(k, n) for k, n in _host_names(m, sname) if k.startswith("apache")]
+        for b in sorted(m.backends):
+            if b not in nodes:
+                continue
+            for port in sorted({m.backend_port or p.port for p in svc.ports}):
+                for key, host in names:
+                    first = claims.setdefault((b, port, host.lower()), sname)
+                    if first != sname:
+                        ctx.err("services", sname, key, f"host name {host!r} on node {b!r} port {port} is already "
+                                f"claimed by service {first!r} ({file_of(ctx.raw['services'], first)})",
+                                svc.raw, key.replace("[", ".").replace("]", "").split("."))
+
+
+def _in_suffixes(host: str, suffixes: list[str]) -> bool:
+    base = host[2:] if host.startswith("*.") else host
+    return any(base.lower() == s.lower() or base.lower().endswith("." + s.lower()) for s in suffixes)
+
+
+def _check_tenants(ctx: _Ctx, services: dict[str, _Svc], nodes: dict[str, S.Node]) -> dict[str, Any]:
+    """Tenants stay in their lanes (issue 11 item 6); returns who owns what."""
+    raw_tenants = _section(ctx, "tenants")
+    file_tenants: dict[str, str] = getattr(ctx.raw, "file_tenants", {})
+    tenants: dict[str, S.Tenant] = {}
+    for tname, body in raw_tenants.items():
+        if not _check_name(ctx, "tenants", tname):
+            continue
+        declared = file_of(raw_tenants, tname)
+        if declared in file_tenants:
+            ctx.err("tenants", tname, "", "tenants are declared in root files only")
+            continue
+        t = _pydantic(ctx, S.Tenant, body if body is not None else {}, "tenants", tname, body)
+        if t is not None:
+            tenants[tname] = t
+    # lanes of two tenants may not overlap
+    names = sorted(tenants)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for pa in tenants[a].vip_prefixes:
+                for pb in tenants[b].vip_prefixes:
+                    if ipaddress.ip_network(pa).overlaps(ipaddress.ip_network(pb)):
+                        ctx.err("tenants", b, "vip_prefixes", f"{pb} overlaps {pa} of tenant {a!r}")
+            for ha in tenants[a].hostnames:
+                for hb in tenants[b].hostnames:
+                    if _in_suffixes(ha, [hb]) or _in_suffixes(hb, [ha]):
+                        ctx.err("tenants", b, "hostnames", f"{hb!r} overlaps {ha!r} of tenant {a!r}")
+
+    def where(tname: str) -> str:
+        f, ln = line_of(raw_tenants, [tname])
+        return f"{file_of(raw_tenants, tname)}:{ln}"
+
+    def owner(section: str, name: str) -> str | None:
+        sec = _section(ctx, section)
+        return file_tenants.get(file_of(sec, name)) if name in sec else None
+
+    # templates: a service extends only root templates and its own tenant's
+    for section in ("templates", "services"):
+        sec = _section(ctx, section)
+        for oname, body in sec.items():
+            mine = owner(section, oname)
+            parent = body.get("extends") if isinstance(body, dict) else None
+            if not isinstance(parent, str) or parent not in _section(ctx, "templates"):
+                continue
+            theirs = owner("templates", parent)
+            if theirs is not None and theirs != mine:
+                lane = f"tenant {mine!r}" if mine else "a root file"
+                ctx.err(section, oname, "extends", f"template {parent!r} belongs to tenant {theirs!r} "
+                        f"({file_of(_section(ctx, 'templates'), parent)}); {lane} may extend only root templates"
+                        + (" and its own" if mine else ""), body, ["extends"])
+    for sname in sorted(services):
+        tname = owner("services", sname)
+        if tname is None or tname not in tenants:
+            continue
+        t, svc, m = tenants[tname], services[sname], services[sname].model
+        lane = f"tenant {tname!r} (declared in {where(tname)})"
+        err = lambda key, msg, path: ctx.err("services", sname, key, msg, svc.raw, path)  # noqa: E731
+        nets = [ipaddress.ip_network(p) for p in t.vip_prefixes]
+        for i, ip in enumerate(svc.vips):
+            if not any(ip in n for n in nets):
+                err(f"vip[{i}]", f"VIP {ip} is outside the VIP prefixes of {lane}: "
+                    f"{', '.join(t.vip_prefixes) or 'none'}", ["vip"])
+        if m.mode != "anycast" and m.cluster and m.cluster not in t.clusters:
+            err("cluster", f"cluster {m.cluster!r} is not one {lane} may use ({', '.join(t.clusters) or 'none'})",
+                ["cluster"])
+        for b, be in m.backends.items():
+            if b in nodes and b not in t.nodes:
+                err(f"backends.{b}", f"node {b!r} is not one {lane} may use ({', '.join(t.nodes) or 'none'})",
+                    ["backends"])
+            if be.address is not None and t.backend_prefixes is not None:
+                ip = ipaddress.ip_address(be.address)
+                if not any(ip in ipaddress.ip_network(p) for p in t.backend_prefixes):
+                    err(f"backends.{b}.address", f"backend address {ip} is outside the backend prefixes of {lane}",
+                        ["backends"])
+        for key, host in _host_names(m, sname):
+            if not _in_suffixes(host, t.hostnames):
+                err(key, f"host name {host!r} is outside the host names of {lane}: "
+                    f"{', '.join(t.hostnames) or 'none'}", key.replace("[", ".").replace("]", "").split("."))
+        if m.tls is not None and m.tls.certificate not in t.certificates:
+            err("tls.certificate", f"certificate {m.tls.certificate!r} is not one {lane} may use "
+                f"({', '.join(t.certificates) or 'none'})", ["tls", "certificate"])
+        if m.allow_node_ports:
+            err("allow_node_ports", f"only root files may allow a node's own ports ({lane})", ["allow_node_ports"])
+    # who owns what
+    files: list[str] = list(getattr(ctx.raw, "files", [ctx.raw.file or ctx.name]))
+    out: dict[str, Any] = {}
+    for tname in [None] + sorted(tenants):
+        key = tname or "(root)"
+        svcs = sorted(s for s in _section(ctx, "services") if owner("services", s) == tname)
+        out[key] = {
+            "declared_in": where(tname) if tname else None,
+            "files": [f for f in files if file_tenants.get(f) == tname],
+            "services": svcs,
+            "templates": sorted(x for x in _section(ctx, "templates") if owner("templates", x) == tname),
+            "vips": sorted({str(ip) for s in svcs if s in services for ip in services[s].vips}, key=_addr_key),
+            "host_names": sorted({h for s in svcs if s in services for _, h in _host_names(services[s].model, s)}),
+            "lanes": tenants[tname].model_dump(exclude_none=True) if tname else None,
+        }
+    return out
+
 
 #: Ports a node serves itself, by what it runs (see docs/firewall.md).
 NODE_PORTS: dict[str, tuple[tuple[int, str, str], ...]] = {

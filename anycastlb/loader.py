@@ -7,6 +7,7 @@ item, so that a refusal can say where the offending value stands.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,7 +19,7 @@ from .errors import CatalogError, CatalogRefused
 #: Sections whose entries are named objects; a name defined in two files is an error.
 NAMED_SECTIONS = ("nodes", "peers", "clusters", "templates", "services", "contacts")
 #: Sections that are mappings of settings; a key set in two files is an error.
-SETTING_SECTIONS = ("bgp", "defaults", "firewall", "monitoring", "limits")
+SETTING_SECTIONS = ("bgp", "defaults", "firewall", "monitoring", "limits", "tenants")
 #: Sections that are lists; the lists of several files are joined.
 LIST_SECTIONS = ("vip_pools", "management")
 SECTIONS = SETTING_SECTIONS + LIST_SECTIONS + NAMED_SECTIONS
@@ -246,8 +247,65 @@ def catalog_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
-def merge_documents(docs: list[Marked]) -> Marked:
-    """Merge the sections of several files; a name or key defined twice is an error naming both files."""
+#: What a tenant's file may define; every other section is fleet-wide (root files only).
+TENANT_SECTIONS = ("services", "templates")
+
+
+def assign_tenants(docs: list[Marked], base: Path) -> tuple[dict[str, str], list[CatalogError]]:
+    """``{file: tenant}`` for the files a root file's ``tenants.*.files`` globs match.
+
+    Globs are relative to the catalog directory and matched against each file's whole
+    relative path (``*`` also crosses ``/``). A file two tenants claim, a root file that
+    declares tenants and is claimed, and a fleet-wide section in a tenant's file are errors.
+    """
+    owners: dict[str, str] = {}
+    errors: list[CatalogError] = []
+    globs: list[tuple[str, str, str, int | None]] = []   # tenant, glob, declaring file, line
+    for doc in docs:
+        tenants = doc.get("tenants")
+        if not isinstance(tenants, dict):
+            continue
+        for tname, body in tenants.items():
+            files = body.get("files") if isinstance(body, dict) else None
+            for i, g in enumerate(files if isinstance(files, list) else [files] if isinstance(files, str) else []):
+                if isinstance(g, str):
+                    line = files.marks[i] if isinstance(files, MarkedList) else None
+                    globs.append((str(tname), g, doc.file, line or tenants.marks.get(tname)))
+    if not globs:
+        return owners, errors
+    for doc in docs:
+        try:
+            rel = Path(doc.file).relative_to(base).as_posix()
+        except ValueError:
+            rel = Path(doc.file).name
+        hits = sorted({(t, f, ln) for t, g, f, ln in globs if fnmatch.fnmatchcase(rel, g)})
+        tenants_hit = sorted({t for t, _, _ in hits})
+        if not tenants_hit:
+            continue
+        if len(tenants_hit) > 1:
+            errors.append(CatalogError(doc.file, None, "tenant", tenants_hit[0], "files",
+                                       f"this file is claimed by the globs of tenants {', '.join(tenants_hit)} "
+                                       f"({', '.join(f'{f}:{ln}' for _, f, ln in hits)}): one file, one tenant"))
+            continue
+        tenant = tenants_hit[0]
+        owners[doc.file] = tenant
+        for section in doc:
+            if section not in TENANT_SECTIONS:
+                t, f, ln = hits[0]
+                errors.append(CatalogError(
+                    doc.file, doc.marks.get(section), "tenant", tenant, str(section),
+                    f"section {section!r} is fleet-wide and belongs in a root file: a tenant's file "
+                    f"(tenant {tenant!r}, files declared in {f}:{ln}) may define only "
+                    f"{' and '.join(TENANT_SECTIONS)}"))
+    return owners, errors
+
+
+def merge_documents(docs: list[Marked], defer: bool = False) -> Marked:
+    """Merge the sections of several files; a name or key defined twice is an error naming both files.
+
+    With ``defer`` the errors are kept in the result's ``load_errors`` (the compiler reports
+    them with its own, in one round) instead of being raised.
+    """
     errors: list[CatalogError] = []
     merged = Marked(file=docs[0].file if docs else "<catalog>", line=1)
     where: dict[tuple[str, Any], tuple[str, int | None]] = {}
@@ -291,8 +349,9 @@ def merge_documents(docs: list[Marked]) -> Marked:
                 cur.marks[name] = item_line
                 # Items of one section may come from several files: remember each item's file.
                 _item_files(cur)[name] = doc.file
-    if errors:
+    if errors and not defer:
         raise CatalogRefused(errors)
+    merged.load_errors = errors  # type: ignore[attr-defined]
     return merged
 
 
@@ -325,7 +384,12 @@ def load_catalog(path: str | os.PathLike[str]) -> Marked:
             errors.extend(exc.errors)
     if errors:
         raise CatalogRefused(errors)
-    return merge_documents(docs)
+    merged = merge_documents(docs, defer=True)
+    owners, tenant_errors = assign_tenants(docs, base if base.is_dir() else base.parent)
+    merged.file_tenants = owners  # type: ignore[attr-defined]
+    merged.files = [d.file for d in docs]  # type: ignore[attr-defined]
+    merged.load_errors.extend(tenant_errors)  # type: ignore[attr-defined]
+    return merged
 
 
 def line_of(root: Any, path: Iterable[Any]) -> tuple[str | None, int | None]:

@@ -781,6 +781,35 @@ class Limits(Strict):
     max_pool_v6: int = Field(48, ge=16, le=128, description="the widest IPv6 vip_pools prefix (default /48)")
 
 
+def _prefix_list(v: list[str]) -> list[str]:
+    return [str(parse_net(x)) for x in v]
+
+
+class Tenant(Strict):
+    """A department's lanes: the files it writes and what its services may claim (root files only)."""
+
+    files: Annotated[StrList, Field(min_length=1, description="globs relative to the catalog directory")]
+    vip_prefixes: Annotated[StrList, AfterValidator(_prefix_list)] = Field(
+        [], description="every VIP of the tenant's services lies in one of these")
+    hostnames: list[Hostname] = Field([], description="suffixes: server_name, aliases and check hosts are one "
+                                                      "of these or below one")
+    clusters: list[Name] = Field([], description="the clusters its services may use")
+    nodes: list[Name] = Field([], description="the managed nodes its services may use as backends")
+    backend_prefixes: Annotated[StrList, AfterValidator(_prefix_list)] | None = Field(
+        None, description="where its external backends may be (default: anywhere)")
+    certificates: list[Name] = Field([], description="the certificates its services may terminate with")
+    description: Text | None = None
+
+    @field_validator("files")
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if not isinstance(g, str) or not g or g.startswith("/") or ".." in g.split("/") or not g.isprintable():
+                raise ValueError(f"{str(g)[:60]!r} is not a glob relative to the catalog directory, "
+                                 "such as library/*.yaml")
+        return v
+
+
 class CatalogSchema(Strict):
     """The whole catalog, for the JSON Schema export (the compiler validates object by object)."""
 
@@ -790,6 +819,7 @@ class CatalogSchema(Strict):
     management: StrList = []
     firewall: Firewall = Field(default_factory=Firewall)
     limits: Limits = Field(default_factory=Limits)
+    tenants: dict[Name, Tenant] = {}
     monitoring: Monitoring = Field(default_factory=Monitoring)
     contacts: dict[Name, Contact] = {}
     defaults: Service = Field(default_factory=Service)
