@@ -75,7 +75,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if fw is None:
         return 0
     print(f"  firewall: default {fw['policy']}, {len(fw['rules'])} accept rules" if fw["managed"]
-          else f"  firewall: unmanaged (the site's must open {len(fw['rules'])} rules: anycastlb ports)")
+          else f"  firewall: unmanaged (the site's firewall must open {len(fw['rules'])} rules: anycastlb ports)")
     return 0
 
 
