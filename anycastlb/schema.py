@@ -436,8 +436,10 @@ class Peer(Strict):
         return v
 
 
-#: An e-mail address: a dot-atom local part and a DNS name (no quotes, spaces or line breaks).
-EMAIL_RE = (r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+#: An e-mail address: letters, digits, ``._+-`` before the ``@``, a DNS name after it.
+#: The local part is narrower than RFC 5322's dot-atom on purpose: Debian's mail scripts pass the
+#: address unquoted to ``mail``, so no leading ``-`` (an option) and no ``*?[{}|$`'&#~!/=^%`` (shell).
+EMAIL_RE = (r"^[A-Za-z0-9][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+)*"
             r"@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 
 

@@ -275,3 +275,15 @@ def test_unmanaged_node_gets_no_nftables_step_and_no_boot_unit(tmp_path: Path) -
     assert "nftables.service" not in units.enabled_units(fleet.nodes["web2"])
     assert "nftables" in minion.wanted(fleet.nodes["web1"])
     assert "nftables.service" in units.enabled_units(fleet.nodes["web1"])
+
+
+@needs_nft
+def test_the_widest_accepted_rule_name_passes_nft_check(tmp_path: Path) -> None:
+    """Every character the rule-name grammar allows, at its longest, is inert in the ruleset."""
+    name = "a/b (c) +d,e-f:g.h_i " + "x" * 43
+    assert len(name) == 64
+    fleet = compiled(tmp_path, edit("nodes:", f"firewall:\n  accept:\n    - {{name: '{name}', protocol: tcp, "
+                                              "ports: [10161], sources: [any]}\n\nnodes:"))
+    assert f'"site: {name}"'[:60] in nft_text(fleet.nodes["web1"])
+    ok, out = stage_and_check(nftables.SPEC, fleet.nodes["web1"], {}, "/")
+    assert ok, out

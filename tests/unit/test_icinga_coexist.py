@@ -130,7 +130,9 @@ def refused(tmp_path: Path, text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("email", ['"a b@example.org"', '"x@example.org\\nBcc: y@example.org"', '"net\\"ops@example.org"',
-                                   "netops", "netops@localhost", '"netops@exa mple.org"', "'@example.org'"])
+                                   "netops", "netops@localhost", '"netops@exa mple.org"', "'@example.org'",
+                                   # Debian's mail scripts pass the address unquoted to mail(1):
+                                   "'-Sx=y@example.org'", "'a*b@example.org'", "'a$(id)@example.org'"])
 def test_bad_email_refused_with_place(tmp_path: Path, email: str) -> None:
     text = CAMPUS_TEXT.replace("\nnodes:", f"\ncontacts:\n  netops: {{email: {email}}}\n\nnodes:", 1)
     errs = refused(tmp_path, text)
@@ -149,3 +151,17 @@ def test_bad_monitoring_keys_refused_with_place(tmp_path: Path, extra: str, line
     errs = refused(tmp_path, text)
     line = next(i for i, t in enumerate(text.splitlines(), 1) if line_needle in t)
     assert any(f"catalog.yaml:{line}: {where}" in e for e in errs), errs
+
+
+@needs_icinga
+def test_the_widest_accepted_contact_passes_icinga2_check(tmp_path: Path) -> None:
+    """What lint accepts, the checker accepts: every character the grammars allow, in both modes."""
+    text = CAMPUS_TEXT.replace("\nnodes:", "\ncontacts:\n  netops: {email: a.b+c_d-9@mail-1.example.org, "
+                               "display_name: \"O'Brien & Co. <ops> $user.name$ {x} #y // ${z}\"}\n\nnodes:", 1)
+    for mode in ("standalone", "conf.d"):
+        p = tmp_path / f"{mode}.yaml"
+        p.write_text(text.replace("\ncontacts:", f"\nmonitoring: {{icinga: {mode}}}\ncontacts:", 1))
+        model = compile_catalog(p).nodes["mon1"]
+        assert "O'Brien" in files(model)[f"{OURS}/users.conf"]
+        ok, out = stage_and_check(icinga2.SPEC, model, {}, "/")
+        assert ok, out
