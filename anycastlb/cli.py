@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -76,6 +77,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"  firewall: default {fw['policy']}, {len(fw['rules'])} accept rules" if fw["managed"]
           else f"  firewall: unmanaged (the site's firewall must open {len(fw['rules'])} rules: anycastlb ports)")
+    for r in fw["rules"]:
+        ports = ",".join(str(p) for p in r.get("ports") or []) or "-"
+        src = ", ".join(r.get("sources") or []) or "any"
+        dst = ", ".join(r.get("destinations") or []) or "any"
+        print(f"    accept {r.get('protocol')} {ports} from {src} to {dst}  # {r.get('comment', '')}")
     return 0
 
 
@@ -152,18 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"anycastlb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("lint", help="validate a catalog (file or directory)")
-    s.add_argument("catalog")
+    s.add_argument("catalog", help="catalog file or directory")
     s.add_argument("--secrets", help="secrets file: also check that every certificate and password exists")
     s.set_defaults(func=cmd_lint)
     s = sub.add_parser("show", help="one node's compiled model")
-    s.add_argument("catalog")
-    s.add_argument("node")
+    s.add_argument("catalog", help="catalog file or directory")
+    s.add_argument("node", help="a node id (a Salt minion id) of the catalog")
     s.add_argument("--json", action="store_true", help="the whole model as JSON")
     s.set_defaults(func=cmd_show)
     s = sub.add_parser("diff", help="impact of a catalog change (nodes and services)")
-    s.add_argument("old")
-    s.add_argument("new")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("old", help="the catalog as deployed (file or directory)")
+    s.add_argument("new", help="the changed catalog (file or directory)")
+    s.add_argument("--json", action="store_true", help="the report as JSON")
     s.set_defaults(func=cmd_diff)
     s = sub.add_parser("owners", help="who owns what: root and tenant files, services, VIPs, host names")
     s.add_argument("catalog", help="catalog file or directory")
@@ -172,16 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="JSON Schema of the catalog")
     s.set_defaults(func=cmd_schema)
     s = sub.add_parser("roster", help="salt-ssh roster of the catalog's nodes (for bootstrapping)")
-    s.add_argument("catalog")
+    s.add_argument("catalog", help="catalog file or directory")
     s.add_argument("node", nargs="*", help="only these nodes (default: all)")
-    s.add_argument("--user", default="root")
+    s.add_argument("--user", default="root", help="ssh user (default %(default)s)")
     s.add_argument("--priv", help="ssh private key for salt-ssh")
-    s.add_argument("--port", type=int, default=22)
+    s.add_argument("--port", type=int, default=22, help="ssh port (default %(default)s)")
     s.set_defaults(func=cmd_roster)
     s = sub.add_parser("ports", help="port matrix: who talks to whom on which port")
-    s.add_argument("catalog")
+    s.add_argument("catalog", help="catalog file or directory")
     s.add_argument("node", nargs="*", help="only flows to these nodes (default: all)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the matrix as JSON")
     s.set_defaults(func=cmd_ports)
     for modname in _EXTRA:
         try:
@@ -196,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a user's mistake is a message and exit status 1 (or 2), never a traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -206,6 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except RenderError as exc:
         print(f"error: cannot render: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # the reader went away (``anycastlb show ... | head``): stop quietly, as cat does
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
+        except OSError:
+            pass
+        return 141
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
 

@@ -194,6 +194,12 @@ def _message(e: Any, loc: tuple[Any, ...]) -> str:
         return msg[len("Value error, "):]
     if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
         return f"{_shown(value)} is out of range: {msg[0].lower()}{msg[1:]}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        cls = getattr(S, str((e.get("ctx") or {}).get("class_name", "")), None)
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            keys = ", ".join(cls.model_fields)
+            return f"{_shown(value)} is not a mapping: expected a mapping with the keys {keys}"
+        return f"{_shown(value)} is not a mapping: expected a mapping of keys"
     if kind in _EXPECTED:
         return f"{_shown(value)} is not {_EXPECTED[kind]}" if kind not in ("missing",) else _EXPECTED[kind]
     if kind.endswith("_type") or kind.endswith("_parsing"):
@@ -435,9 +441,11 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
             if isinstance(body, dict):
                 _pydantic(ctx, S.Service, {k: v for k, v in body.items() if k != "extends"}, "services",
                           sname, body)
+                _check_references(ctx, sname, body, pools, nodes, clusters)
             continue
         m = _pydantic(ctx, S.Service, resolved, "services", sname, resolved)
         if m is None:
+            _check_references(ctx, sname, resolved, pools, nodes, clusters)
             continue
         svc = _check_service(ctx, sname, m, resolved, pools, nodes, clusters)
         if not _check_settings(ctx, sname, m, resolved):
@@ -1078,6 +1086,36 @@ def server_port(m: S.Service, port: S.Port) -> int:
     if isinstance(m.backend_port, dict):
         return m.backend_port.get(port.port, port.port)
     return m.backend_port or port.port
+
+
+def _check_references(ctx: _Ctx, name: str, raw: Any, pools: list[Net], nodes: dict[str, S.Node],
+                      clusters: dict[str, S.Cluster]) -> None:
+    """What a service that cannot be validated whole still shows (a broken template chain, a bad value
+    elsewhere): its cluster, VIPs and backends, read from the raw mapping, so errors come in one round."""
+    if not isinstance(raw, dict):
+        return
+    err = lambda key, msg, path: ctx.err("services", name, key, msg, raw, path)  # noqa: E731
+    cluster = raw.get("cluster")
+    if isinstance(cluster, str) and cluster not in clusters:
+        err("cluster", f"cluster {cluster!r} does not exist", ["cluster"])
+    vips = raw.get("vip")
+    for i, text in enumerate(vips if isinstance(vips, list) else [vips] if vips is not None else []):
+        path = ["vip", i] if isinstance(vips, list) else ["vip"]
+        try:
+            ip = S.parse_ip(text)
+        except ValueError as exc:
+            err(f"vip[{i}]", str(exc), path)
+            continue
+        fam = [p for p in pools if p.version == ip.version]
+        if fam and not any(ip in p for p in fam):
+            err(f"vip[{i}]", f"VIP {ip} is outside vip_pools ({', '.join(map(str, fam))})", path)
+    try:
+        backends = S._backends(raw.get("backends"))
+    except ValueError:
+        return
+    for bname, b in (backends.items() if isinstance(backends, dict) else []):
+        if isinstance(bname, str) and bname not in nodes and not (isinstance(b, dict) and b.get("address")):
+            err(f"backends.{bname}", f"backend {bname!r} is not a node and has no address", ["backends"])
 
 
 def _check_conflicts(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S.Cluster],

@@ -99,12 +99,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``render`` and ``check`` to the ``anycastlb`` command."""
     s = subparsers.add_parser("render", help="write every node's config files under a directory (offline)")
-    s.add_argument("catalog")
+    s.add_argument("catalog", help="catalog file or directory")
     s.add_argument("--out", required=True, help="output directory: OUT/<node>/etc/...")
     s.add_argument("--secrets", help="secrets file (default: throwaway self-signed certificates)")
     s.set_defaults(func=cmd_render)
     s = subparsers.add_parser("check", help="render every node and run every daemon's own checker")
-    s.add_argument("catalog")
+    s.add_argument("catalog", help="catalog file or directory")
     s.add_argument("--secrets", help="secrets file (default: throwaway self-signed certificates)")
     s.add_argument("-v", "--verbose", action="store_true", help="print the checkers' output for passing checks too")
     s.set_defaults(func=cmd_check)

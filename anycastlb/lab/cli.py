@@ -206,14 +206,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     common(sub.add_parser("down", help="tear the lab down")).set_defaults(func=_cmd_down)
     p = common(sub.add_parser("status", help="per service VIP and port: reachable, announced by, backends, checks"))
     p.add_argument("--hosts", action="store_true", help="also list hosts and processes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the status as JSON")
     p.set_defaults(func=_cmd_status)
     p = common(sub.add_parser("exec", help="run a command in a lab host"))
-    p.add_argument("node")
-    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.add_argument("node", help="a lab host (a node or peer of the catalog)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments")
     p.set_defaults(func=_cmd_exec)
     p = common(sub.add_parser("shell", help="interactive shell in a lab host"))
-    p.add_argument("node")
+    p.add_argument("node", help="a lab host (a node or peer of the catalog)")
     p.set_defaults(func=_cmd_shell)
     return lab
 
