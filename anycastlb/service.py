@@ -1,21 +1,24 @@
 """Starting, reloading and stopping daemons: the one switch between service managers.
 
-Production hosts run systemd (``systemctl``); hosts without it (containers, the
-lab's network namespaces) run the daemons as direct processes with their
-ordinary pidfiles. The mode is chosen in one place, :func:`detect_mode`, and can
-be forced with the pillar key ``anycastlb:service_mode`` or the environment
-variable ``ANYCASTLB_SERVICE_MODE`` (``systemd`` or ``direct``).
+Production hosts run systemd: :class:`ServiceControl` drives the daemons' units
+(``systemctl``; their paths in :mod:`anycastlb.paths`). The namespace lab has no init
+system in its nodes: there the daemons run as direct processes with their pidfiles,
+started by :class:`anycastlb.lab.direct.DirectControl` (the lab's own stand-in for an
+init system, not part of what a production host runs). The mode is chosen in one place,
+:func:`detect_mode`, and can be forced with the pillar key ``anycastlb:service_mode`` or
+the environment variable ``ANYCASTLB_SERVICE_MODE`` (``systemd`` or ``direct``).
 
 Each daemon is one :class:`Service` entry in :data:`SERVICES` (its systemd unit,
 its direct-mode command, pidfile and reload method); a renderer module declares the
 ``SERVICE`` of its daemon and :func:`services` loads them. A reload is *confirmed*, never assumed:
 
 - HAProxy (master-worker): the server states are dumped to the state file, the
-  master gets SIGUSR2, and the master CLI (``show proc``) must show a new worker
+  master gets SIGUSR2 (``systemctl reload haproxy``: ``haproxy -c``, then the signal), and
+  the master CLI (``show proc``) must show a new worker
   and no new failed reload;
 - BIRD: ``birdc configure`` succeeds only if its output says so (its exit code
   can be 0 on a refused config);
-- anycastlb-healthd: SIGHUP (it keeps its old config if the new one is bad).
+- anycastlb-healthd, apache2, icinga2: ``systemctl reload`` (direct mode: their signal).
 
 Besides daemons, a node has one piece of state that is not a file: its VIPs on
 ``lo`` (:func:`sync_vips`, run with the ``healthd`` step).
@@ -28,7 +31,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -241,13 +243,24 @@ def bird_configure_ok(output: str) -> bool:
 
 
 class ServiceControl:
-    """Start / reload / stop the daemons anycastlb manages.
+    """Start / reload / stop the daemons anycastlb manages, through their systemd units.
+
+    ``ServiceControl("direct")`` (or detection on a host without systemd) builds the
+    namespace lab's :class:`anycastlb.lab.direct.DirectControl` instead, which starts the
+    daemons itself.
 
     ``root`` places every path (configs, pidfiles, sockets) under a directory
     (``/`` in production); ``prefix`` is prepended to every command, e.g.
     ``["ip", "netns", "exec", "lab-lb1"]`` to run a node's daemons in its
     network namespace. ``run`` is the command runner (tests replace it).
     """
+
+    def __new__(cls, mode: str | None = None, *args: Any, **kwargs: Any) -> "ServiceControl":
+        """Hosts without systemd (the namespace lab) get :class:`anycastlb.lab.direct.DirectControl`."""
+        if cls is ServiceControl and detect_mode(mode) == "direct":
+            from .lab.direct import DirectControl
+            return super().__new__(DirectControl)
+        return super().__new__(cls)
 
     def __init__(self, mode: str | None = None, root: str = "/", prefix: Sequence[str] = (),
                  run: Callable[..., subprocess.CompletedProcess[str]] | None = None):
@@ -286,17 +299,10 @@ class ServiceControl:
         return ["systemctl", verb, self._service(daemon).unit]
 
     def pid(self, daemon: str) -> int | None:
-        """The daemon's process if it runs: the unit's MainPID (systemd), else the pid in its pidfile."""
-        if self.mode == "systemd":
-            proc = self._run(["systemctl", "show", "-p", "MainPID", "--value", self._service(daemon).unit])
-            text = (proc.stdout or "").strip()
-            return int(text) if proc.returncode == 0 and text.isdigit() and int(text) > 0 else None
-        try:
-            with open(self.path(self._service(daemon).pidfile), encoding="ascii") as fh:
-                text = fh.readline().strip()
-        except OSError:
-            return None
-        return int(text) if text.isdigit() and _pid_alive(int(text)) else None
+        """The daemon's process if it runs: the unit's MainPID."""
+        proc = self._run(["systemctl", "show", "-p", "MainPID", "--value", self._service(daemon).unit])
+        text = (proc.stdout or "").strip()
+        return int(text) if proc.returncode == 0 and text.isdigit() and int(text) > 0 else None
 
     def _check(self, argv: list[str], what: str) -> str:
         proc = self._run(argv)
@@ -316,62 +322,14 @@ class ServiceControl:
         svc = self._service(daemon)
         if svc.oneshot:
             return self._run(self.prefix + list(svc.probe)).returncode == 0
-        if self.mode == "systemd":
-            return self._run(self.systemctl("is-active", daemon) + ["--quiet"]).returncode == 0
-        return self.pid(daemon) is not None
+        return self._run(self.systemctl("is-active", daemon) + ["--quiet"]).returncode == 0
 
     def start(self, daemon: str) -> str:
         """Start the daemon (no-op if it runs); raise :class:`ServiceError` if it does not come up."""
         if self._service(daemon).oneshot:
             return self._oneshot(daemon)
-        if self.mode == "systemd":
-            self._check(self.systemctl("start", daemon), f"start {daemon}")
-            return f"{daemon} started (systemd)"
-        if self.running(daemon):
-            return f"{daemon} already running (pid {self.pid(daemon)})"
-        svc = self._service(daemon)
-        for d in svc.dirs:
-            os.makedirs(self.path(d), exist_ok=True)
-        argv = self.argv(daemon)
-        if svc.ready and os.path.exists(self.path(svc.ready)) and not os.path.isdir(self.path(svc.ready)):
-            os.remove(self.path(svc.ready))  # a stale socket of a dead daemon
-        if svc.daemonizes:
-            self._check(argv, f"start {daemon}")
-        else:
-            self._spawn_detached(daemon, argv)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.pid(daemon) is not None and (not svc.ready or os.path.exists(self.path(svc.ready))):
-                return f"{daemon} started (pid {self.pid(daemon)})"
-            time.sleep(0.05)
-        raise ServiceError(f"{daemon} did not come up within {START_TIMEOUT_S:.0f} s ({shlex.join(argv)})"
-                           + self._log_tail(daemon))
-
-    def _spawn_detached(self, daemon: str, argv: list[str]) -> None:
-        """Run a foreground program in the background, in its own session; write its pidfile."""
-        svc = self._service(daemon)
-        log = self.path(svc.log) if svc.log else os.devnull
-        # sh exits at once: the daemon is re-parented and never becomes our zombie.
-        script = f"setsid {shlex.join(argv)} </dev/null >>{shlex.quote(log)} 2>&1 & echo $!"
-        proc = self._run(["sh", "-c", script])
-        pid = (proc.stdout or "").strip()
-        if proc.returncode != 0 or not pid.isdigit():
-            raise ServiceError(f"start {daemon} failed: {proc.stderr or proc.stdout}")
-        pidfile = self.path(svc.pidfile)
-        tmp = f"{pidfile}.tmp"
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(f"{pid}\n")
-        os.replace(tmp, pidfile)
-
-    def _log_tail(self, daemon: str) -> str:
-        svc = self._service(daemon)
-        if not svc.log:
-            return ""
-        try:
-            with open(self.path(svc.log), encoding="utf-8", errors="replace") as fh:
-                return "\n" + "".join(fh.readlines()[-10:])
-        except OSError:
-            return ""
+        self._check(self.systemctl("start", daemon), f"start {daemon}")
+        return f"{daemon} started (systemd)"
 
     def reload_or_start(self, daemon: str) -> str:
         """Reload a running daemon (confirmed) or start a stopped one."""
@@ -380,38 +338,27 @@ class ServiceControl:
         if not self.running(daemon):
             return self.start(daemon)
         svc = self._service(daemon)
-        if self.mode == "systemd" and svc.reload not in ("haproxy", "birdc"):
-            self._check(self.systemctl("reload", daemon), f"reload {daemon}")
-            return f"{daemon} reloaded (systemctl reload {svc.unit})"
         if svc.reload == "haproxy":
             return self._reload_haproxy()
         if svc.reload == "birdc":
             return self._reload_bird()
-        pid = self.pid(daemon)
-        assert pid is not None
-        os.kill(pid, getattr(signal, svc.reload))
-        time.sleep(0.2)
-        if not _pid_alive(pid):
-            raise ServiceError(f"{daemon} (pid {pid}) exited after {svc.reload}" + self._log_tail(daemon))
-        return f"{daemon} reloaded ({svc.reload} to pid {pid})"
+        return self._signal_reload(daemon)
+
+    def _signal_reload(self, daemon: str) -> str:
+        """``systemctl reload``: the unit's ExecReload (its signal, or its own checked reload)."""
+        self._check(self.systemctl("reload", daemon), f"reload {daemon}")
+        return f"{daemon} reloaded (systemctl reload {self._service(daemon).unit})"
+
+    def _trigger_haproxy_reload(self, master_pid: int) -> None:
+        """Debian's ExecReload: ``haproxy -c`` on the config, then SIGUSR2 to the master."""
+        self._check(self.systemctl("reload", "haproxy"), "reload haproxy")
 
     def stop(self, daemon: str) -> str:
-        """Stop the daemon (SIGTERM to the pid in its pidfile) and wait for it."""
+        """Stop the daemon and wait for it."""
         if self._service(daemon).oneshot:
             return f"{daemon} has no process to stop"
-        if self.mode == "systemd":
-            self._check(self.systemctl("stop", daemon), f"stop {daemon}")
-            return f"{daemon} stopped (systemd)"
-        pid = self.pid(daemon)
-        if pid is None:
-            return f"{daemon} was not running"
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.05)
-        if _pid_alive(pid):
-            raise ServiceError(f"{daemon} (pid {pid}) did not stop on SIGTERM")
-        return f"{daemon} stopped (pid {pid})"
+        self._check(self.systemctl("stop", daemon), f"stop {daemon}")
+        return f"{daemon} stopped (systemd)"
 
     # ---------------------------------------------------------------- reloads
     def _master_proc(self) -> ProcInfo:
@@ -442,10 +389,7 @@ class ServiceControl:
         self._haproxy_preflight()
         saved = self.save_haproxy_state()
         before = self._master_proc()
-        if self.mode == "systemd":
-            self._check(self.systemctl("reload", "haproxy"), "reload haproxy")
-        else:
-            os.kill(before.master_pid, signal.SIGUSR2)
+        self._trigger_haproxy_reload(before.master_pid)
         deadline = time.monotonic() + RELOAD_TIMEOUT_S
         last = ""
         while time.monotonic() < deadline:
