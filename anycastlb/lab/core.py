@@ -142,7 +142,8 @@ class Lab:
               logfile: Path | None = None, cwd: str = "/") -> int:
         """Start a long-running ``argv`` in ``name``'s namespaces; record and return its PID.
 
-        ``nsenter`` execs the command, so the recorded PID is the program itself. Output
+        ``nsenter`` execs the command, so the recorded PID is the program itself (in a booted
+        node it forks into the node's PID namespace first: the program is its child). Output
         goes to ``logfile`` (default ``<statedir>/logs/<name>.<label>.log``).
         """
         log = Path(logfile) if logfile else self.log_path(name, label)
@@ -161,7 +162,9 @@ class Lab:
         """Stop one registered process (only if its PID and start time still match)."""
         e = self.registry.get(name, label)
         if e and proc.alive(e["pid"], e.get("start")):
-            proc.kill_all([e["pid"]], grace)
+            # In a booted node nsenter forks into its PID namespace: the program is its child.
+            below = machine.descendants(e["pid"]) if self.init == "systemd" else []
+            proc.kill_all([e["pid"], *below], grace)
         self.registry.remove(name, label)
 
     def write_file(self, name: str, path: str, text: str, mode: int = 0o644) -> None:

@@ -143,6 +143,9 @@ def test_check_unit_withdraws_an_anycast_service_the_moment_its_process_dies(lab
         lab.exec("kdc1", ["systemd-run", "--unit=aclb-kdc", "--", *argv], check=True)
 
     run_unit()
+    faults.wait_until(lambda: lab.exec("kdc1", ["systemctl", "is-active", "aclb-kdc"]).stdout.strip() == "active"
+                      and lab.exec("kdc1", ["ss", "-Hltn", "sport = :88"]).stdout.strip(), 20,
+                      "the KDC unit does not listen")
     text = Path(lab.catalog).read_text()
     assert "    check: {tcp: {port: 88}}" in text
     Path(lab.catalog).write_text(text.replace("    check: {tcp: {port: 88}}",
