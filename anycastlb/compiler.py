@@ -508,7 +508,7 @@ def _check_server_names(ctx: _Ctx, services: dict[str, _Svc], nodes: dict[str, S
         for b in sorted(m.backends):
             if b not in nodes:
                 continue
-            for port in sorted({m.backend_port or p.port for p in svc.ports}):
+            for port in sorted({server_port(m, p) for p in svc.ports}):
                 for key, host in names:
                     first = claims.setdefault((b, port, host.lower()), sname)
                     if first != sname:
@@ -675,13 +675,13 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
                 widest = limits.max_pool_v4 if net.version == 4 else limits.max_pool_v6
                 if net.prefixlen < widest:
                     bad(f"pool {net} is wider than /{widest} (limits.max_pool_v{net.version})")
-                clash = [x for x in SPECIAL_NETS if x.version == net.version and net.overlaps(x)]
-                if clash:
-                    bad(f"pool {net} overlaps {clash[0]} (unspecified, loopback, link-local, multicast or "
+                special = [x for x in SPECIAL_NETS if x.version == net.version and net.overlaps(x)]
+                if special:
+                    bad(f"pool {net} overlaps {special[0]} (unspecified, loopback, link-local, multicast or "
                         f"reserved addresses)")
-                for m in management:
-                    if m.version == net.version and net.overlaps(m):
-                        bad(f"pool {net} overlaps the management prefix {m}")
+                for mg in management:
+                    if mg.version == net.version and net.overlaps(mg):
+                        bad(f"pool {net} overlaps the management prefix {mg}")
     if not management and not ctx.raw.get("management"):
         ctx.errors.append(CatalogError(
             ctx.raw.file or ctx.name, ctx.raw.marks.get("management"), "catalog", "", "management",
@@ -716,6 +716,7 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
                         f"in service {first[0]!r} ({file_of(ctx.raw['services'], first[0])}): one VIP, one "
                         "announcing set", svc.raw, path)
     all_vips = {ip: s for s in sorted(services) for ip in services[s].vips}
+    node_at = {ipaddress.ip_address(t): nid for nid, n in nodes.items() for t in (n.address, n.address6) if t}
     # -- node roles and what each node serves itself
     in_cluster = {x for c in clusters.values() for x in c.nodes}
     anycast_of: dict[str, list[str]] = {}
@@ -725,7 +726,7 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
                 anycast_of.setdefault(b, []).append(sname)
     served: dict[str, list[tuple[int, str, str]]] = {}
     for nid, n in nodes.items():
-        ports = list(NODE_PORTS["any"])
+        ports: list[tuple[int, str, str]] = list(NODE_PORTS["any"])
         if nid in in_cluster or nid in anycast_of or "route-reflector" in n.roles or "monitoring" in n.roles:
             ports += NODE_PORTS["bird"]
         for role in ("salt-master", "monitoring"):
@@ -736,9 +737,9 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
         served[nid] = ports
     for cid, c in clusters.items():
         for i, member in enumerate(c.nodes):
-            n = nodes.get(member)
+            member_node = nodes.get(member)
             for role in ("route-reflector", "monitoring", "salt-master"):
-                if n is not None and role in n.roles:
+                if member_node is not None and role in member_node.roles:
                     ctx.err("clusters", cid, f"nodes[{i}]", f"node {member!r} has the role {role} and may not "
                             f"balance VIPs (a {role} in a cluster would peer with itself or expose its own "
                             f"ports on VIPs)", ctx.raw.get("clusters", {}).get(cid), ["nodes", i])
@@ -749,7 +750,7 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
             for b in svc.model.backends:
                 if b in nodes:
                     for p in svc.ports:
-                        apache_ports.setdefault(b, {})[svc.model.backend_port or p.port] = sname
+                        apache_ports.setdefault(b, {})[server_port(svc.model, p)] = sname
     for sname in sorted(services):
         svc = services[sname]
         m = svc.model
@@ -768,9 +769,9 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
                                          "VIPs are announced by no node"))
         if m.mode == "anycast":
             for b in m.backends:
-                n = nodes.get(b)
+                backend_node = nodes.get(b)
                 for role in ("route-reflector", "monitoring", "salt-master"):
-                    if n is not None and role in n.roles:
+                    if backend_node is not None and role in backend_node.roles:
                         err(f"backends.{b}", f"node {b!r} has the role {role} and may not be an anycast backend",
                             ["backends"])
         if any(ip.version == 6 for ip in svc.vips):
@@ -805,17 +806,19 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
                 if ip in all_vips:
                     err(f"backends.{b}.address", f"backend address {ip} is a VIP of service {all_vips[ip]!r}: "
                         "traffic would loop", bpath + ["address"])
-            if b in nodes and m.mode != "anycast":
-                for sport in sorted({m.backend_port or p.port for p in svc.ports}):
+            # a backend at a node's address is that node, whatever it is called
+            target = b if b in nodes else node_at.get(ipaddress.ip_address(be.address)) if be.address else None
+            if target is not None and m.mode != "anycast":
+                for sport in sorted({server_port(m, p) for p in svc.ports}):
                     if sport in allowed:
                         continue
-                    clash = [what for port, proto, what in served.get(b, []) if port == sport and proto == "tcp"]
+                    clash = [what for port, proto, what in served.get(target, []) if port == sport and proto == "tcp"]
                     if clash:
-                        err(f"backends.{b}", f"backend port {sport} is {clash[0]} on node {b!r}: pick another "
+                        err(f"backends.{b}", f"backend port {sport} is {clash[0]} on node {target!r}: pick another "
                             "port, or list it in allow_node_ports if this is meant", bpath)
     # apache Listen against HAProxy's binds on one node
-    for nid, ports in sorted(apache_ports.items()):
-        for port, sname in sorted(ports.items()):
+    for nid, listens in sorted(apache_ports.items()):
+        for port, sname in sorted(listens.items()):
             for cid in sorted(clusters):
                 if nid not in clusters[cid].nodes:
                     continue
@@ -923,7 +926,7 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
         ok = False
     for bname, b in m.backends.items():
         bpath = ["backends", bname] if isinstance(raw.get("backends"), dict) else ["backends"]
-        if bname not in nodes and bname.lower().startswith("vip-"):
+        if bname not in nodes and str(bname).lower().startswith("vip-"):
             err(f"backends.{bname}", f"backend names starting with 'vip-' are reserved for the monitoring's "
                 "VIP hosts (rename it)", bpath)
             ok = False
@@ -931,8 +934,7 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             err(f"backends.{bname}", f"backend {bname!r} is not a node and has no address", bpath)
             ok = False
         if b.address is not None:
-            ip = _parse_ip(b.address)
-            if ip is None:
+            if _parse_ip(b.address) is None:
                 err(f"backends.{bname}.address", f"{b.address!r} is not an IP address", bpath + ["address"])
                 ok = False
             elif m.mode == "anycast":

@@ -180,10 +180,11 @@ def check_limits(text: str, filename: str = "<catalog>") -> None:
                 aliases += 1
                 if aliases > MAX_ALIASES:
                     raise _limit_error(filename, event.start_mark, f"more than {MAX_ALIASES} aliases")
-                if stack and stack[-1][2] and stack[-1][3] and sizes.get(event.anchor, 1) > 1:
+                size = sizes.get(event.anchor or "", 1)
+                if stack and stack[-1][2] and stack[-1][3] and size > 1:
                     raise _limit_error(filename, event.start_mark, "a mapping key must be a plain value, "
                                        "not a list or a mapping")
-                add(sizes.get(event.anchor, 1), event, False)
+                add(size, event, False)
     except yaml.YAMLError:
         return   # the loader reports syntax errors with their line
 
@@ -270,7 +271,8 @@ def assign_tenants(docs: list[Marked], base: Path) -> tuple[dict[str, str], list
             for i, g in enumerate(files if isinstance(files, list) else [files] if isinstance(files, str) else []):
                 if isinstance(g, str):
                     line = files.marks[i] if isinstance(files, MarkedList) else None
-                    globs.append((str(tname), g, doc.file, line or tenants.marks.get(tname)))
+                    marks = getattr(tenants, "marks", {})
+                    globs.append((str(tname), g, doc.file, line or marks.get(tname)))
     if not globs:
         return owners, errors
     for doc in docs:

@@ -96,3 +96,27 @@ def test_arbitrary_text_never_tracebacks(text):
 
 def test_campus_itself_compiles():
     assert compile_catalog(CAMPUS).summary["nodes"] == 11
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(ALL_PATHS), values, st.booleans()), min_size=1, max_size=3))
+def test_what_compiles_renders_on_every_node(mutations):
+    """lint ⊇ render: a mutated campus the compiler accepts renders every node's files without an exception
+    (the daemons' checkers run on the grammar's edges in test_compiler_catalogs.py)."""
+    from anycastlb.render import render_node
+
+    doc = BASE
+    for path, value, delete in mutations:
+        try:
+            doc = mutate(doc, path, value, delete)
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        fleet = compile_raw(load_text(yaml.safe_dump(doc, sort_keys=False), "prop.yaml"), "prop.yaml")
+    except CatalogRefused:
+        return
+    for model in fleet.nodes.values():
+        secrets = {"certificates": {c: {"cert": "CERT", "key": "KEY"} for c in model["secrets"]["certificates"]},
+                   "bgp_passwords": {p: "pw" for p in model["secrets"]["bgp_passwords"]}}
+        files = render_node(model, secrets)
+        assert all(f.content is not None for fs in files.values() for f in fs)

@@ -122,3 +122,11 @@ def test_cluster_without_an_active_node_is_a_warning_lint_prints(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("ok:")
     assert f"warning: {p}:{line(text, 'cluster: edge')}: service 'www', key 'cluster': no announcer is active" \
         in r.stderr
+
+
+def test_salt_ports_proxied_to_the_master_by_address(tmp_path):
+    text = edit(CAMPUS_TEXT, "ports: [143, 993]", "ports: [4505, 4506]")
+    text = edit(text, "mail1: {address: 203.0.113.25}", "mail1: {address: 198.51.100.2}")
+    errors = refused(tmp_path, text)
+    assert any(f"{tmp_path / 'catalog.yaml'}:{line(text, 'mail1:')}: service 'imap', key 'backends.mail1'" in e
+               and "Salt publish on node 'salt'" in e for e in errors), errors
