@@ -32,6 +32,9 @@ MAX_EXTENDS = 16
 HAPROXY_STATS_PORT = 8404
 SSH_PORT = 22
 SALT_PORTS = (4505, 4506)
+#: Where the ACME issuer serves HTTP-01 tokens; every LB node routes /.well-known/acme-challenge/ there.
+ACME_CHALLENGE_PORT = 8402
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 BGP_PORT = 179
 BFD_PORTS = (3784, 3785)
 BFD_MULTIHOP_PORT = 4784
@@ -378,6 +381,9 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     if ctx.raw.get("monitoring") is not None:
         monitoring = _pydantic(ctx, S.Monitoring, ctx.raw["monitoring"], "monitoring", "",
                                ctx.raw["monitoring"]) or monitoring
+    acme: S.Acme | None = None
+    if ctx.raw.get("acme") is not None:
+        acme = _pydantic(ctx, S.Acme, ctx.raw["acme"], "acme", "", ctx.raw["acme"])
     contacts: dict[str, S.Contact] = {}
     for cname, body in _section(ctx, "contacts").items():
         if _check_name(ctx, "contacts", cname):
@@ -467,16 +473,18 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     _check_proxy_protocol(ctx, services, nodes)
     _check_server_names(ctx, services, nodes)
     owners = _check_tenants(ctx, services, nodes)
+    issuer = _check_acme(ctx, services, nodes, acme, "acme" in ctx.raw)
     if bgp is not None:
         _check_routing(ctx, nodes, services, clusters)
     if secrets is not None:
-        _check_secrets(ctx, services, bgp, peers, secrets)
+        _check_secrets(ctx, services, bgp, peers, secrets, acme)
     if ctx.errors:
         raise CatalogRefused(_dedupe(ctx.errors))
     assert bgp is not None
     fleet = _build(name, bgp, pools, management, nodes, peers, clusters, services, firewall,
                    icinga={"mode": monitoring.icinga,
-                           "contacts": {k: v.model_dump() for k, v in sorted(contacts.items())}})
+                           "contacts": {k: v.model_dump() for k, v in sorted(contacts.items())}},
+                   acme=(acme, issuer) if acme is not None and issuer is not None else None)
     fleet.warnings = _dedupe(warnings)
     fleet.owners = owners
     return fleet
@@ -1159,11 +1167,61 @@ def _check_routing(ctx: _Ctx, nodes: dict[str, S.Node], services: dict[str, _Svc
         ctx.err("nodes", "", "roles", "the fleet announces VIPs but no node has the role route-reflector")
 
 
+def acme_names(m: S.Service) -> list[str]:
+    """The names an ACME certificate of service ``m`` covers: apache.server_name, then its aliases."""
+    if m.apache is None or m.apache.server_name is None:
+        return []
+    return [m.apache.server_name] + [a for a in m.apache.aliases if a != m.apache.server_name]
+
+
+def acme_certificate(sname: str) -> str:
+    """The certificate name of an ACME service (in the issuer's store and the nodes' secrets slice)."""
+    return f"acme-{sname}"
+
+
+def _check_acme(ctx: _Ctx, services: dict[str, _Svc], nodes: dict[str, S.Node], acme: S.Acme | None,
+                has_section: bool) -> str | None:
+    """Services with ``tls: {acme: true}`` have names to certify over HTTP-01; return the issuer node."""
+    users = {sname: svc for sname, svc in services.items() if svc.model.tls is not None and svc.model.tls.acme}
+    for sname, svc in users.items():
+        m = svc.model
+        if not has_section:
+            ctx.err("services", sname, "tls.acme", "tls.acme needs the catalog's acme section (directory, contact)",
+                    svc.raw, ["tls", "acme"])
+        if not acme_names(m):
+            ctx.err("services", sname, "tls.acme", "tls.acme certifies apache.server_name and apache.aliases, and "
+                    "this service names none: set apache.server_name", svc.raw, ["tls", "acme"])
+        for i, alias in enumerate(m.apache.aliases if m.apache else []):
+            if alias.startswith("*."):
+                ctx.err("services", sname, f"apache.aliases[{i}]", f"{alias!r}: an HTTP-01 challenge cannot "
+                        "certify a wildcard name (use tls.certificate for it)", svc.raw, ["apache", "aliases", i])
+        if S.Port(port=80) not in m.ports:
+            ctx.err("services", sname, "tls.acme", "tls.acme is validated over HTTP-01 on port 80, which is not in "
+                    "ports", svc.raw, ["tls", "acme"])
+    if not users:
+        return None
+    issuers = sorted(n for n, x in nodes.items() if "acme" in x.roles)
+    if len(issuers) > 1:
+        ctx.err("nodes", issuers[1], "roles", f"only one node may have the role acme ({', '.join(issuers)} do)")
+    if not issuers:
+        issuers = sorted(n for n, x in nodes.items() if "salt-master" in x.roles)
+    if not issuers:
+        first = sorted(users)[0]
+        ctx.err("services", first, "tls.acme", "tls.acme needs an issuer: a node with the role acme or salt-master",
+                users[first].raw, ["tls", "acme"])
+        return None
+    return issuers[0]
+
+
 def _check_secrets(ctx: _Ctx, services: dict[str, _Svc], bgp: S.Bgp | None, peers: dict[str, S.Peer],
-                   secrets: Mapping[str, Any]) -> None:
+                   secrets: Mapping[str, Any], acme: S.Acme | None = None) -> None:
     certs = secrets.get("certificates") or {}
+    if acme is not None and acme.eab is not None and acme.eab.secret not in (secrets.get("acme_eab") or {}):
+        ctx.err("acme", "", "eab.secret", f"EAB key {acme.eab.secret!r} is not under acme_eab in the secrets store",
+                ctx.raw.get("acme"), ["eab", "secret"])
     for sname, svc in services.items():
-        if svc.model.tls is not None and svc.model.tls.certificate not in certs:
+        if svc.model.tls is not None and svc.model.tls.certificate is not None and \
+                svc.model.tls.certificate not in certs:
             ctx.err("services", sname, "tls.certificate",
                     f"certificate {svc.model.tls.certificate!r} is not in the secrets pillar", svc.raw,
                     ["tls", "certificate"])
@@ -1181,9 +1239,11 @@ def _check_secrets(ctx: _Ctx, services: dict[str, _Svc], bgp: S.Bgp | None, peer
 
 def _build(name: str, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes: dict[str, S.Node],
            peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc],
-           firewall: S.Firewall | None = None, icinga: dict[str, Any] | None = None) -> Fleet:
-    """Compute every node's model from validated objects."""
+           firewall: S.Firewall | None = None, icinga: dict[str, Any] | None = None,
+           acme: tuple[S.Acme, str] | None = None) -> Fleet:
+    """Compute every node's model from validated objects (``acme``: the section and the issuer node)."""
     b = _Builder(bgp, pools, management, nodes, peers, clusters, services, firewall or S.Firewall())
+    b.acme, b.issuer = acme if acme is not None else (None, None)
     b.icinga = icinga or {"mode": "standalone", "contacts": {}}
     models = NodeModels(sorted(nodes), b.node_model)
     svc_summary = {sname: b.service_summary(sname) for sname in sorted(services)}
@@ -1206,6 +1266,8 @@ class _Builder:
         self.bgp, self.pools, self.management = bgp, pools, management
         self.firewall = firewall or S.Firewall()
         self.icinga: dict[str, Any] = {"mode": "standalone", "contacts": {}}
+        self.acme: S.Acme | None = None
+        self.issuer: str | None = None
         self.nodes, self.peers, self.clusters, self.services = nodes, peers, clusters, services
         self.rrs = sorted(n for n, x in nodes.items() if "route-reflector" in x.roles)
         self.monitors = sorted(n for n, x in nodes.items() if "monitoring" in x.roles)
@@ -1256,6 +1318,8 @@ class _Builder:
             r.add("backend")
             if any(self.services[s].model.apache is not None for s in self.backend_of[nid]):
                 r.add("apache")
+        if nid == self.issuer:
+            r.add("acme")
         if nid in self.node_clusters or nid in self.anycast_of or "route-reflector" in r or (
                 "monitoring" in r and self.rrs):
             r.add("bird")
@@ -1314,6 +1378,7 @@ class _Builder:
             "apache": self.apache_model(nid) if "apache" in roles else None,
             "monitoring": self.monitoring_model() if "monitoring" in roles else None,
             "salt_master": {"interface": n.address} if "salt-master" in roles else None,
+            "acme": self.acme_model() if nid == self.issuer and self.acme is not None else None,
             "health": None, "firewall": None, "secrets": {"certificates": [], "bgp_passwords": []},
         }
         model["health"] = self.health_model(nid, model)
@@ -1400,12 +1465,15 @@ class _Builder:
                     bname = self.backend_name(svc, port)
                     tls = m.tls is not None and port.port == 443 and m.mode == "http"
                     redirect = bool(m.redirect_http and m.mode == "http" and port.port == 80)
+                    cert = self.certificate(sname)
                     if tls:
-                        certs.add(m.tls.certificate)  # type: ignore[union-attr]
+                        certs.add(cert)  # type: ignore[arg-type]
+                    challenge = bool(m.mode == "http" and port.port == 80 and m.tls is not None and m.tls.acme)
                     frontends.append({
                         "name": f"{sname}-{port.port}", "service": sname, "mode": m.mode, "port": port.port,
                         "binds": [str(ip) for ip in svc.vips],
-                        "tls": {"certificate": m.tls.certificate} if tls else None,  # type: ignore[union-attr]
+                        "tls": {"certificate": cert} if tls else None,
+                        "acme_challenge": challenge,
                         "redirect_https": redirect,
                         "allow": [] if "any" in m.allow else list(m.allow),
                         "backend": bname,
@@ -1427,7 +1495,38 @@ class _Builder:
                 "stats": {"address": n.address, "port": HAPROXY_STATS_PORT},
                 "frontends": sorted(frontends, key=lambda f: f["name"]),
                 "backends": [backends[k] for k in sorted(backends)],
-                "certificates": sorted(certs)}
+                "certificates": sorted(certs),
+                "acme": self.challenge_model() if any(f["acme_challenge"] for f in frontends) else None}
+
+    def certificate(self, sname: str) -> str | None:
+        """The certificate name a service terminates TLS with (its own, or its ACME certificate)."""
+        tls = self.services[sname].model.tls
+        if tls is None:
+            return None
+        return acme_certificate(sname) if tls.acme else tls.certificate
+
+    def challenge_model(self) -> dict[str, Any]:
+        """Where an LB node sends HTTP-01 challenges: the issuer's token server."""
+        assert self.issuer is not None
+        return {"backend": "acme-challenge", "path": ACME_CHALLENGE_PATH,
+                "address": self.nodes[self.issuer].address, "port": ACME_CHALLENGE_PORT}
+
+    def acme_model(self) -> dict[str, Any]:
+        """What the issuer needs: the account, and every ACME certificate with its names and receivers."""
+        assert self.acme is not None and self.issuer is not None
+        certs = []
+        for sname in sorted(self.services):
+            m = self.services[sname].model
+            if m.tls is None or not m.tls.acme:
+                continue
+            certs.append({"name": acme_certificate(sname), "service": sname, "domains": acme_names(m),
+                          "cluster": m.cluster, "nodes": self.announcers(sname)})
+        a = self.acme
+        return {"directory": a.directory, "contact": a.contact, "renew_before_ms": a.renew_before,
+                "eab": a.eab.model_dump() if a.eab else None,
+                "challenge": {"address": self.nodes[self.issuer].address, "port": ACME_CHALLENGE_PORT,
+                              "path": ACME_CHALLENGE_PATH},
+                "certificates": certs}
 
     def apache_model(self, nid: str) -> ApacheModel:
         vhosts: list[dict[str, Any]] = []
@@ -1528,6 +1627,10 @@ class _Builder:
                 ports = [p.port for p in svc.ports if p.protocol == proto]
                 if ports:
                     rule(f"service {sname} on its VIPs", proto, ports, svc.model.allow + monitors, addresses)
+        if model.get("acme"):
+            lbs = sorted({a for c in model["acme"]["certificates"] for x in c["nodes"] for a in self.addrs(x)},
+                         key=_addr_key)
+            rule("acme challenges from the LB nodes", "tcp", [ACME_CHALLENGE_PORT], lbs, [model["address"]])
         if model["haproxy"] is not None and monitors:
             rule("haproxy stats for monitoring", "tcp", [HAPROXY_STATS_PORT], monitors + mgmt, [model["address"]])
         for sname in self.backend_of.get(nid, []):
@@ -1652,7 +1755,7 @@ class _Builder:
         return {
             "mode": m.mode, "cluster": m.cluster, "vips": [str(ip) for ip in svc.vips],
             "ports": [str(p) for p in svc.ports], "backend_port": m.backend_port, "balance": m.balance,
-            "allow": list(m.allow), "tls": m.tls.certificate if m.tls else None, "redirect_http": m.redirect_http,
+            "allow": list(m.allow), "tls": ("acme" if m.tls.acme else m.tls.certificate) if m.tls else None, "redirect_http": m.redirect_http,
             "backends": {b: {"address": be.address or self.nodes[b].address, "weight": be.weight,
                              "backup": be.backup, "state": be.state} for b, be in sorted(m.backends.items())},
             "check": self.check_model(svc, None), "announcers": self.announcers(sname),

@@ -19,7 +19,7 @@ from .errors import CatalogError, CatalogRefused
 #: Sections whose entries are named objects; a name defined in two files is an error.
 NAMED_SECTIONS = ("nodes", "peers", "clusters", "templates", "services", "contacts")
 #: Sections that are mappings of settings; a key set in two files is an error.
-SETTING_SECTIONS = ("bgp", "defaults", "firewall", "monitoring", "limits", "tenants")
+SETTING_SECTIONS = ("bgp", "defaults", "firewall", "monitoring", "limits", "tenants", "acme")
 #: Sections that are lists; the lists of several files are joined.
 LIST_SECTIONS = ("vip_pools", "management")
 SECTIONS = SETTING_SECTIONS + LIST_SECTIONS + NAMED_SECTIONS

@@ -329,7 +329,7 @@ def _node_firewall(value: Any) -> Any:
 
 NodeFirewallField = Annotated[NodeFirewall | None, BeforeValidator(_node_firewall)]
 
-NodeRole = Literal["salt-master", "route-reflector", "monitoring"]
+NodeRole = Literal["salt-master", "route-reflector", "monitoring", "acme"]
 
 
 def _prefixes(v: list[str]) -> list[str]:
@@ -492,6 +492,31 @@ Timeout = Annotated[int, BeforeValidator(_unit_duration(1, 7 * 86_400_000, "30s 
 #: An HSTS max-age, in milliseconds: 0 (forget) .. 2 years.
 MaxAge = Annotated[int, BeforeValidator(_unit_duration(0, 730 * 86_400_000, "365d")),
                    WithJsonSchema(_DURATION_SCHEMA)]
+
+
+#: An ACME External Account Binding key id (base64url characters, as CAs hand them out).
+EabKeyId = _grammar(r"\A[A-Za-z0-9_-]{1,128}\Z", "an EAB key id (letters, digits, '_' and '-')", "kid-1", 128)
+#: An ACME directory URL: https (http only for a lab CA on a documentation address is not special-cased).
+AcmeDirectory = _grammar(r"\Ahttps://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?(?:/[A-Za-z0-9._~!*+,;=:@/-]{0,1023})?\Z",
+                         "an https URL", "https://acme-v02.api.letsencrypt.org/directory", 1300)
+
+
+class AcmeEab(Strict):
+    """External Account Binding: the key id, and the name of its HMAC key in the secrets store (acme_eab)."""
+
+    key_id: EabKeyId
+    secret: Name = Field(description="name of the HMAC key under acme_eab in the secrets store")
+
+
+class Acme(Strict):
+    """The fleet's ACME account: where certificates for ``tls: {acme: true}`` come from."""
+
+    directory: AcmeDirectory
+    contact: Annotated[str, Field(pattern=EMAIL_RE, max_length=254, description="the account's contact e-mail")]
+    renew_before: Annotated[int, BeforeValidator(_unit_duration(3_600_000, 365 * 86_400_000, "30d")),
+                            WithJsonSchema(_DURATION_SCHEMA)] = Field(
+        30 * 86_400_000, description="renew when less lifetime than this remains (a duration with a unit: 30d, 12h)")
+    eab: AcmeEab | None = None
 
 
 #: A Kerberos realm as written in practice: upper-case letters, digits, '.', '-'.
@@ -687,7 +712,19 @@ class Check(Strict):
 
 
 class Tls(Strict):
-    certificate: Name = Field(description="name of a certificate in the secrets pillar")
+    """The certificate HAProxy terminates TLS with: a name in the secrets store, or ``acme: true``."""
+
+    certificate: Name | None = Field(None, description="name of a certificate in the secrets pillar")
+    acme: bool = Field(False, description="issued and renewed by the fleet's ACME issuer for apache.server_name "
+                                          "and apache.aliases (the catalog's acme section)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Tls":
+        if self.acme and self.certificate is not None:
+            raise ValueError("tls has both certificate and acme: true; keep one")
+        if not self.acme and self.certificate is None:
+            raise ValueError("tls needs certificate (a name in the secrets pillar) or acme: true")
+        return self
 
 
 class Apache(Strict):
@@ -824,6 +861,7 @@ class CatalogSchema(Strict):
     tenants: dict[Name, Tenant] = {}
     monitoring: Monitoring = Field(default_factory=Monitoring)
     contacts: dict[Name, Contact] = {}
+    acme: Acme | None = None
     defaults: Service = Field(default_factory=Service)
     nodes: dict[Name, Node] = {}
     peers: dict[Name, Peer] = {}

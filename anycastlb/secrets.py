@@ -6,6 +6,8 @@ A YAML file (or the equivalent pillar data)::
       campus-wildcard: {cert: "-----BEGIN CERTIFICATE-----...", key: "-----BEGIN PRIVATE KEY-----..."}
     bgp_passwords:
       fleet: "s3cret"
+    acme_eab:                 # optional: HMAC keys of ACME External Account Bindings (the issuer only)
+      ca-eab: "base64url-hmac-key"
 
 The catalog only names secrets; :func:`slice_for` hands a node the ones it uses.
 
@@ -72,9 +74,10 @@ def _checked(store: dict[str, Any], path: str) -> dict[str, Any]:
     for name, entry in store["certificates"].items():
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("cert", "key")):
             raise _refuse(path, "must be a mapping with the texts 'cert' and 'key'", key=f"certificates.{name}")
-    for name, value in store["bgp_passwords"].items():
-        if not isinstance(value, str):
-            raise _refuse(path, "must be a string", key=f"bgp_passwords.{name}")
+    for section in ("bgp_passwords", "acme_eab"):
+        for name, value in store.get(section, {}).items():
+            if not isinstance(value, str):
+                raise _refuse(path, "must be a string", key=f"{section}.{name}")
     return store
 
 
@@ -120,6 +123,7 @@ def secret_values(store: Mapping[str, Any]) -> list[str]:
     """Every value that must never be shown: passwords and private keys (longest first)."""
     store = normalise(store)
     out = {str(v) for v in store["bgp_passwords"].values()}
+    out |= {str(v) for v in store.get("acme_eab", {}).values()}
     for entry in store["certificates"].values():
         if isinstance(entry, dict) and entry.get("key"):
             key = str(entry["key"])
@@ -150,9 +154,12 @@ def mask(value: Any, store: Mapping[str, Any] | None) -> Any:
 
 
 def normalise(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Only the two known sections, as plain dicts."""
-    return {"certificates": dict(data.get("certificates") or {}),
-            "bgp_passwords": dict(data.get("bgp_passwords") or {})}
+    """Only the known sections, as plain dicts (``acme_eab`` only when present)."""
+    out = {"certificates": dict(data.get("certificates") or {}),
+           "bgp_passwords": dict(data.get("bgp_passwords") or {})}
+    if data.get("acme_eab"):
+        out["acme_eab"] = dict(data["acme_eab"])
+    return out
 
 
 def slice_for(names: Mapping[str, Any], store: Mapping[str, Any]) -> dict[str, Any]:

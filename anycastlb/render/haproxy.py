@@ -79,6 +79,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         paths={"admin_socket": under(root, ADMIN_SOCKET), "state_file": under(root, STATE_FILE)},
         stats=hap["stats"],
         frontends=frontends,
+        acme=hap.get("acme"),
         backends=[{**be, "check": _check(be["check"]), "raw": _raw(be.get("raw", []))} for be in hap["backends"]],
     )]
     for name in hap["certificates"]:
