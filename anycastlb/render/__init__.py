@@ -35,7 +35,9 @@ class RenderError(ValueError):
         self.message, self.node, self.daemon, self.file = message, node, daemon, file
 
     def __str__(self) -> str:
-        where = [f"node {self.node}" if self.node else "", self.daemon, self.file]
+        node = self.node if self.node.replace("-", "").replace("_", "").replace(".", "").isalnum() \
+            else repr(self.node)  # a hostile node name is shown, not obeyed
+        where = [f"node {node}" if self.node else "", self.daemon, self.file]
         where = [w for w in where if w]
         return ": ".join(where + [self.message])
 

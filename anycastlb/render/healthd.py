@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import httpstatus
 from . import CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, under
-from .quote import carry, request_target, status_ranges, tojson
+from .quote import carry, haproxy_name, ip, prefix, request_target, status_ranges, tojson
 from .bird import HEALTH_PROTO, HEALTH_TABLE
 from ..paths import for_mode
 
@@ -41,8 +41,9 @@ def _watch(prefix: str, watch: dict[str, Any], root: str, mode: str | None = Non
     if kind == "haproxy":
         paths = for_mode(mode)
         return {"type": "haproxy", "pidfile": under(root, paths.haproxy_pidfile),
-                "stats_socket": under(root, paths.haproxy_admin_socket), "frontends": list(watch["frontends"]),
-                "backends": list(watch["backends"]), "interval_ms": HAPROXY_INTERVAL_MS}
+                "stats_socket": under(root, paths.haproxy_admin_socket),
+                "frontends": [str(haproxy_name(n)) for n in watch["frontends"]],
+                "backends": [str(haproxy_name(n)) for n in watch["backends"]], "interval_ms": HAPROXY_INTERVAL_MS}
     if kind not in _PROBE_KEYS:
         raise RenderError(f"healthd: {prefix}: unknown watch type {kind!r}")
     if not watch.get("port"):
@@ -57,6 +58,8 @@ def _watch(prefix: str, watch: dict[str, Any], root: str, mode: str | None = Non
             value = ranges[0][0] if len(ranges) == 1 and ranges[0][0] == ranges[0][1] else httpstatus.text(ranges)
         elif key == "path":
             value = request_target(value, "healthd")
+        elif key == "address":
+            value = str(ip(value))
         elif key == "host":
             value = carry(value, "healthd", "Host header")
             if not _HOST.fullmatch(value):
@@ -74,7 +77,7 @@ def config(model: dict[str, Any], root: str = "/") -> dict[str, Any]:
     detected: :func:`anycastlb.service.detect_mode`)."""
     anns = []
     for ann in model["health"]["announcements"]:
-        anns.append({"prefix": ann["prefix"], "service": ",".join(ann["services"]),
+        anns.append({"prefix": str(prefix(ann["prefix"])), "service": ",".join(ann["services"]),
                      "watch": _watch(ann["prefix"], ann["watch"], root, model.get("service_mode"))})
     return {"table": HEALTH_TABLE, "proto": HEALTH_PROTO,
             "state_file": under(root, STATE_FILE), "drain_file": under(root, DRAIN_FILE),
