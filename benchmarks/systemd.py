@@ -78,7 +78,9 @@ def all_carry(rrs, lb1: str) -> bool:
 def kill_once(lab, rrs, lb1: str) -> tuple[float, float]:
     """(ms from HAProxy's death to no RR carrying lb1, ms from the death to every RR carrying it again)."""
     faults.wait_until(lambda: all_carry(rrs, lb1), 60, "lb1 not announced before the kill")
-    time.sleep(1.0 + random.uniform(0, 0.1))  # a random phase of healthd's 100 ms cycle
+    # At least 2.2 s between kills: Debian's haproxy.service keeps systemd's default start limit
+    # (5 starts in 10 s), after which systemd gives up on it (and healthd keeps it withdrawn).
+    time.sleep(2.2 + random.uniform(0, 0.1))  # and a random phase of healthd's 100 ms cycle
     fd = os.pidfd_open(haproxy_master(lab))
     died: list[float] = []
 

@@ -164,8 +164,11 @@ def test_check_unit_withdraws_an_anycast_service_the_moment_its_process_dies(lab
         faults.wait_until(lambda: rr.carries("192.0.2.88/32", kdc1), 30, "kdc1 does not announce the KDC VIP")
         lab.exec("kdc1", ["systemctl", "kill", "-s", "KILL", "aclb-kdc"], check=True)
         faults.wait_until(lambda: not rr.carries("192.0.2.88/32", kdc1), 10, "kdc1 still announces", every=0.002)
-        state = json.loads(lab.read_file("kdc1", "/run/anycastlb/healthd.state.json"))
-        assert state["prefixes"]["192.0.2.88/32"]["reason"] == f"aclb-kdc.service (pid {main}) exited"
+        # the pidfd's verdict, not the tcp check's ("connection refused" would come at the next 2 s check)
+        faults.wait_until(lambda: f"192.0.2.88/32 (kdc): withdrawn: aclb-kdc.service (pid {main}) exited"
+                          in journal(), 5, "healthd did not withdraw on the unit's exit")
+        reasons = [line for line in journal().splitlines() if "192.0.2.88/32 (kdc): withdrawn" in line]
+        assert reasons[-1].endswith(f"withdrawn: aclb-kdc.service (pid {main}) exited"), reasons
         lab.exec("kdc1", ["systemctl", "reset-failed", "aclb-kdc"])
         run_unit()
         faults.wait_until(lambda: rr.carries("192.0.2.88/32", kdc1), 30, "kdc1 never announced the KDC again")
