@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from . import schema as S
 from .errors import CatalogError, CatalogRefused
 from .loader import Marked, MarkedList, file_of, line_of, load_catalog
-from .model import (ApacheModel, Bfd, BgpModel, FirewallModel, FirewallRule, HaproxyModel, HealthModel,
+from .model import (AcmeModel, ApacheModel, Bfd, BgpModel, FirewallModel, FirewallRule, HaproxyModel, HealthModel,
                     Announcement, MonitoringModel, Neighbor, NodeModel, PeerExport, SecretNames)
 
 MODEL_VERSION = 1
@@ -1511,7 +1511,7 @@ class _Builder:
         return {"backend": "acme-challenge", "path": ACME_CHALLENGE_PATH,
                 "address": self.nodes[self.issuer].address, "port": ACME_CHALLENGE_PORT}
 
-    def acme_model(self) -> dict[str, Any]:
+    def acme_model(self) -> AcmeModel:
         """What the issuer needs: the account, and every ACME certificate with its names and receivers."""
         assert self.acme is not None and self.issuer is not None
         certs = []

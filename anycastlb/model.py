@@ -85,6 +85,18 @@ class HaproxyModel(TypedDict):
     frontends: list[dict[str, Any]]
     backends: list[dict[str, Any]]
     certificates: list[str]
+    acme: dict[str, Any] | None   # where ACME HTTP-01 challenges go, when a frontend takes them
+
+
+class AcmeModel(TypedDict):
+    """The ACME issuer node's account and the certificates it obtains for the fleet."""
+
+    directory: str
+    contact: Any
+    renew_before_ms: int
+    eab: dict[str, Any] | None
+    challenge: dict[str, Any]
+    certificates: list[dict[str, Any]]
 
 
 class ApacheModel(TypedDict):
@@ -164,4 +176,5 @@ class NodeModel(TypedDict):
     salt_master: SaltMasterModel | None
     health: HealthModel | None
     firewall: FirewallModel | None
+    acme: AcmeModel | None
     secrets: SecretNames
