@@ -42,15 +42,37 @@ def _ident(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def render(cat: LabCatalog, peer: str, log: Path | None = None) -> str:
-    """The BIRD 2 configuration of peer router ``peer``."""
+def session_knobs(catalog: str | Path, peer: str) -> dict[str, object]:
+    """How the route reflectors reach ``peer`` (``multihop``, ``bfd``, ``bfd_timers``), read from the
+    compiled catalog: the peer router mirrors what the fleet's side was told."""
+    from ..compiler import compile_catalog
+
+    fleet = compile_catalog(catalog)
+    for nid in fleet.nodes:
+        for nb in (fleet.nodes[nid]["bgp"] or {}).get("neighbors", []):
+            if nb["kind"] == "peer" and nb["name"] == peer:
+                return {"multihop": nb["multihop"], "bfd": nb["bfd"], "bfd_timers": nb["bfd_timers"]}
+    return {"multihop": False, "bfd": True, "bfd_timers": None}
+
+
+def _bfd_timers(cat: LabCatalog, knobs: dict[str, object] | None) -> tuple[int, int]:
+    own = (knobs or {}).get("bfd_timers")
+    if isinstance(own, dict):
+        return int(own["interval_ms"]), int(own["multiplier"])
+    return duration_ms(cat.bfd.get("interval"), 100), int(cat.bfd.get("multiplier", 3))
+
+
+def render(cat: LabCatalog, peer: str, log: Path | None = None, knobs: dict[str, object] | None = None) -> str:
+    """The BIRD 2 configuration of peer router ``peer`` (``knobs``: :func:`session_knobs`; default: a
+    direct session with the fleet's BFD timers)."""
     me = cat.peers[peer]
     if cat.asn is None or me.asn is None:
         raise ValueError("the lab's peers need bgp.asn and an asn on every peer")
     pools4 = [ipaddress.ip_network(p) for p in cat.vip_pools if ipaddress.ip_network(p).version == 4]
     pools6 = [ipaddress.ip_network(p) for p in cat.vip_pools if ipaddress.ip_network(p).version == 6]
-    bfd_int = duration_ms(cat.bfd.get("interval"), 100)
-    bfd_mult = int(cat.bfd.get("multiplier", 3))
+    bfd_int, bfd_mult = _bfd_timers(cat, knobs)
+    multihop = bool((knobs or {}).get("multihop"))
+    bfd = bool((knobs or {}).get("bfd", True))
     set4 = ", ".join(f"{p}+" for p in pools4) or "0.0.0.0/32"
     set6 = ", ".join(f"{p}+" for p in pools6) or "::/128"
     out = [
@@ -79,7 +101,7 @@ def render(cat: LabCatalog, peer: str, log: Path | None = None) -> str:
         "}",
         "",
         "protocol bfd {",
-        '  interface "*" {',
+        ('  multihop {' if multihop else '  interface "*" {'),
         f"    interval {bfd_int} ms;",
         f"    multiplier {bfd_mult};",
         "  };",
@@ -87,7 +109,8 @@ def render(cat: LabCatalog, peer: str, log: Path | None = None) -> str:
         "",
         "template bgp fleet {",
         f"  local as {me.asn};",
-        "  bfd on;",
+        "  bfd on;" if bfd else "  bfd off;",
+        *(["  multihop;"] if multihop else []),
         "  connect delay time 1;",
         "  connect retry time 2;",
         "  error wait time 1, 5;",
@@ -120,14 +143,16 @@ FRR_DIR = "/usr/lib/frr"
 FRR_DAEMONS = ("zebra", "bfdd", "bgpd")
 
 
-def render_frr(cat: LabCatalog, peer: str) -> dict[str, str]:
-    """FRR's configuration of peer router ``peer``: ``{daemon: config}`` for zebra, bfdd and bgpd."""
+def render_frr(cat: LabCatalog, peer: str, knobs: dict[str, object] | None = None) -> dict[str, str]:
+    """FRR's configuration of peer router ``peer``: ``{daemon: config}`` for zebra, bfdd and bgpd
+    (``knobs`` as for :func:`render`)."""
     me = cat.peers[peer]
     if cat.asn is None or me.asn is None:
         raise ValueError("the lab's peers need bgp.asn and an asn on every peer")
     pools = [ipaddress.ip_network(p) for p in cat.vip_pools]
-    bfd_int = duration_ms(cat.bfd.get("interval"), 100)
-    bfd_mult = int(cat.bfd.get("multiplier", 3))
+    bfd_int, bfd_mult = _bfd_timers(cat, knobs)
+    multihop = bool((knobs or {}).get("multihop"))
+    bfd = bool((knobs or {}).get("bfd", True))
     head = [f"! anycastlb lab: peer router {peer} (AS {me.asn}); generated, do not edit", "frr defaults traditional",
             f"hostname {peer}", "!"]
     zebra = head[:]
@@ -149,7 +174,9 @@ def render_frr(cat: LabCatalog, peer: str) -> dict[str, str]:
         if rr.address6 and me.address6:
             sessions.append((rr.address6, 6))
     for addr, _ in sessions:
-        bgpd += [f" neighbor {addr} remote-as {cat.asn}", f" neighbor {addr} bfd profile fleet",
+        bgpd += [f" neighbor {addr} remote-as {cat.asn}",
+                 *([f" neighbor {addr} ebgp-multihop 8"] if multihop else []),
+                 *([f" neighbor {addr} bfd profile fleet"] if bfd else []),
                  f" neighbor {addr} timers connect 2"]
     for version, afi in ((4, "ipv4"), (6, "ipv6")):
         members = [a for a, v in sessions if v == version]
@@ -220,7 +247,7 @@ def start_frr_peer(lab: "Lab", peer: str, cat: LabCatalog | None = None, wait: f
         mode = parent.stat().st_mode
         if not mode & 0o001:
             parent.chmod((mode & 0o7777) | 0o011)
-    confs = render_frr(cat, peer)
+    confs = render_frr(cat, peer, session_knobs(lab.catalog, peer))
     pid = 0
     for daemon in FRR_DAEMONS:
         conf = d / f"{daemon}.conf"
@@ -264,7 +291,7 @@ def start_peer(lab: "Lab", peer: str, cat: LabCatalog | None = None, wait: float
     d = peer_dir(lab, peer)
     d.mkdir(parents=True, exist_ok=True)
     conf = d / "bird.conf"
-    conf.write_text(render(cat, peer, d / "bird.log"))
+    conf.write_text(render(cat, peer, d / "bird.log", session_knobs(lab.catalog, peer)))
     chk = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
     if chk.returncode != 0:
         raise RuntimeError(f"peer {peer}: bird -p failed: {chk.stderr.strip()}")

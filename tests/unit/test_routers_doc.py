@@ -59,3 +59,32 @@ def test_untested_platforms_are_marked() -> None:
         assert f"## {platform} (NOT TESTED)" in DOC
     for platform in ("BIRD 2", "FRR"):
         assert f"## {platform} (tested)" in DOC
+
+
+def test_lab_peers_mirror_the_catalogs_session_knobs(tmp_path: Path) -> None:
+    """A peer with session: multihop, bfd off or its own timers gets the same on the router's side."""
+    from anycastlb.lab.peer import session_knobs
+
+    text = (ROOT / "anycastlb" / "examples" / "campus.yaml").read_text().replace(
+        'asn: 64500}', 'asn: 64500, session: multihop, bfd: {interval: 300ms, multiplier: 5}}', 1)
+    p = tmp_path / "catalog.yaml"
+    p.write_text(text)
+    knobs = session_knobs(p, "core1")
+    assert knobs == {"multihop": True, "bfd": True, "bfd_timers": {"interval_ms": 300, "multiplier": 5}}
+    cat = load(p)
+    b = render(cat, "core1", knobs=knobs)
+    assert "  multihop;\n" in b and "  multihop {\n    interval 300 ms;\n    multiplier 5;" in b
+    f = render_frr(cat, "core1", knobs)
+    assert " neighbor 198.51.100.11 ebgp-multihop 8" in f["bgpd"] and "  receive-interval 300" in f["bfdd"]
+    off = {**knobs, "bfd": False, "multihop": False}
+    assert "  bfd off;" in render(cat, "core1", knobs=off) and "bfd profile" not in render_frr(cat, "core1", off)["bgpd"]
+    assert session_knobs(ROOT / "anycastlb" / "examples" / "campus.yaml", "core1") == {
+        "multihop": False, "bfd": True, "bfd_timers": None}
+    if shutil.which("bird"):
+        (tmp_path / "bird.conf").write_text(b)
+        r = subprocess.run(["bird", "-p", "-c", str(tmp_path / "bird.conf")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    if Path("/usr/lib/frr/bgpd").exists():
+        for daemon in ("bfdd", "bgpd"):
+            (tmp_path / f"{daemon}.conf").write_text(f[daemon])
+            assert frr_check(daemon, tmp_path / f"{daemon}.conf") == ""
