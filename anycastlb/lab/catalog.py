@@ -4,8 +4,14 @@ the hosts whose software the catalog does not manage).
 The lab reads a catalog exactly as Salt does: :func:`anycastlb.loader.load_catalog`
 (a file, or a directory read recursively and merged) and
 :func:`anycastlb.compiler.compile_catalog` (a refused catalog builds no lab, with the
-compiler's errors). Nodes and services come from the compiled models; the peers and the
-``bgp``/``vip_pools`` sections from the validated catalog.
+compiler's errors: ``lab up`` compiles it for the stand-ins first). Nodes and services
+come from the compiled models; the peers and the ``bgp``/``vip_pools`` sections from the
+validated catalog.
+
+A running lab keeps the topology it was built with, while its catalog may be refused for a
+while (a test pushes a bad one on purpose): :func:`load` then reads the topology (nodes,
+their addresses and roles, peers) from the loader's merged catalog alone, unless
+``strict``.
 """
 from __future__ import annotations
 
@@ -73,13 +79,29 @@ def _host(section: str, name: str, address: Any, address6: Any, roles: Any, asn:
     return Host(str(name), addr, addr6, tuple(roles or ()), int(asn) if asn is not None else None)
 
 
-def load(path: str | Path) -> LabCatalog:
-    """The lab's view of the catalog at ``path`` (compiled first: a refused catalog raises)."""
+def load(path: str | Path, strict: bool = False) -> LabCatalog:
+    """The lab's view of the catalog at ``path``: compiled; for a refused catalog (and not
+    ``strict``) the topology as the loader reads it (see the module docstring)."""
     p = Path(path).resolve()
-    fleet, raw = _compiled(p)
+    try:
+        fleet, raw = _compiled(p)
+    except LabCatalogError:
+        if strict:
+            raise
+        from ..errors import CatalogRefused
+        from ..loader import load_catalog
+        try:
+            fleet, raw = None, load_catalog(p)
+        except CatalogRefused as exc:
+            raise LabCatalogError(f"{p}: catalog refused: " + "; ".join(str(e) for e in exc.errors)) from None
     order = [str(n) for n in raw.get("nodes") or {}]  # catalog order, as the lab lays nodes out
-    nodes = {n: _host("nodes", n, fleet.nodes[n]["address"], fleet.nodes[n].get("address6"), fleet.nodes[n]["roles"],
-                      None, p) for n in sorted(fleet.nodes, key=lambda n: order.index(n) if n in order else len(order))}
+    if fleet is not None:
+        nodes = {n: _host("nodes", n, fleet.nodes[n]["address"], fleet.nodes[n].get("address6"),
+                          fleet.nodes[n]["roles"], None, p)
+                 for n in sorted(fleet.nodes, key=lambda n: order.index(n) if n in order else len(order))}
+    else:
+        nodes = {n: _host("nodes", n, spec.get("address"), spec.get("address6"), spec.get("roles"), None, p)
+                 for n, spec in ((str(k), v or {}) for k, v in (raw.get("nodes") or {}).items())}
     peers = {str(n): _host("peers", n, s["address"], s.get("address6"), (), s.get("asn"), p)
              for n, s in (raw.get("peers") or {}).items()}
     if not nodes:

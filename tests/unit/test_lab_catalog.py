@@ -46,4 +46,19 @@ def test_a_refused_catalog_builds_no_lab(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(cat.LabCatalogError, match="catalog refused: .*imap.*cluster"):
-        cat.load(bad)
+        cat.load(bad, strict=True)
+    with pytest.raises(cat.LabCatalogError, match="catalog refused: .*imap.*cluster"):
+        cat.stand_ins(bad)  # what lab up reads first
+
+
+def test_a_running_lab_still_reads_its_topology_from_a_refused_catalog(tmp_path: Path) -> None:
+    """A test pushes a refused catalog into a running lab: the lab still finds its salt-master."""
+    data = yaml.safe_load(CAMPUS.read_text())
+    data["services"]["imap"]["cluster"] = "nosuch"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data, sort_keys=False))
+    lenient, good = cat.load(bad), cat.load(CAMPUS)
+    assert [h.name for h in lenient.with_role("salt-master")] == ["salt"]
+    assert {n: (h.address, h.address6) for n, h in lenient.nodes.items()} == \
+        {n: (h.address, h.address6) for n, h in good.nodes.items()}
+    assert lenient.peers == good.peers
