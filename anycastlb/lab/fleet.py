@@ -151,7 +151,12 @@ def probe_specs(lab: "Lab", fleet: Fleet, source: str, cafile: str | None) -> li
                 number, proto = port.split("/")
                 spec: dict[str, Any] = {"service": sname, "address": vip, "port": int(number), "source": source,
                                         "allowed": _in_allow(src, s["allow"]), "timeout": 2.0}
-                if proto == "udp":
+                check = s["check"]
+                if check["type"] == "dns" and int(number) == check["port"]:
+                    spec.update(kind="dns", transport=proto, name=check["name"], qtype=check["qtype"])
+                elif check["type"] == "ldap" and proto == "tcp":
+                    spec["kind"] = "ldap"
+                elif proto == "udp":
                     spec["kind"] = "udp"
                 elif s["mode"] == "http":
                     tls = s["tls"] is not None and number == "443"
@@ -266,7 +271,7 @@ def format_status(st: dict[str, Any]) -> str:
         good += as_expected
         bad += not as_expected
         verdict = ("ok" if p["ok"] else "refused") if as_expected else ("OPEN!" if p["ok"] else "FAIL")
-        rows.append(f"{p['service']:10} {p['address']:18} {str(p['port']) + '/' + ('udp' if p['kind'] == 'udp' else 'tcp'):8} "
+        rows.append(f"{p['service']:10} {p['address']:18} {str(p['port']) + '/' + ('udp' if 'udp' in (p['kind'], p.get('transport')) else 'tcp'):8} "
                     f"{p['source']:7} {verdict:8} {ann:16} {p['detail'][:60]}")
     missing = {p: sorted(set(w) - set(st["announcers"].get(p, []))) for p, w in st["expected"].items()}
     missing = {p: v for p, v in missing.items() if v}

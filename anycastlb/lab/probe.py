@@ -28,6 +28,10 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             ok, detail = _http(spec, kind, addr, port, timeout)
         elif kind == "tcp":
             ok, detail = _tcp(spec, addr, port, timeout)
+        elif kind == "dns":
+            ok, detail = _dns(spec, addr, port, timeout)
+        elif kind == "ldap":
+            ok, detail = _ldap(addr, port, timeout)
         elif kind == "udp":
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
             with socket.socket(fam, socket.SOCK_DGRAM) as s:
@@ -67,6 +71,46 @@ def _tcp(spec: dict[str, Any], addr: str, port: int, timeout: float) -> tuple[bo
     if expect and expect not in banner:
         return False, f"answered {banner[:80]!r}, expected {expect!r}"
     return True, f"connected: {banner}"
+
+
+def _dns(spec: dict[str, Any], addr: str, port: int, timeout: float) -> tuple[bool, str]:
+    """One DNS query for ``name``/``qtype`` over ``transport`` (udp, or tcp with its length prefix);
+    ok on a NOERROR answer to it."""
+    from anycastlb.probes import dns_query, dns_verdict
+    _qid, query = dns_query(spec["name"], spec.get("qtype", "A"))
+    if spec.get("transport", "udp") == "udp":
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.connect((addr, port))
+            s.send(query)
+            answer = s.recv(65535)
+    else:
+        with socket.create_connection((addr, port), timeout=timeout) as s:
+            s.sendall(len(query).to_bytes(2, "big") + query)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+                chunk = s.recv(65535)
+                if not chunk:
+                    break
+                data += chunk
+            answer = data[2:]
+    return dns_verdict(query, answer)
+
+
+#: An anonymous LDAPv3 simple bind (message id 1), as HAProxy's ldap-check sends it.
+LDAP_BIND = bytes.fromhex("300c020101600702010304008000")
+
+
+def _ldap(addr: str, port: int, timeout: float) -> tuple[bool, str]:
+    """An anonymous bind; ok on a BindResponse with resultCode success."""
+    with socket.create_connection((addr, port), timeout=timeout) as s:
+        s.sendall(LDAP_BIND)
+        data = s.recv(512)
+    i = data.find(b"\x61")
+    if not data.startswith(b"\x30") or i < 0 or data[i + 2:i + 5] != b"\x0a\x01\x00":
+        return False, f"no successful BindResponse ({data[:16].hex() or 'closed'})"
+    return True, "bind: success"
 
 
 def _http(spec: dict[str, Any], kind: str, addr: str, port: int, timeout: float) -> tuple[bool, str]:

@@ -83,10 +83,10 @@ def test_fleet_converges_and_serves(lab, fleet):
     st = fl.status(lab, fleet)
     assert st["announcers"] == st["expected"]
     assert st["announcers"][RESOLVER] == ["dns1", "dns2"]
-    # The lab's tcp probe wants a banner: the LDAP stand-in and dnsmasq send none, so they are
-    # checked below by their own protocol (a bind, a query).
-    wrong = [p for p in st["probes"] if p["service"] == "www" and p["ok"] != p["allowed"]]
+    # Every probe as the catalog says (LDAP with a bind, the resolver with DNS queries, udp and tcp).
+    wrong = [p for p in st["probes"] if p["ok"] != p["allowed"]]
     assert not wrong, wrong
+    assert {p["kind"] for p in st["probes"] if p["service"] != "www"} == {"ldap", "dns"}
     bad = {k: v for k, v in (st["icinga"] or {}).items() if v["state"] != "OK"}
     assert st["icinga"] and not bad, bad   # the resolver's udp checks ask DNS queries too
     assert all(s == "UP" for b, servers in st["haproxy"].items() for s in servers.values()), st["haproxy"]
