@@ -46,9 +46,11 @@ class RenderError(ValueError):
         return RenderError(self.message, self.node or node, self.daemon or daemon, self.file or file)
 
 
-def renderer(daemon: str) -> Callable[[Callable[..., list["RenderedFile"]]], Callable[..., list["RenderedFile"]]]:
+def renderer(daemon: str, file: str = "") -> Callable[[Callable[..., list["RenderedFile"]]],
+                                                      Callable[..., list["RenderedFile"]]]:
     """Decorate a daemon's ``render``: every failure leaves it as a :class:`RenderError` naming
-    the node and the daemon (an unexpected exception too, with its type: never a traceback)."""
+    the node, the daemon and (``file``, when the error names none) the file; an unexpected
+    exception too, with its type: never a traceback."""
     def wrap(func: Callable[..., list[RenderedFile]]) -> Callable[..., list[RenderedFile]]:
         @functools.wraps(func)
         def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
@@ -56,9 +58,9 @@ def renderer(daemon: str) -> Callable[[Callable[..., list["RenderedFile"]]], Cal
             try:
                 return func(model, secrets, root)
             except RenderError as exc:
-                raise exc.located(node, daemon) from None
+                raise exc.located(node, daemon, file) from None
             except Exception as exc:  # pylint: disable=broad-except
-                raise RenderError(f"cannot render ({type(exc).__name__}: {exc})", node, daemon) from None
+                raise RenderError(f"cannot render ({type(exc).__name__}: {exc})", node, daemon, file) from None
         return render
     return wrap
 

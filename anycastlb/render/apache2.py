@@ -101,7 +101,10 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     for v in sorted(ap["vhosts"], key=lambda v: v["service"]):
         service = _name(v["service"], "service")
         docroot = f"{WWW}/{service}"
-        health = _health_file(docroot, v.get("health_path"))
+        try:
+            health = _health_file(docroot, v.get("health_path"))
+        except RenderError as exc:
+            raise exc.located(file=f"{CONFDIR}/sites-enabled/anycastlb-{service}.conf") from None
         files.append(template_file(
             f"{CONFDIR}/sites-enabled/anycastlb-{service}.conf", "apache2/vhost.conf.j2", node=node, vhost=v,
             service=service, document_root=under(root, docroot), state=v.get("state", "active"),

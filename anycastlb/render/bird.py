@@ -34,7 +34,7 @@ HEALTH_TABLE = 4242
 HEALTH_PROTO = 252
 
 
-@renderer("bird")
+@renderer("bird", CONFIG)
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """bird.conf (0640 root:bird when it holds a BGP password)."""
     bgp = model["bgp"]

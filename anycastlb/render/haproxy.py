@@ -43,7 +43,7 @@ def _pem(name: str, secrets: dict[str, Any]) -> str:
     """The bundle text: certificate (and chain) then key, each ending in a newline."""
     entry = (secrets.get("certificates") or {}).get(name)
     if not isinstance(entry, dict) or not entry.get("cert") or not entry.get("key"):
-        raise RenderError(f"haproxy: certificate {name!r} needs 'cert' and 'key' in the secrets")
+        raise RenderError(f"certificate {name!r} needs 'cert' and 'key' in the secrets", file=cert_path(name))
     parts = [str(entry["cert"]).strip(), str(entry["key"]).strip()]
     return "\n".join(parts) + "\n"
 
@@ -62,7 +62,7 @@ def _raw(directives: list[str]) -> list[Quoted]:
     return [Quoted(carry(d, "haproxy", "raw directive")) for d in directives]
 
 
-@renderer("haproxy")
+@renderer("haproxy", CONFIG)
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """haproxy.cfg plus one 0600 PEM bundle per certificate the node terminates."""
     hap = model["haproxy"]

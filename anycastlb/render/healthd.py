@@ -84,7 +84,7 @@ def config(model: dict[str, Any], root: str = "/") -> dict[str, Any]:
             "announcements": anns}
 
 
-@renderer("healthd")
+@renderer("healthd", CONFIG)
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """healthd.json, deterministic (sorted keys, ASCII only)."""
     return [RenderedFile(CONFIG, tojson(config(model, root), indent=2) + "\n")]

@@ -91,7 +91,7 @@ def rule_lines(rule: dict[str, Any]) -> list[Quoted]:
     return lines
 
 
-@renderer("nftables")
+@renderer("nftables", PATH)
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """``/etc/nftables.d/anycastlb.nft`` for this node."""
     fw = model["firewall"]
