@@ -595,9 +595,12 @@ def _check_tenants(ctx: _Ctx, services: dict[str, _Svc], nodes: dict[str, S.Node
         if m.mode != "anycast" and m.cluster and m.cluster not in t.clusters:
             err("cluster", f"cluster {m.cluster!r} is not one {lane} may use ({', '.join(t.clusters) or 'none'})",
                 ["cluster"])
+        node_at = {ipaddress.ip_address(x): nid for nid, n in nodes.items() for x in (n.address, n.address6) if x}
         for b, be in m.backends.items():
-            if b in nodes and b not in t.nodes:
-                err(f"backends.{b}", f"node {b!r} is not one {lane} may use ({', '.join(t.nodes) or 'none'})",
+            # a backend at a node's address is that node, whatever the tenant calls it
+            target = b if b in nodes else node_at.get(ipaddress.ip_address(be.address)) if be.address else None
+            if target is not None and target not in t.nodes:
+                err(f"backends.{b}", f"node {target!r} is not one {lane} may use ({', '.join(t.nodes) or 'none'})",
                     ["backends"])
             if be.address is not None and t.backend_prefixes is not None:
                 ip = ipaddress.ip_address(be.address)
@@ -690,6 +693,15 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
                 for mg in management:
                     if mg.version == net.version and net.overlaps(mg):
                         bad(f"pool {net} overlaps the management prefix {mg}")
+    # node and peer addresses are not VIP space (the VIP plan owns the pools' addresses on lo)
+    for section, objs in (("nodes", nodes), ("peers", peers)):
+        for oid, obj in objs.items():
+            for key in ("address", "address6"):
+                text = getattr(obj, key)
+                pool = next((p for p in pools if text and ipaddress.ip_address(text) in p), None)
+                if pool is not None:
+                    ctx.err(section, oid, key, f"address {text} is inside the VIP pool {pool}: node and peer "
+                            "addresses may not be VIP space")
     if not management and not ctx.raw.get("management"):
         ctx.errors.append(CatalogError(
             ctx.raw.file or ctx.name, ctx.raw.marks.get("management"), "catalog", "", "management",
@@ -814,6 +826,9 @@ def _check_semantics(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S
                 if ip in all_vips:
                     err(f"backends.{b}.address", f"backend address {ip} is a VIP of service {all_vips[ip]!r}: "
                         "traffic would loop", bpath + ["address"])
+                elif any(ip in pool for pool in pools):
+                    err(f"backends.{b}.address", f"backend address {ip} is inside vip_pools: the pools are VIP "
+                        "space, announced by the fleet", bpath + ["address"])
             # a backend at a node's address is that node, whatever it is called
             target = b if b in nodes else node_at.get(ipaddress.ip_address(be.address)) if be.address else None
             if target is not None and m.mode != "anycast":

@@ -130,3 +130,14 @@ def test_salt_ports_proxied_to_the_master_by_address(tmp_path):
     errors = refused(tmp_path, text)
     assert any(f"{tmp_path / 'catalog.yaml'}:{line(text, 'mail1:')}: service 'imap', key 'backends.mail1'" in e
                and "Salt publish on node 'salt'" in e for e in errors), errors
+
+
+def test_node_address_and_backend_inside_vip_pools(tmp_path):
+    text = edit(CAMPUS_TEXT, "mail1: {address: 203.0.113.25}", "mail1: {address: 192.0.2.250}")
+    text = edit(text, "  web2: {address: 198.51.100.32,", "  web2: {address: 192.0.2.32,")
+    errors = refused(tmp_path, text)
+    where = f"{tmp_path / 'catalog.yaml'}:"
+    assert any(e.startswith(f"{where}{line(text, 'mail1:')}: service 'imap', key 'backends.mail1.address'")
+               and "inside vip_pools" in e for e in errors), errors
+    assert any(e.startswith(f"{where}{line(text, '  web2: {address')}: node 'web2', key 'address'")
+               and "inside the VIP pool 192.0.2.0/24" in e for e in errors), errors

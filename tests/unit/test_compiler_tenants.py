@@ -140,3 +140,12 @@ def test_owners_cli_json_and_text(tree):
                        timeout=60)
     assert t.returncode == 0 and f"tenant library (declared in {tree / 'fleet.yaml'}:" in t.stdout
     assert "  services: opac, repository" in t.stdout
+
+
+def test_a_node_by_its_address_is_still_that_node(tree):
+    lib = tree / "library" / "services.yaml"
+    edit(lib, "    backends: [lib1, lib2]\n    apache: {server_name: repository",
+         "    backends: {lib1: {}, sneaky: {address: 198.51.100.31}}\n    apache: {server_name: repository")
+    errors = refused(tree)
+    assert any(e.startswith(f"{lib}:") and "key 'backends.sneaky'" in e and "node 'web1' is not one tenant" in e
+               for e in errors), errors
