@@ -16,7 +16,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -62,7 +62,7 @@ def deep_merge(base: Any, over: Any) -> Any:
             out[k] = v
             if isinstance(base, Marked) and k in base.marks:
                 out.marks[k] = base.marks[k]
-        out.key_files = dict(getattr(base, "key_files", {}))  # type: ignore[attr-defined]
+        out.key_files = dict(getattr(base, "key_files", {}))
         for k in base:
             out.key_files.setdefault(k, getattr(base, "file", ""))
         for k, v in over.items():
@@ -261,7 +261,7 @@ def _section(ctx: _Ctx, key: str) -> Marked:
     if not isinstance(value, dict):
         ctx.err("catalog", "", key, f"section {key!r} must be a mapping")
         return Marked(file=ctx.name)
-    return value
+    return cast(Marked, value)  # the loader builds every mapping as a Marked
 
 
 def _check_name(ctx: _Ctx, section: str, name: Any) -> bool:
@@ -1207,7 +1207,7 @@ def _check_acme(ctx: _Ctx, services: dict[str, _Svc], nodes: dict[str, S.Node], 
             ctx.err("services", sname, "tls.acme", "tls.acme certifies apache.server_name and apache.aliases, and "
                     "this service names none: set apache.server_name", svc.raw, ["tls", "acme"])
         for i, alias in enumerate(m.apache.aliases if m.apache else []):
-            if alias.startswith("*."):
+            if str(alias).startswith("*."):
                 ctx.err("services", sname, f"apache.aliases[{i}]", f"{alias!r}: an HTTP-01 challenge cannot "
                         "certify a wildcard name (use tls.certificate for it)", svc.raw, ["apache", "aliases", i])
         if S.Port(port=80) not in m.ports:
@@ -1324,7 +1324,7 @@ class _Builder:
         return f"{svc.name}-{self.server_port(svc, port)}"
 
     def roles(self, nid: str) -> list[str]:
-        r = set(self.nodes[nid].roles)
+        r: set[str] = set(self.nodes[nid].roles)
         if nid in self.node_clusters:
             r.add("haproxy")
         if nid in self.anycast_of:
@@ -1642,8 +1642,9 @@ class _Builder:
                 ports = [p.port for p in svc.ports if p.protocol == proto]
                 if ports:
                     rule(f"service {sname} on its VIPs", proto, ports, svc.model.allow + monitors, addresses)
-        if model.get("acme"):
-            lbs = sorted({a for c in model["acme"]["certificates"] for x in c["nodes"] for a in self.addrs(x)},
+        acme = model["acme"]
+        if acme:
+            lbs = sorted({a for c in acme["certificates"] for x in c["nodes"] for a in self.addrs(x)},
                          key=_addr_key)
             rule("acme challenges from the LB nodes", "tcp", [ACME_CHALLENGE_PORT], lbs, [model["address"]])
         if model["haproxy"] is not None and monitors:
@@ -1652,8 +1653,8 @@ class _Builder:
             svc = self.services[sname]
             lbs = [a for x in self.clusters[svc.model.cluster].nodes if x in self.nodes  # type: ignore[index]
                    for a in self.addrs(x)]
-            ports = {self.server_port(svc, p) for p in svc.ports}
-            rule(f"backend of {sname} from its LB nodes and monitoring", "tcp", ports, lbs + monitors, own)
+            sports = {self.server_port(svc, p) for p in svc.ports}
+            rule(f"backend of {sname} from its LB nodes and monitoring", "tcp", sports, lbs + monitors, own)
         for sname in self.anycast_of.get(nid, []):
             svc = self.services[sname]
             for proto in ("tcp", "udp"):

@@ -271,7 +271,7 @@ def parse_watch(where: str, data: Any) -> Watch:
     if kind not in _WATCH_TYPES:
         raise ConfigError(f"{where}.type: must be one of {', '.join(sorted(_WATCH_TYPES))}, not {kind!r}")
     cls = _WATCH_TYPES[kind]
-    _unknown(where, data, list(cls.__dataclass_fields__))
+    _unknown(where, data, list(getattr(cls, "__dataclass_fields__")))
     for key in _REQUIRED.get(kind, ()):
         if key not in data:
             raise ConfigError(f"{where}.{key}: required for a {kind} watch")

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from anycastlb import probes
 
@@ -109,7 +109,7 @@ def write_atomic(path: str, text: str) -> None:
 # ----------------------------------------------------------------- probes
 
 
-async def _connect(sock: socket.socket, addr: object, timeout: float) -> None:
+async def _connect(sock: socket.socket, addr: Any, timeout: float) -> None:
     await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, addr), timeout)
 
 
@@ -408,7 +408,7 @@ class ProbeWatcher:
     async def run(self, report: Report) -> None:
         """Check forever at ``interval_ms``."""
         self._report = report
-        interval = self.watch.interval_ms / 1000
+        interval = getattr(self.watch, "interval_ms", 1000) / 1000  # every watch run here has one
         try:
             while True:
                 start = time.monotonic()

@@ -30,7 +30,8 @@ class Marked(dict):
 
     file: str = ""
     line: int | None = None
-    marks: dict[Any, int]
+    marks: dict[Any, int | None]
+    key_files: dict[Any, str]  # set by compiler.deep_merge: which file each key came from
 
     def __init__(self, *args: Any, file: str = "", line: int | None = None, **kw: Any):
         super().__init__(*args, **kw)

@@ -264,7 +264,7 @@ def missing_prerequisites(init: str = "direct", salt: bool = True) -> list[str]:
             out.append(f"{prog} (Debian package {pkg})")
     if salt:
         try:
-            import salt.version  # noqa: F401
+            __import__("importlib").import_module("salt.version")
         except ImportError:
             out.append(f"Salt importable by {sys.executable} (bash .ci/setup installs it into .venv)")
         for prog in ("salt-master", "salt-minion", "salt"):

@@ -101,8 +101,8 @@ def prepare_root(lab: "Lab", node: str, hosts_text: str) -> Path:
             p.unlink()
     for p in (etc / "ssh").glob("ssh_host_*"):
         p.unlink()
-    for p in ("hostname", "mailname", "hosts", "resolv.conf", "machine-id"):
-        (etc / p).unlink(missing_ok=True)
+    for name in ("hostname", "mailname", "hosts", "resolv.conf", "machine-id"):
+        (etc / name).unlink(missing_ok=True)
     (etc / "hostname").write_text(node + "\n")
     (etc / "mailname").write_text(node + "\n")
     (etc / "hosts").write_text(hosts_text)

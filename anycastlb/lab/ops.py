@@ -193,6 +193,7 @@ def salt_ssh_roster(lab: "Lab", nodes: list[str]) -> str:
 def bootstrap_pillar(lab: "Lab", node: str) -> dict[str, Any]:
     """The lab's ``anycastlb_bootstrap`` pillar: the venv's salt-minion, started as a daemon."""
     master = lab.host(master_node(lab)).address
+    assert master, "the salt-master has no IPv4 address"
     extra = {k: v for k, v in minion_config(lab, node, master).items() if k not in ("id", "master")}
     return {"anycastlb_bootstrap": {"install": "none", "start": "daemon",
                                     "command": f"{BIN / 'salt-minion'} -d -l warning --disable-keepalive",
@@ -310,7 +311,7 @@ def orchestration_steps(ret: dict[str, Any]) -> list[str]:
     ``{"return": <salt-run --out=json output>}``.
     """
     data = (ret.get("return") or {}).get("data") or {}
-    states = next(iter(data.values()), {}) if isinstance(data, dict) else {}
+    states: Any = next(iter(data.values()), {}) if isinstance(data, dict) else {}
     if not isinstance(states, dict):
         return []
     rows = sorted((v.get("__run_num__", 0), k.split("_|-")[1]) for k, v in states.items() if isinstance(v, dict))

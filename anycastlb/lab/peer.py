@@ -49,7 +49,8 @@ def session_knobs(catalog: str | Path, peer: str) -> dict[str, object]:
 
     fleet = compile_catalog(catalog)
     for nid in fleet.nodes:
-        for nb in (fleet.nodes[nid]["bgp"] or {}).get("neighbors", []):
+        bgp = fleet.nodes[nid]["bgp"]
+        for nb in bgp["neighbors"] if bgp else []:
             if nb["kind"] == "peer" and nb["name"] == peer:
                 return {"multihop": nb["multihop"], "bfd": nb["bfd"], "bfd_timers": nb["bfd_timers"]}
     return {"multihop": False, "bfd": True, "bfd_timers": None}

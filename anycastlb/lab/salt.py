@@ -169,6 +169,7 @@ def start_salt(lab: "Lab", wait: float = 150.0) -> float:
     deadline = t0 + wait
     master = master_node(lab)
     maddr = lab.host(master).address
+    assert maddr, f"{master} has no IPv4 address"
     _write_conf(lab, master, "/etc/salt/master.d/lab.conf", master_config(lab, maddr))
     for n in lab.nodes:
         _write_conf(lab, n, "/etc/salt/minion.d/lab.conf", minion_config(lab, n, maddr))
