@@ -375,3 +375,49 @@ def test_apache2_checker_accepts_proxy_protocol(fleet: Any) -> None:
     ok, out = check_node(fleet.nodes["web2"])["apache2"]
     assert ok, out
     assert subprocess.run(["test", "-e", "/usr/lib/apache2/modules/mod_remoteip.so"]).returncode == 0
+
+
+HOSTILE = ["a\nb", 'a"b', "a b", "a#b", "../x", "a$b", "a\\b", "a'b", "a{b", "a%b"]
+#: Every string setting of this issue, as a service snippet with {} for the value.
+STRING_LEAVES = [
+    ("http", "check: {{http: {{path: /healthz, body: {}}}}}"),
+    ("tcp", "check: {{smtp: {{domain: {}}}}}"),
+    ("tcp", "check: {{mysql: {{user: {}}}}}"),
+    ("tcp", "check: {{pgsql: {{user: {}}}}}"),
+    ("http", "haproxy: {{stick: {{by: cookie, cookie: {}}}}}"),
+    ("http", "haproxy: {{redirects: [{{path: {}, location: 'https://a.example/'}}]}}"),
+    ("http", "haproxy: {{redirects: [{{path: /a, location: {}}}]}}"),
+    ("http", "haproxy: {{redirects: [{{path: /a, prefix: {}}}]}}"),
+]
+
+
+@needs_haproxy
+@pytest.mark.parametrize("mode,snippet", STRING_LEAVES)
+def test_hostile_strings_are_refused_or_inert(tmp_path: Path, mode: str, snippet: str) -> None:
+    """Each hostile text in each new string setting: lint refuses it, or haproxy -c accepts the
+    config and the text stays inside one quoted argument (never a second directive)."""
+    import json
+    for i, text in enumerate(HOSTILE):
+        d = tmp_path / str(i)
+        d.mkdir()
+        value = json.dumps(text if "location" not in snippet and "prefix" not in snippet
+                           else f"https://a.example/{text}")
+        try:
+            fleet = compile_catalog(catalog(d, f"""
+                app:
+                  mode: {mode}
+                  vip: 192.0.2.31
+                  ports: [80]
+                  cluster: edge
+                  backends: [web1]
+                  {snippet.format(value)}
+                """))
+        except CatalogRefused:
+            continue
+        assert "\n" not in text, f"{snippet}: lint accepted a line break"
+        cfg = haproxy_cfg(fleet.nodes["lb1"])
+        from anycastlb.render.quote import haproxy as quoted, haproxy_lf as quoted_lf
+        shown = json.loads(value)
+        assert quoted(shown) in cfg or quoted_lf(shown) in cfg, f"{text!r} is not one quoted argument"
+        ok, out = check_node(fleet.nodes["lb1"])["haproxy"]
+        assert ok, f"{snippet} with {text!r}: lint accepted what haproxy -c refuses: {out}"
