@@ -39,7 +39,10 @@ Type=simple
 ExecStartPre={exe} -m anycastlb.units vips /etc/anycastlb/healthd.json
 ExecStart={exe} -m anycastlb.healthd_main --config /etc/anycastlb/healthd.json
 ExecReload=/bin/kill -HUP $MAINPID
-# SIGTERM withdraws every route it installed before it exits.
+# SIGTERM withdraws every route it installed before it exits. At shutdown healthd stops
+# before HAProxy and BIRD (it is ordered after them): after a clean stop, give the routers a
+# second to move the traffic away, and HAProxy's accepted requests time to finish.
+ExecStopPost=/bin/sh -c '[ "$$SERVICE_RESULT" != success ] || sleep 1'
 Restart=always
 RestartSec=1s
 

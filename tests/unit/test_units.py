@@ -43,6 +43,8 @@ def test_the_healthd_unit_and_what_a_node_enables(fleet: dict[str, Any]) -> None
     assert "ExecStart=/opt/aclb/bin/python -m anycastlb.healthd_main --config /etc/anycastlb/healthd.json" in text
     assert "After=network-online.target nftables.service haproxy.service" in text
     assert "WantedBy=multi-user.target" in text and "Restart=always" in text
+    # a clean stop (shutdown) lingers a second after the withdrawal, before HAProxy is stopped
+    assert """ExecStopPost=/bin/sh -c '[ "$$SERVICE_RESULT" != success ] || sleep 1'""" in text
     assert units.enabled_units(fleet["lb1"]) == ["nftables.service", "haproxy.service",
                                                  "anycastlb-healthd.service", "bird.service"]
     assert units.unit_files(fleet["rr1"]) == {}  # no speaker, no healthd
