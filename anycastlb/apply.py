@@ -215,6 +215,14 @@ def _apply_daemon(name: str, model: Mapping[str, Any], secrets: dict[str, Any] |
     if not ok:
         return ApplyResult(name, False, f"{name}: the checker refused the new config; the live config is "
                                         f"untouched and nothing was reloaded:\n{output}")
+    hot = reload and control is not None and _hot_loadable(spec, writes, removes, root, control)
+    if hot:
+        from .certs import check_bundle
+        for f in writes:
+            problems = check_bundle(f.content)
+            if problems:
+                return ApplyResult(name, False, f"{name}: the new certificate {f.path} is refused "
+                                                f"({'; '.join(problems)}); the live one is untouched")
     backup = {confine(root, f.path): (_read(confine(root, f.path)), _mode(confine(root, f.path)),
                                       _group(confine(root, f.path))) for f in writes}
     backup.update({path: (_read(path), _mode(path), _group(path)) for path in removes})
@@ -223,9 +231,21 @@ def _apply_daemon(name: str, model: Mapping[str, Any], secrets: dict[str, Any] |
     for path in removes:
         os.remove(path)
     changes: dict[str, Any] = {"diff": diffs, **host}
+    swap_note = ""
+    if reload and control is not None and hot:
+        try:
+            swapped = [control.set_ssl_cert(under(root, f.path), f.content) for f in writes]
+        except ServiceError as exc:
+            swap_note = f"runtime certificate swap failed ({exc}): reloaded instead; "
+        else:
+            workers = control.haproxy_workers()
+            changes["hot_load"] = swapped
+            return ApplyResult(name, True, f"{name}: {len(writes)} certificate(s) checked, written and swapped into "
+                                           f"the running HAProxy through its runtime API, no reload (workers "
+                                           f"{', '.join(map(str, workers))} kept): {'; '.join(swapped)}", changes)
     if reload and control is not None:
         try:
-            out = control.reload_or_start(name)
+            out = swap_note + control.reload_or_start(name)
         except ServiceError as exc:
             _restore(backup)
             return ApplyResult(name, False, f"{name}: the daemon refused the new config; the previous files "
@@ -234,6 +254,18 @@ def _apply_daemon(name: str, model: Mapping[str, Any], secrets: dict[str, Any] |
         return ApplyResult(name, True, f"{name}: {len(writes)} file(s) written, {len(removes)} removed; {out}",
                            changes, reloaded=True)
     return ApplyResult(name, True, f"{name}: {len(writes)} file(s) written, {len(removes)} removed", changes)
+
+
+def _hot_loadable(spec: DaemonSpec, writes: list[RenderedFile], removes: list[str], root: str,
+                  control: Any) -> bool:
+    """True when only existing HAProxy certificate bundles change and HAProxy runs: those are swapped
+    in through its runtime API instead of a reload (a new bundle means a new bind: a reload)."""
+    if spec.name != "haproxy" or removes or not writes or not hasattr(control, "set_ssl_cert"):
+        return False
+    from .render.haproxy import CERT_DIR
+    if not all(f.path.startswith(CERT_DIR + "/") and os.path.exists(under(root, f.path)) for f in writes):
+        return False
+    return bool(control.running("haproxy"))
 
 
 def _group(path: str) -> str:

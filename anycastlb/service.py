@@ -164,6 +164,11 @@ def unix_query(path: str, command: str, timeout: float = 2.0) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+def _first_line(text: str) -> str:
+    """The first non-empty line of a CLI answer (a refusal's reason; never a payload)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "(no answer)")[:200]
+
+
 @dataclass(frozen=True)
 class ProcInfo:
     """The HAProxy master's ``show proc``: its reload and failure counts, its workers."""
@@ -410,6 +415,30 @@ class ServiceControl:
                             f"finishing; {saved}")
                 last = "master reloaded, no new worker yet"
         raise ServiceError(f"haproxy reload not confirmed within {RELOAD_TIMEOUT_S:.0f} s ({last})")
+
+    def set_ssl_cert(self, crt: str, pem: str) -> str:
+        """Swap the certificate HAProxy loaded from ``crt`` for ``pem`` through the runtime API, with no
+        reload: ``set ssl cert`` then ``commit ssl cert``; any refusal aborts the transaction and raises."""
+        from .certs import runtime_payload
+        sock = self.path(self.paths.haproxy_admin_socket)
+        try:
+            out = unix_query(sock, f"set ssl cert {crt} <<\n{runtime_payload(pem)}\n", timeout=10.0)
+            if "Transaction created" not in out and "Transaction updated" not in out:
+                raise ServiceError(f"set ssl cert {crt}: {_first_line(out)}")
+            out = unix_query(sock, f"commit ssl cert {crt}", timeout=10.0)
+            if "Success!" not in out:
+                raise ServiceError(f"commit ssl cert {crt}: {_first_line(out)}")
+        except (OSError, ServiceError) as exc:
+            try:
+                unix_query(sock, f"abort ssl cert {crt}")
+            except OSError:
+                pass
+            raise ServiceError(str(exc) if isinstance(exc, ServiceError) else f"runtime API {sock}: {exc}") from None
+        return f"{os.path.basename(crt)} swapped in (set/commit ssl cert)"
+
+    def haproxy_workers(self) -> tuple[int, ...]:
+        """The current HAProxy worker PIDs (from the master's ``show proc``)."""
+        return tuple(pid for pid, _ in self._master_proc().workers)
 
     def save_haproxy_state(self) -> str:
         """Dump ``show servers state`` to the server-state file (read by the next worker)."""
