@@ -9,6 +9,7 @@ anycastlb ext_pillar: each minion's slice of the service catalog.
           catalog: /srv/anycastlb/catalog        # a file or a directory of *.yaml
           secrets: /etc/anycastlb/secrets.yaml   # optional; kept outside git
           service_mode: direct                   # optional: direct | systemd
+          acme_store: /etc/anycastlb/acme        # optional: the ACME issuer's certificates (0700, root)
 
 A minion the catalog names gets ``anycastlb:`` = its node model (``anycastlb show
 CATALOG NODE --json``) with ``secrets`` holding only the secret values it uses.
@@ -55,10 +56,10 @@ def _gpg_decrypt(store: dict[str, Any]) -> Any:
 
 
 def ext_pillar(minion_id: str, pillar: dict[str, Any], catalog: str = "", secrets: str | None = None,
-               service_mode: str | None = None) -> dict[str, Any]:
+               service_mode: str | None = None, acme_store: str | None = None) -> dict[str, Any]:
     """The minion's ``anycastlb`` pillar; for the catalog's nodes raises ``CatalogRefused`` on a bad catalog.
 
     A secrets file starting with ``#!yaml|gpg`` has its values decrypted here, on the master.
     """
     return node_pillar(minion_id, catalog, secrets=secrets, service_mode=service_mode, report=log.error,
-                       decrypt=_gpg_decrypt)
+                       decrypt=_gpg_decrypt, acme_store=acme_store)

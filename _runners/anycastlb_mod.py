@@ -19,6 +19,7 @@ are only Salt's side of it (``__opts__``, the LocalClient, the exit code).
     salt-run anycastlb.remember node=lb1       # in-place apply: what it announces now ...
     salt-run anycastlb.announced node=lb1      # ... and wait until the route reflectors carry it again
     salt-run anycastlb.routes                  # who each route reflector carries, per prefix
+    salt-run anycastlb.renew [service=NAME] [force=True]   # ACME: renew what is due, hot-load it
 
 Every function sets a non-zero exit code (``retcode``) when it fails, so a
 ``salt.runner`` state in an orchestration fails with it.
@@ -285,3 +286,28 @@ def unlock(force: bool = False) -> dict[str, Any]:
         return _done({"result": False, "comment": str(exc)})
     return _done({"result": True, "comment": f"deploy lock given back: {held.describe()}" if held
                   else "the deploy lock was free"})
+
+
+# ----------------------------------------------------------------- ACME
+
+
+def renew(service: str = "", force: bool = False) -> dict[str, Any]:
+    """
+    Renew the fleet's ACME certificates that are due (less lifetime left than the
+    catalog's ``acme.renew_before``), or all of them (or one service's) with
+    ``force=True``, on this master (the issuer); then every LB node that receives a
+    new certificate refreshes its pillar and applies haproxy, which swaps it in
+    through HAProxy's runtime API (no reload). A refused renewal keeps the old
+    certificate and fails (non-zero exit).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.renew
+        salt-run anycastlb.renew service=www force=True
+    """
+    from anycastlb.acme_issuer import renew_fleet
+
+    return _done(renew_fleet(_orch.config_of(__opts__.get("ext_pillar")), _cmd, service=service or None,
+                             force=bool(force)))

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ValidationError
 from . import schema as S
 from .errors import CatalogError, CatalogRefused
 from .loader import Marked, MarkedList, file_of, line_of, load_catalog
-from .model import (AcmeModel, ApacheModel, Bfd, BgpModel, FirewallModel, FirewallRule, HaproxyModel, HealthModel,
-                    Announcement, MonitoringModel, Neighbor, NodeModel, PeerExport, SecretNames)
+from .model import (ApacheModel, Bfd, BgpModel, FirewallModel, FirewallRule, HaproxyModel, HealthModel,
+                    Announcement, MonitoringModel, Neighbor, NodeModel, PeerExport, SecretNames, AcmeChallenge, AcmeCertificate, AcmeModel)
 
 MODEL_VERSION = 1
 #: Longest ``extends`` chain (templates on templates).
@@ -1520,7 +1520,7 @@ class _Builder:
             return None
         return acme_certificate(sname) if tls.acme else tls.certificate
 
-    def challenge_model(self) -> dict[str, Any]:
+    def challenge_model(self) -> AcmeChallenge:
         """Where an LB node sends HTTP-01 challenges: the issuer's token server."""
         assert self.issuer is not None
         return {"backend": "acme-challenge", "path": ACME_CHALLENGE_PATH,
@@ -1529,13 +1529,13 @@ class _Builder:
     def acme_model(self) -> AcmeModel:
         """What the issuer needs: the account, and every ACME certificate with its names and receivers."""
         assert self.acme is not None and self.issuer is not None
-        certs = []
+        certs: list[AcmeCertificate] = []
         for sname in sorted(self.services):
             m = self.services[sname].model
             if m.tls is None or not m.tls.acme:
                 continue
             certs.append({"name": acme_certificate(sname), "service": sname, "domains": acme_names(m),
-                          "cluster": m.cluster, "nodes": self.announcers(sname)})
+                          "cluster": m.cluster or "", "nodes": self.announcers(sname)})
         a = self.acme
         return {"directory": a.directory, "contact": a.contact, "renew_before_ms": a.renew_before,
                 "eab": a.eab.model_dump() if a.eab else None,
@@ -1701,6 +1701,15 @@ class _Builder:
                     c = self._service_check(svc, port, str(ip))
                     checks.append({"name": f"vip {sname} {ip} {port}", "host": None, "service": sname,
                                    "notify": notify, **c})
+                if m.tls is not None and m.tls.acme and self.acme is not None:
+                    # every ACME name on every VIP: the certificate actually served, WARNING once less than
+                    # renew_before (less one day for the renewal's schedule) is left: a renewal failed
+                    warn = max(1, -(-self.acme.renew_before // 86_400_000) - 1)
+                    for host in acme_names(m):
+                        checks.append({"name": f"acme {sname} {host} {ip}", "host": None,
+                                       "service": sname, "notify": notify, "type": "https", "address": str(ip),
+                                       "port": 443, "http_host": host, "path": "/", "expect": None, "tls": True,
+                                       "certificate_only": True, "cert_days": [warn, max(1, warn // 3)]})
             if m.mode in ("http", "tcp"):
                 for node in announcers:
                     for port in svc.ports:

@@ -85,18 +85,37 @@ class HaproxyModel(TypedDict):
     frontends: list[dict[str, Any]]
     backends: list[dict[str, Any]]
     certificates: list[str]
-    acme: dict[str, Any] | None   # where ACME HTTP-01 challenges go, when a frontend takes them
+    acme: "AcmeChallenge | None"   # where /.well-known/acme-challenge/ goes (ACME services only)
+
+
+class AcmeChallenge(TypedDict):
+    """The issuer's HTTP-01 token server, as an LB node routes to it."""
+
+    backend: str
+    path: str
+    address: str
+    port: int
+
+
+class AcmeCertificate(TypedDict):
+    """One ACME certificate: its names and the LB nodes that receive it."""
+
+    name: str
+    service: str
+    domains: list[str]
+    cluster: str
+    nodes: list[str]
 
 
 class AcmeModel(TypedDict):
-    """The ACME issuer node's account and the certificates it obtains for the fleet."""
+    """What the ACME issuer runs (anycastlb.acme_issuer)."""
 
     directory: str
-    contact: Any
+    contact: str
     renew_before_ms: int
-    eab: dict[str, Any] | None
+    eab: dict[str, str] | None
     challenge: dict[str, Any]
-    certificates: list[dict[str, Any]]
+    certificates: list[AcmeCertificate]
 
 
 class ApacheModel(TypedDict):
@@ -174,7 +193,7 @@ class NodeModel(TypedDict):
     apache: ApacheModel | None
     monitoring: MonitoringModel | None
     salt_master: SaltMasterModel | None
+    acme: AcmeModel | None
     health: HealthModel | None
     firewall: FirewallModel | None
-    acme: AcmeModel | None
     secrets: SecretNames

@@ -162,7 +162,8 @@ def _refuse(where: str, message: str) -> CatalogRefused:
 
 def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
                 service_mode: str | None = None, cache: FleetCache = CACHE,
-                report: Callable[[str], None] | None = None, decrypt: Decrypt | None = None) -> dict[str, Any]:
+                report: Callable[[str], None] | None = None, decrypt: Decrypt | None = None,
+                acme_store: str | None = None) -> dict[str, Any]:
     """``{"anycastlb": model + {"secrets": values}}`` for a minion the catalog names, else ``{}``.
 
     ``model["secrets"]`` (the names) is replaced by the values this node uses, and
@@ -172,6 +173,8 @@ def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
     ``{}`` and keep working. ``report`` is called once per refusal with its text
     (the adapter logs it), so the refusal is never silent on the master. ``decrypt``
     decrypts a ``#!yaml|gpg`` secrets file (the adapter passes Salt's GPG renderer).
+    ``acme_store`` is the ACME issuer's certificate directory: a node receives the ACME
+    certificates its frontends use from there (only the LB nodes of the service's cluster).
     """
     if not catalog:
         if report is not None:
@@ -196,7 +199,13 @@ def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
     if model is None:
         return {}
     data: dict[str, Any] = dict(copy.deepcopy(model))
-    data["secrets"] = slice_for(model["secrets"], compiled.store or {})
+    store = compiled.store or {}
+    wanted = model["secrets"].get("certificates", [])
+    if acme_store and any(n.startswith("acme-") for n in wanted):
+        from .acme_issuer import load_store
+        issued = {k: v for k, v in load_store(acme_store).items() if k in wanted and k.startswith("acme-")}
+        store = {**store, "certificates": {**(store.get("certificates") or {}), **issued}}
+    data["secrets"] = slice_for(model["secrets"], store)
     if service_mode:
         data["service_mode"] = service_mode
     return {PILLAR_KEY: data}

@@ -113,9 +113,9 @@ def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]],
         if t == "https" or check.get("tls"):
             base["vars"].update({"http_ssl": True, "http_sni": True})
             cert = {**base, "name": check["name"] + " certificate", "display": display + " certificate",
-                    "vars": {**base["vars"], "http_certificate": f"{CERT_DAYS[0]},{CERT_DAYS[1]}"}}
+                    "vars": {**base["vars"], "http_certificate": "{},{}".format(*check.get("cert_days", CERT_DAYS))}}
             cert["vars"].pop("http_expect", None)
-            out.append(cert)
+            out = [cert] if check.get("certificate_only") else out + [cert]
     elif t == "tcp":
         base["command"] = "tcp"
         base["vars"].update({"tcp_address": addr, "tcp_port": check["port"], "tcp_ipv6": _is6(addr)})

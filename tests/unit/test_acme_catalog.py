@@ -163,3 +163,50 @@ def test_the_eab_secret_must_be_in_the_store_at_deploy_time(tmp_path: Path) -> N
     assert "EAB key 'ca-eab' is not under acme_eab" in str(exc.value)
     fleet = compile_catalog(p, secrets={"certificates": {}, "bgp_passwords": {}, "acme_eab": {"ca-eab": "x"}})
     assert fleet.nodes["master"]["acme"]["eab"] == {"key_id": "kid-1", "secret": "ca-eab"}
+
+
+def test_the_monitoring_checks_each_acme_name_on_each_vip_and_warns_before_renewal_is_late(tmp_path: Path) -> None:
+    """The rendered Icinga service, run as Icinga runs it (check_http from monitoring-plugins), against a
+    local TLS server whose certificate has 7 days left: WARNING (renew_before 20d → warn below 19 days)."""
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+    import threading
+
+    from anycastlb.lab.pki import LabCA
+    from anycastlb.render.icinga2 import objects
+    plugin = "/usr/lib/nagios/plugins/check_http"
+    if not shutil.which(plugin):
+        pytest.skip("needs monitoring-plugins' check_http")
+    nodes = compiled(tmp_path, edit("roles: [salt-master, route-reflector]",
+                                    "roles: [salt-master, route-reflector, monitoring]"))
+    services = {s["name"]: s for s in objects(nodes["master"])["services"]}
+    names = sorted(n for n in services if n.startswith("acme "))
+    assert names == ["acme www example.org 192.0.2.10 certificate", "acme www www.example.org 192.0.2.10 certificate"]
+    v = services["acme www www.example.org 192.0.2.10 certificate"]["vars"]
+    assert (v["http_address"], v["http_port"], v["http_vhost"], v["http_certificate"]) == (
+        "192.0.2.10", 443, "www.example.org", "19,6")
+    leaf = LabCA(tmp_path / "ca").issue(["www.example.org", "example.org"], days=7)
+    (tmp_path / "b.pem").write_text(leaf.bundle)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "b.pem")
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(4096)
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            except (ssl.SSLError, OSError):
+                pass
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    argv = [plugin, "-I", "127.0.0.1", "-p", str(port), "-H", v["http_vhost"], "-u", v["http_uri"], "-S", "--sni",
+            "-C", v["http_certificate"]]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    srv.close()
+    assert p.returncode == 1 and "WARNING" in p.stdout, p.stdout + p.stderr
