@@ -81,20 +81,25 @@ services:
 """
 
 CLIENT = textwrap.dedent("""
-    import http.client, json, ssl, sys, time
-    seconds, cafile, vip, name = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    import json, socket, ssl, sys, time
+    seconds, cafile, vip, name, path = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
     ctx = ssl.create_default_context(cafile=cafile)
     n = fail = 0; errors = []; serials = []
     end = time.monotonic() + seconds
     while True:
         n += 1
         try:
-            c = http.client.HTTPSConnection(vip, 443, timeout=2, context=ctx)
-            c.request("GET", "/healthz", headers={"Host": name}); r = c.getresponse(); r.read()
-            s = c.sock.getpeercert()["serialNumber"]
+            with ctx.wrap_socket(socket.create_connection((vip, 443), timeout=2), server_hostname=name) as t:
+                t.sendall(f"GET {path} HTTP/1.1\\r\\nHost: {name}\\r\\nConnection: close\\r\\n\\r\\n".encode())
+                data = b""
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk: break
+                    data += chunk
+                s = t.getpeercert()["serialNumber"]
             if not serials or serials[-1] != s: serials.append(s)
-            c.close()
-            if r.status != 200: fail += 1; errors.append(r.status)
+            status = int(data.split(b" ", 2)[1])
+            if status != 200: fail += 1; errors.append(status)
         except Exception as exc:
             fail += 1; errors.append(repr(exc))
         if time.monotonic() >= end: break
@@ -185,7 +190,7 @@ class Lab:
 
     def client(self, seconds: float) -> subprocess.Popen[str]:
         return subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", CLIENT, str(seconds),
-                                 str(self.trust), VIP, NAME], stdout=subprocess.PIPE, text=True)
+                                 str(self.trust), VIP, NAME, "/healthz"], stdout=subprocess.PIPE, text=True)
 
     def served(self) -> dict[str, Any]:
         out, _ = self.client(0).communicate(timeout=30)

@@ -70,23 +70,28 @@ services:
 
 # New TLS connection per request, trusting only the lab CA; prints failures and the serials seen.
 CLIENT = textwrap.dedent("""
-    import http.client, json, ssl, sys, time
-    seconds, cafile, vip, name = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    import json, socket, ssl, sys, time
+    seconds, cafile, vip, name, path = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
     ctx = ssl.create_default_context(cafile=cafile)
     n = fail = 0; errors = []; serials = []
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while True:
         n += 1
         try:
-            c = http.client.HTTPSConnection(vip, 443, timeout=2, context=ctx)
-            c.connect(); c.sock = ctx.wrap_socket(c.sock.detach(), server_hostname=name) if False else c.sock
-            c.request("GET", "/", headers={"Host": name}); r = c.getresponse(); r.read()
-            s = c.sock.getpeercert()["serialNumber"]
+            with ctx.wrap_socket(socket.create_connection((vip, 443), timeout=2), server_hostname=name) as t:
+                t.sendall(f"GET {path} HTTP/1.1\\r\\nHost: {name}\\r\\nConnection: close\\r\\n\\r\\n".encode())
+                data = b""
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk: break
+                    data += chunk
+                s = t.getpeercert()["serialNumber"]
             if not serials or serials[-1] != s: serials.append(s)
-            c.close()
-            if r.status != 200: fail += 1; errors.append(r.status)
+            status = int(data.split(b" ", 2)[1])
+            if status != 200: fail += 1; errors.append(status)
         except Exception as exc:
             fail += 1; errors.append(repr(exc))
+        if time.monotonic() >= end: break
         time.sleep(0.02)
     print(json.dumps({"requests": n, "failures": fail, "errors": errors[:5], "serials": serials}))
 """)
@@ -127,7 +132,7 @@ class Node:
 
     def client(self, seconds: float) -> subprocess.Popen[str]:
         return subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", CLIENT, str(seconds),
-                                 str(self.ca.cert_path), VIP, NAME], stdout=subprocess.PIPE, text=True)
+                                 str(self.ca.cert_path), VIP, NAME, "/"], stdout=subprocess.PIPE, text=True)
 
     def served_serial(self) -> str:
         p = self.client(0.01)
