@@ -35,6 +35,7 @@ import pytest
 from anycastlb.apply import apply_daemon
 from anycastlb.certs import cert_info
 from anycastlb.compiler import compile_catalog
+from anycastlb.lab.direct import DirectControl
 from anycastlb.lab.pki import LabCA, Leaf
 from anycastlb.service import ServiceControl, ServiceError, parse_show_proc, unix_query
 
@@ -232,7 +233,7 @@ def test_a_key_that_does_not_match_is_refused_and_the_served_certificate_stays(n
     assert cert_info(node.bundle_on_disk()).serial == before
 
 
-class NoRuntimeApi(ServiceControl):
+class NoRuntimeApi(DirectControl):
     """The real control, except that its runtime certificate swap fails (as when the API is unavailable)."""
 
     def set_ssl_cert(self, crt: str, pem: str) -> str:
