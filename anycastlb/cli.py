@@ -87,10 +87,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """The impact of changing catalog OLD into NEW."""
-    from .diff import diff_fleets, format_diff
-    report = diff_fleets(_compile(args.old), _compile(args.new))
+    from .diff import diff_fleets, drains, format_diff, format_markdown
+    old, new = _compile(args.old), _compile(args.new)
+    report = diff_fleets(old, new)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
+    elif args.format == "markdown":
+        sys.stdout.write(format_markdown(report, drains(old, new, report)))
     else:
         sys.stdout.write(format_diff(report))
     return 0
@@ -170,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("old", help="the catalog as deployed (file or directory)")
     s.add_argument("new", help="the changed catalog (file or directory)")
     s.add_argument("--json", action="store_true", help="the report as JSON")
+    s.add_argument("--format", choices=("text", "markdown"), default="text",
+                   help="markdown: a merge-request comment (what changes, on which nodes, what is drained)")
     s.set_defaults(func=cmd_diff)
     s = sub.add_parser("owners", help="who owns what: root and tenant files, services, VIPs, host names")
     s.add_argument("catalog", help="catalog file or directory")

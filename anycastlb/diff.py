@@ -141,3 +141,93 @@ def format_diff(report: dict[str, Any]) -> str:
     total = len(n["added"]) + len(n["removed"]) + len(n["changed"])
     out.append(f"{total} node(s) change, {len(s['added']) + len(s['removed']) + len(s['changed'])} service(s) change")
     return "\n".join(out) + "\n"
+
+
+def _fence(lines: list[str]) -> tuple[str, str]:
+    """A code fence longer than any backtick run in ``lines`` (catalog text cannot close it)."""
+    longest = max((len(run) for line in lines for run in _runs(line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return fence, fence
+
+
+def _runs(line: str) -> list[str]:
+    """The runs of backticks in ``line``."""
+    out: list[str] = []
+    cur = ""
+    for ch in line:
+        if ch == "`":
+            cur += ch
+        elif cur:
+            out.append(cur)
+            cur = ""
+    return out + ([cur] if cur else [])
+
+
+def drains(old: Fleet, new: Fleet, report: Mapping[str, Any]) -> list[dict[str, str]]:
+    """What the rolling deploy does about draining each changed or new node.
+
+    Uses the deploy's own plan (:func:`anycastlb.orchestrate.plan.plan`, ``drain="auto"``,
+    against ``old`` as the deployed catalog); runtime drains are not known here.
+    Each entry: ``node``, ``what`` (``drained``, ``stays drained``, ``in place``) and ``why``.
+    """
+    from .orchestrate.plan import plan
+
+    touched = set(report["nodes"]["added"]) | set(report["nodes"]["changed"])
+    out: list[dict[str, str]] = []
+    for step in plan(new, deployed=old, drain="auto"):
+        if step.node not in touched or step.phase not in ("clusters", "anycast"):
+            continue
+        if "drain" in step.actions and "undrain" in step.actions:
+            what = "drained"
+        elif "drain" in step.actions:
+            what = "stays drained"
+        else:
+            what = "in place"
+        out.append({"node": step.node, "group": step.group, "what": what,
+                    "why": step.note.removeprefix("drained: ")})
+    return out
+
+
+def format_markdown(report: Mapping[str, Any], drained: list[dict[str, str]]) -> str:
+    """The report as a Markdown merge-request comment: summary, drains, services, nodes, raw lines."""
+    s, n = report["services"], report["nodes"]
+    if not (s["added"] or s["removed"] or s["changed"] or n["added"] or n["removed"] or n["changed"]):
+        return "### anycastlb diff\n\nNo change: every node's configuration stays as it is.\n"
+    nodes = len(n["added"]) + len(n["removed"]) + len(n["changed"])
+    svcs = len(s["added"]) + len(s["removed"]) + len(s["changed"])
+    out = ["### anycastlb diff", "",
+           f"**{svcs} service(s) and {nodes} node(s) change; "
+           f"{sum(d['what'] == 'drained' for d in drained)} node(s) will be drained during the deploy.**", ""]
+    raw = report.get("raw") or {}
+    if raw:
+        lines = [f"{what.split()[1]} {name} {what.split()[0]}: {line}"
+                 for name, changes in raw.items() for what, ls in changes.items() for line in ls]
+        fo, fc = _fence(lines)
+        out += ["> [!WARNING]", "> Raw HAProxy directives change: lint does not understand them, "
+                "only `haproxy -c` checks them. Review every line:", "", fo + "diff", *lines, fc, ""]
+    out += ["#### Drains", ""]
+    if drained:
+        out += ["| node | group | during the deploy | why |", "| --- | --- | --- | --- |"]
+        labels = {"drained": "**drained**, then undrained", "stays drained": "applied drained, stays drained",
+                  "in place": "applied in place, not drained"}
+        out += [f"| {d['node']} | {d['group']} | {labels[d['what']]} | {_cell(d['why'])} |" for d in drained]
+    else:
+        out.append("No announcing node changes: nothing is drained.")
+    out.append("")
+    body = ([f"+ {x} (new)" for x in s["added"]] + [f"- {x} (removed)" for x in s["removed"]]
+            + [f"~ {k}\n" + "\n".join(f"    {line}" for line in v) for k, v in s["changed"].items()])
+    if body:
+        fo, fc = _fence(body)
+        out += ["#### Services", "", fo + "diff", *body, fc, ""]
+    body = ([f"+ {x} (new)" for x in n["added"]] + [f"- {x} (removed)" for x in n["removed"]]
+            + [f"~ {k}: {', '.join(v['sections'])}" + "".join(f"\n    {line}" for line in v["detail"])
+               for k, v in n["changed"].items()])
+    if body:
+        fo, fc = _fence(body)
+        out += ["#### Nodes", "", fo + "diff", *body, fc, ""]
+    return "\n".join(out)
+
+
+def _cell(text: str) -> str:
+    """Text made safe for one Markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
