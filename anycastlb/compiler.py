@@ -1015,11 +1015,8 @@ def check_kind(c: S.Check) -> str | None:
 
 
 def _tenant_of(ctx: _Ctx, file: str | None) -> str | None:
-    """The tenant whose files include ``file``, or None for a root (fleet-wide) file.
-
-    The catalog has no tenants yet: every file is a root file.
-    """
-    return None
+    """The tenant whose files include ``file``, or None for a root (fleet-wide) file."""
+    return getattr(ctx.raw, "file_tenants", {}).get(file) if file else None
 
 
 def _check_settings(ctx: _Ctx, name: str, m: S.Service, raw: Marked) -> bool:

@@ -149,3 +149,22 @@ def test_a_node_by_its_address_is_still_that_node(tree):
     errors = refused(tree)
     assert any(e.startswith(f"{lib}:") and "key 'backends.sneaky'" in e and "node 'web1' is not one tenant" in e
                for e in errors), errors
+
+
+def test_raw_haproxy_directives_only_from_root_files(tree):
+    """Issue 19 item 3: the escape hatch is central IT's alone; a tenant's raw directive is refused."""
+    lib = tree / "library" / "services.yaml"
+    edit(lib, "    apache: {server_name: repository.library.example.org}",
+         "    apache: {server_name: repository.library.example.org}\n"
+         "    haproxy: {raw: {backend: [\"http-request deny\"]}}")
+    errors = refused(tree)
+    assert any(e.startswith(f"{lib}:") and "service 'repository', key 'haproxy.raw'" in e
+               and "only in root files" in e and "tenant 'library'" in e for e in errors), errors
+    # the same directive in a root file (central IT's www) is accepted and rendered
+    edit(lib, "\n    haproxy: {raw: {backend: [\"http-request deny\"]}}", "")
+    root = tree / "fleet.yaml"
+    edit(root, "    apache: {server_name: www.example.org}",
+         "    apache: {server_name: www.example.org}\n    haproxy: {raw: {backend: [\"http-request deny\"]}}")
+    fleet = compile_catalog(tree)
+    assert any(b.get("raw") == ["http-request deny"] or "http-request deny" in str(b)
+               for n in fleet.nodes.values() for b in n["haproxy"]["backends"] if b["service"] == "www")
