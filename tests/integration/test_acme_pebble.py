@@ -199,10 +199,12 @@ class Lab:
     def down(self) -> None:
         pids: list[int] = []
         try:
-            info = parse_show_proc(unix_query(os.path.join(self.root, "run/haproxy/master.sock"), "show proc"))
+            info = parse_show_proc(unix_query(self.ctl.path(self.ctl.paths.haproxy_master_socket), "show proc"))
             pids += [info.master_pid] + [p for p, _ in info.workers] + list(info.old_workers)
         except (OSError, ValueError):
             pass
+        pid = self.ctl.pid("haproxy")   # the master from its pidfile, should its socket be gone
+        pids += [pid] if pid else []
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
