@@ -159,7 +159,7 @@ def test_deploy_applies_only_the_anycastlb_states(master, cli, site):
     [states] = run.data["data"].values()  # keyed by the master-minion id
     by_id = {v["__id__"]: v for v in states.values()}
     assert by_id["deploy lock"]["result"] is True
-    assert "deploy lock taken" in by_id["deploy lock"]["comment"]
+    assert "deploy lock taken" in by_id["deploy lock"]["name"]  # the message is the state's name
     applied = by_id["apply web1"]
     node_ret = applied["changes"]["ret"]["web1"]
     ids = {v["__id__"] for v in node_ret.values()}
@@ -179,7 +179,7 @@ def test_a_second_deploy_is_refused_while_one_runs(master, cli):
         [states] = run.data["data"].values()  # keyed by the master-minion id
         [lock] = [v for v in states.values() if v["__id__"] == "deploy lock"]
         assert lock["result"] is False
-        assert f"another deploy is running: {first.describe()}" in lock["comment"], lock
+        assert f"another deploy is running: {first.describe()}" in lock["name"], lock
         assert not [v for v in states.values() if v["__id__"].startswith("apply ")]
     finally:
         other.kill()
