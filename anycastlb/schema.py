@@ -195,8 +195,8 @@ PortNumber = Annotated[int, Field(ge=1, le=65535)]
 class Port(BaseModel):
     """A port and its transport protocol."""
 
-    model_config = ConfigDict(frozen=True)
-    port: int
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+    port: int = Field(ge=1, le=65535)
     protocol: Literal["tcp", "udp"] = "tcp"
 
     def __str__(self) -> str:
@@ -211,7 +211,7 @@ def _parse_port(value: Any) -> Any:
     if isinstance(value, int):
         number, proto = value, "tcp"
     else:
-        m = re.match(r"^\s*(\d+)\s*(?:/\s*(\w+))?\s*$", str(value))
+        m = re.fullmatch(r"\s*(\d{1,5})\s*(?:/\s*(\w+))?\s*", str(value))
         if not m:
             raise ValueError(f"{value!r} is not a port such as 443, 88/udp or 88/tcp")
         number, proto = int(m.group(1)), (m.group(2) or "tcp").lower()
@@ -219,7 +219,7 @@ def _parse_port(value: Any) -> Any:
             raise ValueError(f"{value!r}: the protocol must be tcp or udp")
     if not 1 <= number <= 65535:
         raise ValueError(f"port {number} is out of range (1-65535)")
-    return Port(port=number, protocol=proto)
+    return Port(port=number, protocol="udp" if proto == "udp" else "tcp")
 
 
 PortList = Annotated[list[Annotated[Port, BeforeValidator(_parse_port)]], BeforeValidator(_as_list),

@@ -120,3 +120,15 @@ def test_what_compiles_renders_on_every_node(mutations):
                    "bgp_passwords": {p: "pw" for p in model["secrets"]["bgp_passwords"]}}
         files = render_node(model, secrets)
         assert all(f.content is not None for fs in files.values() for f in fs)
+
+
+def test_a_port_written_as_a_mapping_is_checked_like_any_port():
+    """Found by the property test above: ``ports: {port: false}`` was read as port 0, which lint passed
+    and the nftables renderer refused."""
+    doc = mutate(BASE, ("services", "imap", "ports"), {"mode": None, "port": False}, False)
+    try:
+        compile_raw(load_text(yaml.safe_dump(doc, sort_keys=False), "prop.yaml"), "prop.yaml")
+    except CatalogRefused as exc:
+        assert any("service 'imap', key 'ports" in str(e) and "prop.yaml:" in str(e) for e in exc.errors), exc.errors
+    else:
+        raise AssertionError("a port of false was accepted")
