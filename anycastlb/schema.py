@@ -443,11 +443,20 @@ EMAIL_RE = (r"^[A-Za-z0-9][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+)*"
             r"@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 
 
+def _display_name(value: str) -> str:
+    """An Icinga user's display name: one printable line (no line or paragraph separator, no bidi
+    control), at most 64 characters, without quotes or backslashes."""
+    if not value or len(value) > 64 or not value.isprintable() or '"' in value or "\\" in value:
+        raise ValueError("a display name is one line of at most 64 printable characters, "
+                         "without quotes or backslashes, e.g. Network Operations")
+    return value
+
+
 class Contact(Strict):
     """Someone a ``monitor.notify`` name stands for: Icinga mails them."""
 
     email: Annotated[str, Field(pattern=EMAIL_RE, max_length=254, description="mailed by Icinga's mail commands")]
-    display_name: Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f\"\\]{1,64}$")] | None = None
+    display_name: Annotated[str, AfterValidator(_display_name)] | None = None
 
 
 class Monitoring(Strict):

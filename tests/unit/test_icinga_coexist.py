@@ -165,3 +165,16 @@ def test_the_widest_accepted_contact_passes_icinga2_check(tmp_path: Path) -> Non
         assert "O'Brien" in files(model)[f"{OURS}/users.conf"]
         ok, out = stage_and_check(icinga2.SPEC, model, {}, "/")
         assert ok, out
+
+
+@pytest.mark.parametrize("name", ["Net\u2028ops", "Net\u2029ops", "Net\u202eops", "Net\nops", 'Net "ops"',
+                                  "Net\\ops", "x" * 65, ""])
+def test_display_names_that_no_dialect_can_carry_are_refused_at_the_door(tmp_path: Path, name: str) -> None:
+    """lint ⊇ render: a separator or bidi control that the Icinga2 quoting filter would refuse at render
+    time is refused by lint, naming the place."""
+    import json
+    text = CAMPUS_TEXT.replace("\nnodes:", "\ncontacts:\n  netops: {email: n@example.org, display_name: "
+                               + json.dumps(name) + "}\n\nnodes:", 1)
+    errs = refused(tmp_path, text)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "  netops: {email" in t)
+    assert any(f"catalog.yaml:{line}: contact 'netops', key 'display_name'" in e for e in errs), errs
