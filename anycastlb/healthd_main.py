@@ -324,18 +324,24 @@ class PidTracker:
         if pid == self.pid and self.pidfd is not None:
             return None  # pidfile rewritten with the same, living pid (e.g. a reload)
         self.close()
+        return self._follow(pid, f"no {self.what} pid in {self.pidfile}",
+                            f"{self.what} pid {pid} from {self.pidfile} is not running",
+                            f"watching {self.what} pid {pid} ({self.pidfile})")
+
+    def _follow(self, pid: int | None, missing: str, gone: str, watching: str) -> str | None:
+        """Hold a pidfd on ``pid`` and withdraw when it exits; the reason it cannot, or None."""
         self.pid = pid
         if pid is None:
-            self.dead_reason = f"no {self.what} pid in {self.pidfile}"
-            return self.dead_reason
+            self.dead_reason = missing
+            return missing
         try:
             self.pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            self.dead_reason = f"{self.what} pid {pid} from {self.pidfile} is not running"
-            return self.dead_reason
+            self.dead_reason = gone
+            return gone
         asyncio.get_running_loop().add_reader(self.pidfd, self._exited)
         self.dead_reason = None
-        log.info("watching %s pid %d (%s)", self.what, pid, self.pidfile)
+        log.info("%s", watching)
         return None
 
 
@@ -364,19 +370,8 @@ class UnitTracker(PidTracker):
         if self.pidfd is not None:
             return None
         pid = self._read_pid()
-        self.pid = pid
-        if pid is None:
-            self.dead_reason = f"{self.unit} has no main process"
-            return self.dead_reason
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self.dead_reason = f"{self.unit} main pid {pid} is not running"
-            return self.dead_reason
-        asyncio.get_running_loop().add_reader(self.pidfd, self._exited)
-        self.dead_reason = None
-        log.info("watching %s main pid %d", self.unit, pid)
-        return None
+        return self._follow(pid, f"{self.unit} has no main process", f"{self.unit} main pid {pid} is not running",
+                            f"watching {self.unit} main pid {pid}")
 
 
 class ProbeWatcher:
