@@ -1,0 +1,144 @@
+"""The HAProxy, apache and ACME parts of a node model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import schema as S
+from ..model import AcmeCertificate, AcmeChallenge, AcmeModel, ApacheModel, HaproxyModel
+from .base import ACME_CHALLENGE_PATH, ACME_CHALLENGE_PORT, HAPROXY_STATS_PORT, acme_certificate, acme_names, ident
+from .index import Index
+
+
+class HaproxyBuilder(Index):
+    """HAProxy frontends and backends, apache vhosts, the ACME issuer's job."""
+
+    def haproxy_model(self, nid: str) -> HaproxyModel:
+        n = self.nodes[nid]
+        frontends: list[dict[str, Any]] = []
+        backends: dict[str, dict[str, Any]] = {}
+        certs: set[str] = set()
+        for cid in self.node_clusters[nid]:
+            for sname in self.cluster_services[cid]:
+                svc = self.services[sname]
+                m = svc.model
+                for port in svc.ports:
+                    bname = self.backend_name(svc, port)
+                    tls = m.tls is not None and port.port == 443 and m.mode == "http"
+                    redirect = bool(m.redirect_http and m.mode == "http" and port.port == 80)
+                    cert = self.certificate(sname)
+                    if tls:
+                        certs.add(cert)  # type: ignore[arg-type]
+                    challenge = bool(m.mode == "http" and port.port == 80 and m.tls is not None and m.tls.acme)
+                    frontends.append({
+                        "name": f"{sname}-{port.port}", "service": sname, "mode": m.mode, "port": port.port,
+                        "binds": [str(ip) for ip in svc.vips],
+                        "tls": {"certificate": cert} if tls else None,
+                        "acme_challenge": challenge,
+                        "redirect_https": redirect,
+                        "allow": [] if "any" in m.allow else list(m.allow),
+                        "backend": bname,
+                        **frontend_settings(m, tls, redirect),
+                    })
+                    if bname in backends:
+                        continue
+                    sport = self.server_port(svc, port)
+                    servers = []
+                    for bid in sorted(m.backends):
+                        be = m.backends[bid]
+                        addr = be.address or self.nodes[bid].address
+                        servers.append({"name": bid, "address": addr, "port": sport, "weight": be.weight,
+                                        "backup": be.backup, "state": be.state, "managed": bid in self.nodes})
+                    backends[bname] = {"name": bname, "service": sname, "mode": m.mode, "balance": m.balance,
+                                       "port": sport, "check": self.check_model(svc, None),
+                                       "servers": servers, **backend_settings(sname, m)}
+        return {"clusters": self.node_clusters[nid],
+                "stats": {"address": n.address, "port": HAPROXY_STATS_PORT},
+                "frontends": sorted(frontends, key=lambda f: f["name"]),
+                "backends": [backends[k] for k in sorted(backends)],
+                "certificates": sorted(certs),
+                "acme": self.challenge_model() if any(f["acme_challenge"] for f in frontends) else None}
+
+    def certificate(self, sname: str) -> str | None:
+        """The certificate name a service terminates TLS with (its own, or its ACME certificate)."""
+        tls = self.services[sname].model.tls
+        if tls is None:
+            return None
+        return acme_certificate(sname) if tls.acme else tls.certificate
+
+    def challenge_model(self) -> AcmeChallenge:
+        """Where an LB node sends HTTP-01 challenges: the issuer's token server."""
+        assert self.issuer is not None
+        return {"backend": "acme-challenge", "path": ACME_CHALLENGE_PATH,
+                "address": self.nodes[self.issuer].address, "port": ACME_CHALLENGE_PORT}
+
+    def acme_model(self) -> AcmeModel:
+        """What the issuer needs: the account, and every ACME certificate with its names and receivers."""
+        assert self.acme is not None and self.issuer is not None
+        certs: list[AcmeCertificate] = []
+        for sname in sorted(self.services):
+            m = self.services[sname].model
+            if m.tls is None or not m.tls.acme:
+                continue
+            certs.append({"name": acme_certificate(sname), "service": sname, "domains": acme_names(m),
+                          "cluster": m.cluster or "", "nodes": self.announcers(sname)})
+        a = self.acme
+        return {"directory": a.directory, "contact": a.contact, "renew_before_ms": a.renew_before,
+                "eab": a.eab.model_dump() if a.eab else None,
+                "challenge": {"address": self.nodes[self.issuer].address, "port": ACME_CHALLENGE_PORT,
+                              "path": ACME_CHALLENGE_PATH},
+                "certificates": certs}
+
+    def apache_model(self, nid: str) -> ApacheModel:
+        vhosts: list[dict[str, Any]] = []
+        for sname in self.backend_of.get(nid, []):
+            svc = self.services[sname]
+            m = svc.model
+            if m.apache is None:
+                continue
+            ports = sorted({self.server_port(svc, p) for p in svc.ports if not (
+                m.redirect_http and p.port == 80 and self.server_port(svc, p) == 80)})
+            for port in ports:
+                vhosts.append({"service": sname, "server_name": m.apache.server_name or sname,
+                               "backend_state": m.backends[nid].state,
+                               "aliases": list(m.apache.aliases), "port": port,
+                               "health_path": m.check.http.path if m.check.http else None,
+                               "document_root": f"/var/www/anycastlb/{sname}",
+                               "proxy_protocol": bool(m.haproxy and m.haproxy.send_proxy)})
+        # apache reads the PROXY protocol per port (lint makes the services of a port agree);
+        # monitoring checks the backends directly, without it.
+        proxy_ports = sorted({v["port"] for v in vhosts if v["proxy_protocol"]})
+        return {"listen": sorted({v["port"] for v in vhosts}), "vhosts": vhosts,
+                "proxy_protocol_ports": proxy_ports,
+                "proxy_protocol_exceptions": [a for x in self.monitors for a in self.addrs(x)] if proxy_ports
+                else []}
+
+
+def frontend_settings(m: S.Service, tls: bool, redirect: bool) -> dict[str, Any]:
+    """A frontend's per-service settings (``haproxy:`` in the catalog); None/empty keep the defaults."""
+    h = m.haproxy or S.HaproxySettings()
+    hsts = None
+    if h.hsts is not None and tls:
+        hsts = {"max_age_s": h.hsts.max_age // 1000, "include_subdomains": h.hsts.include_subdomains,
+                "preload": h.hsts.preload}
+    redirects = [] if redirect else [
+        {"path": r.path, "kind": "location" if r.location else "prefix", "to": r.location or r.prefix,
+         "code": r.code} for r in h.redirects]
+    return {"timeout_client_ms": h.timeouts.client, "maxconn": h.maxconn, "hsts": hsts, "redirects": redirects,
+            "raw": list(h.raw.frontend) if h.raw else []}
+
+
+def backend_settings(sname: str, m: S.Service) -> dict[str, Any]:
+    """A backend's per-service settings (``haproxy:`` in the catalog); None/empty keep the defaults."""
+    h = m.haproxy or S.HaproxySettings()
+    stick: dict[str, Any] | None = None
+    if h.stick is not None:
+        stick = {"by": h.stick.by}
+        if h.stick.by == "cookie":
+            stick["cookie"] = h.stick.cookie or f"SRV_{ident(sname)}"
+        else:
+            stick["expire_ms"] = h.stick.expire or 30 * 60_000
+    t = h.timeouts
+    return {"timeouts_ms": {"server": t.server, "connect": t.connect, "tunnel": t.tunnel},
+            "server_maxconn": h.server_maxconn, "send_proxy": h.send_proxy, "stick": stick,
+            "raw": list(h.raw.backend) if h.raw else []}

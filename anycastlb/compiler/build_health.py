@@ -1,0 +1,38 @@
+"""The health agent's part of a node model: what it watches before it announces each VIP."""
+
+from __future__ import annotations
+
+from ..model import Announcement, HealthModel, NodeModel
+from .index import Index
+
+
+class HealthBuilder(Index):
+    """healthd's announcements."""
+
+    def health_model(self, nid: str, model: NodeModel) -> HealthModel:
+        """What the node's health agent watches before it announces each VIP."""
+        anns: list[Announcement] = []
+        bgp = model["bgp"]
+        if bgp is None or bgp["role"] != "speaker":
+            return {"announcements": []}
+        frontends = (model["haproxy"] or {"frontends": []})["frontends"]
+        for v in bgp["vips"]:
+            if v["prefix"] not in bgp["announce"]:
+                continue
+            lb_svcs = [s for s in v["services"] if self.services[s].model.mode != "anycast"]
+            if lb_svcs:
+                fes = [f for f in frontends if f["service"] in lb_svcs and v["address"] in f["binds"]]
+                anns.append({"prefix": v["prefix"], "services": lb_svcs,
+                             "watch": {"type": "haproxy", "frontends": sorted(f["name"] for f in fes),
+                                       "backends": sorted({f["backend"] for f in fes})}})
+            for sname in v["services"]:
+                svc = self.services[sname]
+                if svc.model.mode != "anycast":
+                    continue
+                tcp_ports = [p.port for p in svc.ports if p.protocol == "tcp"]
+                check = self.check_model(svc, tcp_ports[0] if tcp_ports else None)
+                check["address"] = v["address"]
+                if svc.model.check.unit:
+                    check["unit"] = svc.model.check.unit
+                anns.append({"prefix": v["prefix"], "services": [sname], "watch": check})
+        return {"announcements": anns}
