@@ -16,6 +16,7 @@ import shlex
 import signal
 import time
 
+from ..poll import poll_until
 from ..service import START_TIMEOUT_S, ServiceControl, ServiceError, _pid_alive
 
 
@@ -53,11 +54,9 @@ class DirectControl(ServiceControl):
             self._check(argv, f"start {daemon}")
         else:
             self._spawn_detached(daemon, argv)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.pid(daemon) is not None and (not svc.ready or os.path.exists(self.path(svc.ready))):
-                return f"{daemon} started (pid {self.pid(daemon)})"
-            time.sleep(0.05)
+        if poll_until(lambda: self.pid(daemon) is not None and (not svc.ready or os.path.exists(self.path(svc.ready))),
+                      timeout=START_TIMEOUT_S).done:
+            return f"{daemon} started (pid {self.pid(daemon)})"
         raise ServiceError(f"{daemon} did not come up within {START_TIMEOUT_S:.0f} s ({shlex.join(argv)})"
                            + self._log_tail(daemon))
 
@@ -109,9 +108,6 @@ class DirectControl(ServiceControl):
         if pid is None:
             return f"{daemon} was not running"
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.05)
-        if _pid_alive(pid):
+        if not poll_until(lambda: not _pid_alive(pid), timeout=START_TIMEOUT_S).done:
             raise ServiceError(f"{daemon} (pid {pid}) did not stop on SIGTERM")
         return f"{daemon} stopped (pid {pid})"

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..poll import poll_until
 from ..render.bird import HEALTH_TABLE
 from . import proc
 
@@ -284,9 +285,8 @@ def poweroff(lab: "Lab", nodes: list[str], timeout: float = 10.0) -> list[int]:
                 os.kill(pid, signal.SIGRTMIN + 4)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(proc.alive(e["pid"], e.get("start")) for e in launchers):
-        time.sleep(0.1)
+    poll_until(lambda: not any(proc.alive(e["pid"], e.get("start")) for e in launchers), timeout=timeout,
+               interval=0.1)
     return [e["pid"] for e in launchers if proc.alive(e["pid"], e.get("start"))]
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..poll import poll_until
 from .catalog import LabCatalog, load
 
 if TYPE_CHECKING:
@@ -298,11 +299,9 @@ def start_peer(lab: "Lab", peer: str, cat: LabCatalog | None = None, wait: float
         raise RuntimeError(f"peer {peer}: bird -p failed: {chk.stderr.strip()}")
     pid = lab.spawn(peer, ["bird", "-f", "-c", str(conf), "-s", str(d / "bird.ctl"),
                            "-P", str(d / "bird.pid")], "bird")
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if "BIRD" in birdc(lab, peer, "show", "status", timeout=2) and "ready" in birdc(lab, peer, "show", "status"):
-            return pid
-        time.sleep(0.1)
+    if poll_until(lambda: "BIRD" in birdc(lab, peer, "show", "status", timeout=2)
+                  and "ready" in birdc(lab, peer, "show", "status"), timeout=wait, interval=0.1).done:
+        return pid
     raise RuntimeError(f"peer {peer}: BIRD did not answer within {wait}s (see {d / 'bird.log'})")
 
 

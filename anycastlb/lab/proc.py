@@ -9,8 +9,9 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
+
+from ..poll import poll_until
 
 
 def start_time(pid: int) -> int | None:
@@ -117,26 +118,20 @@ def kill_all(pids: list[int], grace: float = 3.0) -> list[int]:
             os.kill(p, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+
+    def left() -> list[int]:
         _reap(starts)
-        if not any(alive(p, s) for p, s in starts.items()):
-            return []
-        time.sleep(0.05)
+        return [p for p, s in starts.items() if alive(p, s)]
+
+    if not poll_until(left, lambda pids: not pids, timeout=grace).value:
+        return []
     for p, s in starts.items():
         if alive(p, s):
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        _reap(starts)
-        left = [p for p, s in starts.items() if alive(p, s)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return left
+    return poll_until(left, lambda pids: not pids, timeout=2.0).value
 
 
 def _reap(pids: dict[int, int]) -> None:
