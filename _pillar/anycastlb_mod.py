@@ -10,6 +10,8 @@ anycastlb ext_pillar: each minion's slice of the service catalog.
           secrets: /etc/anycastlb/secrets.yaml   # optional; kept outside git
           service_mode: direct                   # optional: direct | systemd
           acme_store: /etc/anycastlb/acme        # optional: the ACME issuer's certificates (0700, root)
+          acme_directory: https://ca.example.org/dir   # optional: another ACME directory than the catalog's
+          acme_ca: /etc/anycastlb/acme-ca.pem    # optional: the CA file to trust for that directory
 
 A minion the catalog names gets ``anycastlb:`` = its node model (``anycastlb show
 CATALOG NODE --json``) with ``secrets`` holding only the secret values it uses.
@@ -56,10 +58,12 @@ def _gpg_decrypt(store: dict[str, Any]) -> Any:
 
 
 def ext_pillar(minion_id: str, pillar: dict[str, Any], catalog: str = "", secrets: str | None = None,
-               service_mode: str | None = None, acme_store: str | None = None) -> dict[str, Any]:
+               service_mode: str | None = None, acme_store: str | None = None,
+               acme_directory: str | None = None, acme_ca: str | None = None) -> dict[str, Any]:
     """The minion's ``anycastlb`` pillar; for the catalog's nodes raises ``CatalogRefused`` on a bad catalog.
 
     A secrets file starting with ``#!yaml|gpg`` has its values decrypted here, on the master.
+    ``acme_directory`` and ``acme_ca`` are the renewal runner's (``salt-run anycastlb.renew``), not the pillar's.
     """
     return node_pillar(minion_id, catalog, secrets=secrets, service_mode=service_mode, report=log.error,
                        decrypt=_gpg_decrypt, acme_store=acme_store)

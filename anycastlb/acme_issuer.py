@@ -44,15 +44,27 @@ def _secure_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _write_secret(path: Path, text: str) -> None:
-    """Write ``text`` atomically, 0600 from the start."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def _write_secret(path: Path, text: str, exclusive: bool = False) -> bool:
+    """Write ``text`` atomically, 0600 from the start. ``exclusive``: only if ``path`` does not exist yet
+    (the master's pillar workers may race to write the same placeholder: one wins, every reader sees it);
+    returns whether this call wrote it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_store(directory: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
@@ -209,8 +221,7 @@ def ensure_placeholders(acme: dict[str, Any], store_dir: str | os.PathLike[str])
     made = []
     for entry in acme["certificates"]:
         path = store / f"{entry['name']}.pem"
-        if not path.exists():
-            _write_secret(path, placeholder(entry["domains"]))
+        if not path.exists() and _write_secret(path, placeholder(entry["domains"]), exclusive=True):
             made.append(entry["name"])
     return made
 
@@ -285,7 +296,7 @@ def renew(acme: dict[str, Any], store_dir: str | os.PathLike[str], service: str 
         server = TokenServer(address, port, acme["challenge"]["path"])
     except OSError as exc:
         return outcomes + [Outcome(e["name"], "failed", f"{why}; the token server cannot listen on "
-                                   f"{address}:{port}: {exc.strerror}") for e, why in todo]
+                                   f"{address}:{port}: {exc.strerror}; the old certificate stays") for e, why in todo]
     with server:
         for entry, why in todo:
             path = store / f"{entry['name']}.pem"
@@ -311,12 +322,15 @@ Cmd = Callable[..., dict[str, tuple[int, Any]]]
 
 
 def renew_fleet(config: dict[str, Any], cmd: Cmd, service: str | None = None, force: bool = False,
-                verify: str | bool = True) -> dict[str, Any]:
-    """The master's renewal pass (``salt-run anycastlb.renew``): renew what is due on the issuer's model,
-    then have each receiving LB node refresh its pillar and apply haproxy (a hot-load).
+                verify: str | bool | None = None) -> dict[str, Any]:
+    """The master's renewal pass (``salt-run anycastlb.renew``, and the issuer's schedule): renew what is
+    due on the issuer's model, have each receiving LB node refresh its pillar and apply haproxy (a
+    hot-load), and report the outcomes to the monitoring nodes (their ``acme renewal`` checks).
 
-    ``config`` is the ext_pillar's ``anycastlb`` entry (catalog, secrets, acme_store); ``cmd`` runs an
-    execution function on minions (the runner's LocalClient adapter).
+    ``config`` is the ext_pillar's ``anycastlb`` entry: ``catalog``, ``secrets``, ``acme_store``, and
+    optionally ``acme_directory`` (another ACME directory than the catalog's, e.g. a staging CA or the
+    lab's) and ``acme_ca`` (a CA file to trust for it). ``cmd`` runs an execution function on minions
+    (the runner's LocalClient adapter).
     """
     from .compiler import compile_catalog
     from .errors import CatalogRefused
@@ -330,6 +344,10 @@ def renew_fleet(config: dict[str, Any], cmd: Cmd, service: str | None = None, fo
     if issuer is None:
         return {"result": True, "comment": "no service asks for an ACME certificate", "outcomes": []}
     acme: dict[str, Any] = dict(fleet.nodes[issuer]["acme"] or {})
+    if config.get("acme_directory"):
+        acme["directory"] = config["acme_directory"]
+    if verify is None:
+        verify = config.get("acme_ca") or True
     if service is not None and service not in {c["service"] for c in acme["certificates"]}:
         return {"result": False, "comment": f"service {service!r} has no ACME certificate"}
     store = config.get("acme_store") or DEFAULT_STORE
@@ -347,13 +365,22 @@ def renew_fleet(config: dict[str, Any], cmd: Cmd, service: str | None = None, fo
                 applied[node] = f"FAILED: {applied[node]}"
         for node in set(nodes) - set(applied):
             applied[node] = "FAILED: did not answer"
+    monitors = sorted(n for n, m in fleet.nodes.items() if "monitoring" in m["roles"])
+    reported: dict[str, str] = {}
+    if monitors:
+        report = [o.as_dict() for o in outcomes]
+        for node, (rc, ret) in sorted(cmd(monitors, "anycastlb.acme_report",
+                                          {"outcomes": report, "issuer": issuer}).items()):
+            reported[node] = "FAILED: " + str(ret)[:200] if rc else "reported"
+        for node in set(monitors) - set(reported):
+            reported[node] = "FAILED: did not answer"
     failed = [o for o in outcomes if o.result == "failed"] + [n for n, c in applied.items() if c.startswith("FAILED")]
     return {"result": not failed, "issuer": issuer, "placeholders": made,
-            "outcomes": [o.as_dict() for o in outcomes], "applied": applied,
+            "outcomes": [o.as_dict() for o in outcomes], "applied": applied, "reported": reported,
             "comment": f"{sum(o.result == 'issued' for o in outcomes)} issued, "
                        f"{sum(o.result == 'kept' for o in outcomes)} kept, "
                        f"{sum(o.result == 'failed' for o in outcomes)} failed; haproxy applied on "
-                       f"{len(applied)} node(s)"}
+                       f"{len(applied)} node(s); reported to {len(reported)} monitoring node(s)"}
 
 
 def main(argv: list[str] | None = None) -> int:

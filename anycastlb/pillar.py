@@ -173,8 +173,10 @@ def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
     ``{}`` and keep working. ``report`` is called once per refusal with its text
     (the adapter logs it), so the refusal is never silent on the master. ``decrypt``
     decrypts a ``#!yaml|gpg`` secrets file (the adapter passes Salt's GPG renderer).
-    ``acme_store`` is the ACME issuer's certificate directory: a node receives the ACME
-    certificates its frontends use from there (only the LB nodes of the service's cluster).
+    ``acme_store`` is the ACME issuer's certificate directory (default
+    :data:`anycastlb.acme_issuer.DEFAULT_STORE`): a node receives the ACME certificates its
+    frontends use from there (only the LB nodes of the service's cluster); one not issued yet
+    is a self-signed placeholder written then, until ``salt-run anycastlb.renew`` issues it.
     """
     if not catalog:
         if report is not None:
@@ -201,9 +203,17 @@ def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
     data: dict[str, Any] = dict(copy.deepcopy(model))
     store = compiled.store or {}
     wanted = model["secrets"].get("certificates", [])
-    if acme_store and any(n.startswith("acme-") for n in wanted):
-        from .acme_issuer import load_store
-        issued = {k: v for k, v in load_store(acme_store).items() if k in wanted and k.startswith("acme-")}
+    if any(n.startswith("acme-") for n in wanted):
+        from .acme_issuer import DEFAULT_STORE, ensure_placeholders, load_store
+        acme_dir = acme_store or DEFAULT_STORE
+        issuer = next((m["acme"] for m in compiled.fleet.nodes.values() if m.get("acme")), None)
+        if issuer is not None:
+            try:   # before the first issuance: a placeholder, so HAProxy binds 443 and the challenge route is live
+                ensure_placeholders(dict(issuer), acme_dir)
+            except OSError as exc:
+                if report is not None:
+                    report(f"ACME store {acme_dir}: no placeholder could be written: {exc}")
+        issued = {k: v for k, v in load_store(acme_dir).items() if k in wanted and k.startswith("acme-")}
         store = {**store, "certificates": {**(store.get("certificates") or {}), **issued}}
     data["secrets"] = slice_for(model["secrets"], store)
     if service_mode:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from . import acme_ca
 from . import catalog as cat_mod
 from .core import (DEFAULT_PREFIX, Lab, LabError, load_lab, missing_prerequisites, teardown_on_failure,
                    up_network)
@@ -42,7 +43,9 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
     if missing:
         raise LabError("lab up needs what this machine lacks:\n  " + "\n  ".join(missing))
     external, ports = cat_mod.stand_ins(catalog)
-    lab = up_network(catalog, prefix=prefix, statedir=statedir, external=external, init=init)
+    ca = acme_ca.address(external) if acme_ca.wanted(catalog) else None   # the lab's ACME CA (Pebble)
+    lab = up_network(catalog, prefix=prefix, statedir=statedir, external=external + ([ca] if ca else []),
+                     init=init)
     with teardown_on_failure(lab):
         print(f"network and node filesystems up in {lab.meta['network_seconds']} s", file=out)
         if init == "systemd":
@@ -62,6 +65,10 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
             for port in sorted({d[0] for d in p.get("dns", [])}):
                 start_resolver(lab, host, port, [(d[1], d[2]) for d in p["dns"] if d[0] == port])
                 print(f"resolver (dnsmasq) on {host}: port {port}", file=out)
+        if ca:
+            info = acme_ca.start(lab, compile_catalog(catalog), ca[1])
+            print(f"ACME CA (Pebble) on {ca[0]}: {info['directory']}, {len(info['names'])} names resolved to "
+                  "their VIPs", file=out)
         lab.meta["peer_router"] = peer
         for name, pid in start_peers(lab, peer).items():
             print(f"{'FRR' if peer == 'frr' else 'BIRD'} on peer {name}: pid {pid}", file=out)
@@ -88,6 +95,8 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
                       file=out)
                 conv = fl.wait_converged(lab, fleet)
                 print(f"route reflectors carry every expected announcement after {conv} s", file=out)
+                if ca:
+                    print(acme_ca.renew(lab), file=out)
                 secs = fl.run_checks_now(lab, fleet)
                 print(f"icinga2 ran every check after {secs} s", file=out)
         lab.meta["up_seconds"] = round(time.monotonic() - t0, 1)

@@ -18,6 +18,7 @@ import yaml
 
 from ..compiler import Fleet, compile_catalog
 from ..poll import poll_until
+from . import acme_ca
 from .salt import PYTHON, master_node, salt_cmd
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def probe_specs(lab: "Lab", fleet: Fleet, source: str, cafile: str | None) -> li
                     spec.update(kind="https" if tls else "http", host=server_name or vip,
                                 path=s["check"].get("path") or "/", expect="301" if redirect else "200")
                     if tls:
-                        spec["cafile"] = cafile
+                        spec["cafile"] = (acme_ca.trust(lab) or cafile) if s["tls"] == "acme" else cafile
                 else:
                     spec["kind"] = "tcp"
                 specs.append(spec)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from . import acme_ca
 from .catalog import load
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ def master_config(lab: "Lab", address: str) -> dict:
         # With module_dirs at the repo root Salt would look for ext_pillars in <repo>/pillar.
         "pillar_dirs": [str(lab.repo / "_pillar")],
         "ext_pillar": [{"anycastlb": {"catalog": str(lab.catalog),
-                                      "secrets": str(lab.statedir / "secrets.yaml")}}],
+                                      "secrets": str(lab.statedir / "secrets.yaml"),
+                                      **acme_ca.master_options(lab)}}],   # the lab's CA, if wired
         "worker_threads": 3,
         "enable_gpu_grains": False,
         "log_level_logfile": "info",

@@ -57,3 +57,50 @@ def test_only_the_lb_nodes_of_the_cluster_receive_the_issued_key(tmp_path: Path)
     assert got["lb1"]["certificates"]["acme-www"]["key"] == key == got["lb2"]["certificates"]["acme-www"]["key"]
     for n in ("master", "lb3", "web1"):
         assert got[n]["certificates"] == {} and key not in repr(got[n])
+
+
+def test_before_the_first_issuance_every_lb_node_gets_the_same_placeholder(tmp_path: Path) -> None:
+    """The master's pillar workers compile in parallel: the placeholder is written once, and every LB
+    node of the cluster binds 443 with the same one (the challenge route is live before any issuance)."""
+    import threading
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(CATALOG)
+    store = tmp_path / "acme"
+    got: list[str] = []
+
+    def pillar(node: str) -> None:
+        got.append(node_pillar(node, str(catalog), acme_store=str(store),
+                                cache=FleetCache())["anycastlb"]["secrets"]["certificates"]["acme-www"]["cert"])
+
+    threads = [threading.Thread(target=pillar, args=(n,)) for n in ("lb1", "lb2", "lb1", "lb2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and set(got) == {load_store(store)["acme-www"]["cert"]}
+    assert sorted(p.name for p in store.iterdir()) == ["acme-www.pem"]
+
+
+def test_a_refused_renewal_pass_is_reported_to_the_monitoring_nodes_and_fails(tmp_path: Path) -> None:
+    """The runner's pass (salt-run anycastlb.renew and the schedule) when issuance cannot run (here the
+    token server cannot listen on the issuer's address): the placeholder stays, the LB nodes apply it,
+    the monitoring node is told 'failed', the run fails."""
+    from anycastlb.acme_issuer import renew_fleet
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(CATALOG.replace("roles: [salt-master, route-reflector]",
+                                       "roles: [salt-master, route-reflector, monitoring]"))
+    calls: list[tuple[list[str], str, dict]] = []
+
+    def cmd(targets: list[str], fun: str, kwarg: dict | None = None, wait: float = 60) -> dict:
+        calls.append((sorted(targets), fun, kwarg or {}))
+        return {t: (0, {"result": True, "comment": "ok"}) for t in targets}
+
+    ret = renew_fleet({"catalog": str(catalog), "acme_store": str(tmp_path / "store"),
+                       "acme_directory": "https://127.0.0.1:9/dir"}, cmd)
+    assert ret["result"] is False and ret["placeholders"] == ["acme-www"]
+    assert [o["result"] for o in ret["outcomes"]] == ["failed"]
+    assert "the old certificate stays" in ret["outcomes"][0]["reason"]
+    assert (["lb1", "lb2"], "anycastlb.apply", {"daemon": "haproxy"}) in calls
+    report = [c for c in calls if c[1] == "anycastlb.acme_report"]
+    assert report == [(["master"], "anycastlb.acme_report", {"outcomes": ret["outcomes"], "issuer": "master"})]
+    assert ret["reported"] == {"master": "reported"}
