@@ -293,6 +293,27 @@ def verify(pending: Any = None, timeout: float = 20) -> dict[str, Any]:
     return ret
 
 
+def acme_report(outcomes: Any, issuer: str = "") -> dict[str, Any]:
+    """
+    Record the ACME issuer's renewal outcomes on this monitoring node, where the
+    ``acme <service> renewal`` checks read them (``/var/log/anycastlb/acme-renewal.json``,
+    no secrets: names, results, reasons, serials). ``salt-run anycastlb.renew`` (and the
+    issuer's schedule) calls it after every pass; each certificate keeps its latest outcome.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mon1 anycastlb.acme_report '[{"name": "acme-www", "result": "kept", "reason": "not due"}]'
+    """
+    from anycastlb.plugins.check_anycastlb_acme import DEFAULT_REPORT, write_report
+
+    if not isinstance(outcomes, list) or not all(isinstance(o, dict) and o.get("name") for o in outcomes):
+        raise CommandExecutionError("outcomes: a list of {name, result, reason, ...}")
+    report = write_report(outcomes, str(issuer), DEFAULT_REPORT)
+    return {"result": True, "path": DEFAULT_REPORT, "certificates": sorted(report["certificates"])}
+
+
 def _list(value: Any) -> list[str]:
     """A list from a list or a comma-separated string (the CLI passes strings)."""
     if value is None or value == "":

@@ -7,6 +7,7 @@ monitoring node, and the same functions are console entry points and unit-tested
 
 #: Plugin files the Icinga2 renderer deploys (module file name → deployed name).
 DEPLOYED = {
+    "check_anycastlb_acme.py": "check_anycastlb_acme",
     "check_anycastlb_bird.py": "check_anycastlb_bird",
     "check_anycastlb_haproxy.py": "check_anycastlb_haproxy",
     "check_anycastlb_udp.py": "check_anycastlb_udp",

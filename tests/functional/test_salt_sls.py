@@ -81,3 +81,36 @@ def test_on_systemd_the_units_are_installed_and_enabled(make_minion_opts, tmp_pa
     enabled = [s[2] for s in low if s[1] == "service.enabled"]
     assert enabled == ["nftables.service", "haproxy.service", "anycastlb-healthd.service", "bird.service"]
     assert names.index(f"anycastlb-{daemons[-1]}") < names.index("anycastlb-enable-nftables.service")
+
+
+ACME_FLEET = minion.__file__.rsplit("/anycastlb/", 1)[0] + "/tests/data/acme-fleet.yaml"
+
+
+def _acme_catalog(tmp_path, roles_of_rr1: str = "[route-reflector]"):
+    from pathlib import Path
+    text = Path(ACME_FLEET).read_text().replace("tls: {certificate: www-cert}", "tls: {acme: true}")
+    text = text.replace("roles: [route-reflector]", f"roles: {roles_of_rr1}")
+    path = tmp_path / "acme-fleet.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_issuer_on_the_master_gets_the_renewal_schedule(make_minion_opts, tmp_path):
+    """The issuer's schedule runs `salt-run anycastlb.renew` through saltutil.runner, every 12 h."""
+    from saltfactories.utils.functional import Loaders
+
+    loaders = Loaders(make_minion_opts(tmp_path, "salt", _acme_catalog(tmp_path), None))
+    try:
+        high = loaders.modules.state.show_highstate()
+    finally:
+        loaders.reset_state()
+    args = {k: v for d in high["anycastlb-acme-renew"]["schedule"] if isinstance(d, dict) for k, v in d.items()}
+    assert args["function"] == "saltutil.runner" and args["job_args"] == ["anycastlb.renew"]
+    assert args["hours"] == 12 and args["maxrunning"] == 1 and args["run_on_start"] is False
+
+
+def test_an_issuer_that_is_not_the_master_is_refused_by_its_state(make_minion_opts, tmp_path):
+    _, low = lowstate(make_minion_opts, tmp_path, _acme_catalog(tmp_path, "[route-reflector, acme]"), "rr1")
+    fails = [s for s in low if s[1] == "test.fail_without_changes"]
+    assert len(fails) == 1 and "runs on the salt-master" in fails[0][2]
+    assert not [s for s in low if s[1] == "schedule.present"]

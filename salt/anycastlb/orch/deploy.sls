@@ -124,6 +124,13 @@ mark deployed:
     - from_plan: True
     - failhard: True
 {%- endif %}
+
+{#- ACME: issue what the new catalog asks for (a service switched to ACME has bound 443 with a
+    placeholder and routes the CA's challenges to the issuer by now) and hot-load it on its LB
+    nodes. Not failhard: a CA's refusal keeps the old certificates and is the monitoring's alarm. #}
+acme renew:
+  salt.runner:
+    - name: anycastlb.renew
 {%- endif %}
 
 deploy unlock:
