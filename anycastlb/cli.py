@@ -72,6 +72,11 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"  apache vhost {v['server_name']}:{v['port']} ({v['service']})")
     if m["monitoring"]:
         print(f"  monitoring: {len(m['monitoring']['hosts'])} hosts, {len(m['monitoring']['checks'])} checks")
+    for g in m["steering"]["groups"] if m["steering"] else []:
+        peers = ", ".join(f"{p['node']} {p['address']}{' ' + p['address6'] if p['address6'] else ''}"
+                          for p in g["peers"])
+        print(f"  steering ({g['name']}): tcp {','.join(str(p) for p in g['ports'])} to "
+              f"{', '.join(g['vips4'] + g['vips6'])}: flows not ours go to {peers}")
     fw = m["firewall"]
     if fw is None:
         return 0

@@ -170,6 +170,30 @@ class FirewallModel(TypedDict):
     rules: list[FirewallRule]
 
 
+class SteeringPeer(TypedDict):
+    """A peer that gets copies of the packets of flows this node does not own."""
+
+    node: str
+    address: str
+    address6: str | None
+
+
+class SteeringGroup(TypedDict):
+    """One cluster (or anycast service): its VIPs, tcp ports and the node's peers in it."""
+
+    name: str                 # "cluster edge", "anycast kdc"
+    vips4: list[str]
+    vips6: list[str]
+    ports: list[int]
+    peers: list[SteeringPeer]
+
+
+class SteeringModel(TypedDict):
+    """Flow steering between the nodes announcing the same VIPs (docs/steering.md)."""
+
+    groups: list[SteeringGroup]
+
+
 class SecretNames(TypedDict):
     """The names of the secrets the node needs (their values travel apart: anycastlb.pillar)."""
 
@@ -196,4 +220,5 @@ class NodeModel(TypedDict):
     acme: AcmeModel | None
     health: HealthModel | None
     firewall: FirewallModel | None
+    steering: SteeringModel | None
     secrets: SecretNames

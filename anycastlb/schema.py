@@ -467,11 +467,6 @@ class Monitoring(Strict):
                                   "is added to an existing Icinga 2")
 
 
-class Cluster(Strict):
-    """A named set of HAProxy nodes."""
-
-    nodes: list[Name]
-
 
 # ------------------------------------------------ per-service settings and protocol checks (issue 19)
 
@@ -501,6 +496,15 @@ Timeout = Annotated[int, BeforeValidator(_unit_duration(1, 7 * 86_400_000, "30s 
 #: An HSTS max-age, in milliseconds: 0 (forget) .. 2 years.
 MaxAge = Annotated[int, BeforeValidator(_unit_duration(0, 730 * 86_400_000, "365d")),
                    WithJsonSchema(_DURATION_SCHEMA)]
+
+
+class Cluster(Strict):
+    """A named set of HAProxy nodes."""
+
+    nodes: list[Name]
+    steering: bool | None = Field(
+        None, description="hand the packets of tcp flows a node does not own to the cluster's other nodes "
+                          "(docs/steering.md); default: on when the cluster has more than one node")
 
 
 #: An ACME External Account Binding key id (base64url characters, as CAs hand them out).
@@ -803,6 +807,9 @@ class Service(Strict):
                                                               "node serves itself (ssh, BGP, Salt ...)")
     description: Text | None = None
     haproxy: HaproxySettings | None = Field(None, description="per-service HAProxy settings (http and tcp modes)")
+    steering: bool | None = Field(None, description="anycast services: hand the packets of tcp flows a backend "
+                                                    "does not own to the other backends (docs/steering.md); "
+                                                    "default: on with more than one backend")
 
     @field_validator("allow")
     @classmethod

@@ -13,6 +13,7 @@ from .build_firewall import FirewallBuilder
 from .build_haproxy import HaproxyBuilder
 from .build_health import HealthBuilder
 from .build_monitoring import MonitoringBuilder
+from .build_steering import SteeringBuilder
 from .context import _Svc
 from .fleet import Fleet, NodeModels
 
@@ -37,7 +38,7 @@ def _build(name: str, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes
     return Fleet(catalog=name, nodes=models, services=svc_summary, summary=summary)
 
 
-class _Builder(HaproxyBuilder, HealthBuilder, FirewallBuilder, MonitoringBuilder):
+class _Builder(HaproxyBuilder, HealthBuilder, FirewallBuilder, MonitoringBuilder, SteeringBuilder):
     """Derives per-node models; indexes the fleet once so each node's slice is cheap."""
 
     def node_model(self, nid: str) -> NodeModel:
@@ -55,10 +56,12 @@ class _Builder(HaproxyBuilder, HealthBuilder, FirewallBuilder, MonitoringBuilder
             "monitoring": self.monitoring_model() if "monitoring" in roles else None,
             "salt_master": {"interface": n.address} if "salt-master" in roles else None,
             "acme": self.acme_model() if nid == self.issuer and self.acme is not None else None,
-            "health": None, "firewall": None, "secrets": {"certificates": [], "bgp_passwords": []},
+            "health": None, "firewall": None, "steering": None,
+            "secrets": {"certificates": [], "bgp_passwords": []},
         }
         model["health"] = self.health_model(nid, model)
         model["firewall"] = self.firewall_model(nid, model)
+        model["steering"] = self.steering_model(nid, model)
         model["secrets"] = self.secret_names(nid, model)
         return model
 

@@ -7,6 +7,11 @@ and ICMPv6 a network needs (echo, unreachable/packet-too-big, time-exceeded,
 parameter-problem, neighbour discovery) are accepted, then every rule of
 ``model["firewall"]`` with its comment (the site's own ``firewall.accept`` rules among
 them). A node whose firewall is ``unmanaged`` gets no file and nothing is loaded.
+
+Flow steering (``model["steering"]``, docs/steering.md) goes into the same file and
+transaction, in tables of its own (``table ip anycastlb_steer``, ``table ip6
+anycastlb_steer``: nft refuses ``dup`` in an ``inet`` table), always deleted and made
+again, so turning steering off removes them.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from typing import Any
 
 from ..service import Service
 from . import CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, template_file, under
-from .quote import Quoted, nft_comment, port
+from .quote import Quoted, ip, nft_comment, port
 
 PATH = "/etc/nftables.d/anycastlb.nft"
 TABLE = "anycastlb"
+STEER_TABLE = "anycastlb_steer"
+#: A steered copy leaves with this hop limit (set to 2 before ``dup``, which takes one off
+#: in the input hook): the peers recognise copies by it, and no router forwards one.
+COPY_HOPS = 1
 
 # There is no process: the kernel holds the ruleset. Loading the file replaces our table
 # whole; the probe exits 0 while our table is loaded.
@@ -91,6 +100,40 @@ def rule_lines(rule: dict[str, Any]) -> list[Quoted]:
     return lines
 
 
+_HOPS = {"ip": "ip ttl", "ip6": "ip6 hoplimit"}
+
+
+def steering_tables(steering: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per family (``ip``, ``ip6``) the steering chains: one per group with VIPs and peers there.
+
+    Each chain has two rules: a copy from a peer (hop limit 1) of a flow this node does not
+    own is dropped; any other packet of a flow it does not own goes to every peer (``dup``,
+    hop limit 1 on the copies) and the original is dropped. The ``input`` chain sends there
+    the packets to the group's VIPs and tcp ports that are not a SYN and that conntrack
+    does not know (``new``: picked up mid-stream; ``invalid``: a FIN or RST of no flow).
+    """
+    out = []
+    for fam, vkey, akey in (("ip", "vips4", "address"), ("ip6", "vips6", "address6")):
+        chains = []
+        for i, g in enumerate((steering or {}).get("groups") or []):
+            peers = [ip(p[akey]) for p in g["peers"] if p.get(akey)]
+            if not g[vkey] or not peers or not g["ports"]:
+                continue
+            ports = sorted({int(port(p)) for p in g["ports"]})
+            name = f"steer{i}"
+            hops = _HOPS[fam]
+            chains.append({
+                "name": name,
+                "comment": nft_comment(g["name"]),
+                "match": Quoted(f"{fam} daddr {_set([str(ip(v)) for v in g[vkey]])} tcp dport {_set(ports)} "
+                                f"tcp flags & (syn | ack) != syn ct state new,invalid"),
+                "marked": Quoted(f"{hops} {COPY_HOPS}"),
+                "send": Quoted(f"{hops} set {COPY_HOPS + 1} counter " + " ".join(f"dup to {p}" for p in peers)),
+            })
+        out.append({"family": fam, "chains": chains})
+    return out
+
+
 @renderer("nftables", PATH)
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """``/etc/nftables.d/anycastlb.nft`` for this node."""
@@ -99,7 +142,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         raise RenderError(f"firewall policy must be drop or accept, not {fw['policy']!r}")
     rules = [{"comment": r["comment"], "lines": rule_lines(r)} for r in fw["rules"]]
     return [template_file(PATH, "nftables/anycastlb.nft.j2", node=model["node"], table=TABLE,
-                          policy=fw["policy"], rules=rules)]
+                          policy=fw["policy"], rules=rules, steer_table=STEER_TABLE,
+                          steering=steering_tables(model.get("steering")))]
 
 
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:

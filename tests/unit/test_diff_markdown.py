@@ -43,7 +43,7 @@ def test_a_vip_removed_drains_the_lb_nodes_one_by_one(tmp_path):
     assert rows["lb3"] == "applied drained, stays drained"   # state: drain in the catalog
     assert "| lb1 | cluster edge | **drained**, then undrained | it stops announcing 2001:db8:1::10/128 |" in md
     assert "~ www\n    vips: -[2001:db8:1::10]" in md
-    assert "~ lb1: bgp, firewall, haproxy, health\n    announces: -[2001:db8:1::10/128]" in md
+    assert "~ lb1: bgp, firewall, haproxy, health, steering\n    announces: -[2001:db8:1::10/128]" in md
     assert "kdc1" not in md   # the anycast backends do not change
 
 

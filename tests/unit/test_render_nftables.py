@@ -42,7 +42,9 @@ def test_one_table_replaced_whole_with_drop_policy(fleet):
     # create-then-delete makes re-applying replace the table in one transaction, first load included
     assert "table inet anycastlb {}\ndelete table inet anycastlb\n" in t
     assert "type filter hook input priority filter; policy drop;" in t
-    assert "flush ruleset" not in t and t.count("\ntable ") == 2
+    assert "flush ruleset" not in t and t.count("\ntable inet ") == 2
+    # and the flow steering tables (ip, ip6), the same way: create, delete, fill (docs/steering.md)
+    assert t.count("\ntable ip anycastlb_steer ") == 2 and t.count("\ntable ip6 anycastlb_steer ") == 2
 
 
 def test_baseline_conntrack_loopback_and_icmp(fleet):

@@ -1,0 +1,118 @@
+"""Flow steering: which nodes steer to whom (compiler), the nftables it becomes, what ``show`` says."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from anycastlb.apply import stage_and_check
+from anycastlb.compiler import compile_catalog
+from anycastlb.errors import CatalogRefused
+from anycastlb.render import nftables
+
+needs_nft = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="nft -c needs root and nft")
+
+
+def variant(tmp_path: Path, campus: Path, old: str, new: str) -> dict:
+    text = campus.read_text()
+    assert old in text, old
+    p = tmp_path / "campus.yaml"
+    p.write_text(text.replace(old, new, 1))
+    return compile_catalog(p).nodes
+
+
+def nft_text(model: dict) -> str:
+    [f] = nftables.render(model, {}, "/")
+    return f.content
+
+
+def steer_rules(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if " dup to " in line or " jump steer" in line]
+
+
+def test_every_lb_node_steers_to_the_other_nodes_of_its_cluster(campus_catalog):
+    nodes = compile_catalog(campus_catalog).nodes
+    [g] = nodes["lb1"]["steering"]["groups"]
+    assert g["name"] == "cluster edge"
+    # lb3 is drained in the catalog: it still holds flows of its own, so it is a peer too
+    assert [(p["node"], p["address"], p["address6"]) for p in g["peers"]] == [
+        ("lb2", "198.51.100.22", "2001:db8:100::22"), ("lb3", "198.51.100.23", "2001:db8:100::23")]
+    assert g["vips4"] == ["192.0.2.10", "192.0.2.11", "192.0.2.20"] and g["vips6"] == ["2001:db8:1::10"]
+    assert g["ports"] == [80, 143, 443, 993]
+
+
+def test_anycast_backends_steer_tcp_only_and_other_nodes_not_at_all(campus_catalog):
+    nodes = compile_catalog(campus_catalog).nodes
+    [g] = nodes["kdc1"]["steering"]["groups"]
+    assert (g["name"], g["ports"], [p["node"] for p in g["peers"]]) == ("anycast kdc", [88, 464], ["kdc2"])
+    for node in ("web1", "rr1", "mon1", "salt"):
+        assert nodes[node]["steering"] is None, node
+        assert "dup to" not in nft_text(nodes[node])
+
+
+def test_the_ruleset_hands_unknown_non_syn_packets_to_every_peer_and_drops_peers_copies(campus_catalog):
+    t = nft_text(compile_catalog(campus_catalog).nodes["lb1"])
+    assert steer_rules(t) == [
+        'ip daddr { 192.0.2.10, 192.0.2.11, 192.0.2.20 } tcp dport { 80, 143, 443, 993 } '
+        'tcp flags & (syn | ack) != syn ct state new,invalid jump steer0 comment "cluster edge"',
+        'ip ttl set 2 counter dup to 198.51.100.22 dup to 198.51.100.23 drop comment "not ours: a copy to every peer"',
+        'ip6 daddr 2001:db8:1::10 tcp dport { 80, 143, 443, 993 } '
+        'tcp flags & (syn | ack) != syn ct state new,invalid jump steer0 comment "cluster edge"',
+        'ip6 hoplimit set 2 counter dup to 2001:db8:100::22 dup to 2001:db8:100::23 drop '
+        'comment "not ours: a copy to every peer"']
+    # a copy arrives with hop limit 1 and is dropped before it could be sent on again
+    assert t.index("ip ttl 1 counter drop") < t.index("ip ttl set 2")
+    assert t.index("ip6 hoplimit 1 counter drop") < t.index("ip6 hoplimit set 2")
+    # before the filter table's verdicts (priority 0), in tables of their own (dup is refused in inet)
+    assert t.count("type filter hook input priority filter - 10; policy accept;") == 2
+    assert "table ip anycastlb_steer {\n" in t and "table ip6 anycastlb_steer {\n" in t
+
+
+def test_steering_off_for_a_cluster_removes_the_tables(tmp_path, campus_catalog):
+    nodes = variant(tmp_path, campus_catalog, "edge: {nodes: [lb1, lb2, lb3]}",
+                    "edge: {nodes: [lb1, lb2, lb3], steering: false}")
+    assert nodes["lb1"]["steering"] is None
+    t = nft_text(nodes["lb1"])
+    assert steer_rules(t) == []
+    # the tables of an earlier ruleset are still deleted in the same transaction
+    assert "table ip anycastlb_steer {}\ndelete table ip anycastlb_steer\n" in t
+    assert "table ip6 anycastlb_steer {}\ndelete table ip6 anycastlb_steer\n" in t
+    assert nodes["kdc1"]["steering"] is not None, "the anycast service keeps its own default"
+
+
+def test_one_node_cluster_steers_nowhere_and_anycast_can_turn_it_off(tmp_path, campus_catalog):
+    nodes = variant(tmp_path, campus_catalog, "edge: {nodes: [lb1, lb2, lb3]}", "edge: {nodes: [lb1]}")
+    assert nodes["lb1"]["steering"] is None
+    nodes = variant(tmp_path, campus_catalog, "    backends: [kdc1, kdc2]", "    backends: [kdc1, kdc2]\n    steering: false")
+    assert nodes["kdc1"]["steering"] is None and nodes["lb1"]["steering"] is not None
+
+
+def test_unmanaged_firewall_means_no_steering(tmp_path, campus_catalog):
+    nodes = variant(tmp_path, campus_catalog, 'lb1:  {address: 198.51.100.21, address6: "2001:db8:100::21"}',
+                    'lb1:  {address: 198.51.100.21, address6: "2001:db8:100::21", firewall: unmanaged}')
+    assert nodes["lb1"]["steering"] is None
+    assert [p["node"] for p in nodes["lb2"]["steering"]["groups"][0]["peers"]] == ["lb1", "lb3"]
+
+
+def test_steering_key_is_a_boolean(tmp_path, campus_catalog):
+    with pytest.raises(CatalogRefused) as exc:
+        variant(tmp_path, campus_catalog, "edge: {nodes: [lb1, lb2, lb3]}", "edge: {nodes: [lb1, lb2, lb3], steering: maybe}")
+    assert any("steering" in str(e) for e in exc.value.errors), exc.value.errors
+
+
+@needs_nft
+@pytest.mark.parametrize("node", ["lb1", "lb3", "kdc2"])
+def test_the_steering_ruleset_passes_nft_check(campus_catalog, node):
+    ok, out = stage_and_check(nftables.SPEC, compile_catalog(campus_catalog).nodes[node], {}, "/")
+    assert ok, out
+
+
+def test_show_names_the_peers(campus_catalog):
+    out = subprocess.run([sys.executable, "-m", "anycastlb.cli", "show", str(campus_catalog), "lb2"],
+                         capture_output=True, text=True, check=True).stdout
+    assert ("steering (cluster edge): tcp 80,143,443,993 to 192.0.2.10, 192.0.2.11, 192.0.2.20, 2001:db8:1::10: "
+            "flows not ours go to lb1 198.51.100.21 2001:db8:100::21, lb3 198.51.100.23 2001:db8:100::23") in out
