@@ -16,8 +16,9 @@ The plan (:func:`plan`) is ordered so that no service loses its last announcer:
 1. route reflectors, one at a time (apply, verify: every BGP session Established);
 2. the HAProxy nodes of each cluster, one at a time: drain (withdraw, wait until the
    route reflectors carry none of the node's paths), apply, verify, undrain (wait until
-   they carry its paths again) — so at most one node of a cluster is ever out;
-3. the anycast backends, the same way;
+   they carry its paths again) — so at most one node of a cluster is ever out; a node new
+   to the cluster goes last, so its peers' flow steering knows it before it announces;
+3. the anycast backends, the same way (new ones last);
 4. the web (and other managed) backends, one at a time (apply, verify);
 5. monitoring; 6. every other node (the salt-master last).
 

@@ -89,6 +89,19 @@ def _rolling(node: str, model: Mapping[str, Any], phase: str, group: str, peers:
 DRAIN_MODES = ("auto", "always")
 
 
+def _joining(node: str, group: str, deployed: Mapping[str, Any] | None) -> bool:
+    """Whether ``node`` is new to ``group`` (a cluster name, or "anycast") since the deployed catalog:
+    its peers must know it (flow steering, docs/steering.md) before it announces, so it goes last."""
+    if deployed is None:
+        return False
+    before = deployed.get(node)
+    if before is None:
+        return True
+    if group == "anycast":
+        return "anycast" not in before["roles"]
+    return group not in ((before.get("haproxy") or {}).get("clusters") or [])
+
+
 def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), deployed: Fleet | None = None,
          drain: str = "auto") -> list[Step]:
     """Every node of the fleet once, in deploy order (see the module docstring).
@@ -126,7 +139,7 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
     managed_later = {n for n in order if {"backend", "apache"} & set(nodes[n]["roles"])}
     for cname, members in clusters.items():
         active = [m for m in members if _active(nodes[m]) and m not in rd]
-        for n in members:
+        for n in sorted(members, key=lambda m: _joining(m, cname, before if deployed else None)):
             if n in placed:
                 continue
             hap = nodes[n]["haproxy"]
@@ -135,8 +148,8 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
                 b["name"] for b in hap["backends"]
                 if b["servers"] and all(s["managed"] and s["name"] in managed_later for s in b["servers"])))
             add(_rolling(n, nodes[n], "clusters", f"cluster {cname}", active, rd, pending, before.get(n), drain))
-    # 3. anycast backends: the other announcers are the nodes sharing one of its VIPs
-    for n in order:
+    # 3. anycast backends: the other announcers are the nodes sharing one of its VIPs (new ones last)
+    for n in sorted(order, key=lambda m: _joining(m, "anycast", before if deployed else None)):
         if n in placed or "anycast" not in nodes[n]["roles"]:
             continue
         bgp = nodes[n]["bgp"]

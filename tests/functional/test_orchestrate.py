@@ -137,6 +137,24 @@ def test_a_change_that_reaches_the_routers_drains_the_node(tmp_path, campus_cata
     assert step.note == f"drained: {why}"
 
 
+def test_a_node_joining_goes_after_its_peers_so_their_steering_knows_it_first(tmp_path, campus_catalog):
+    """Joining in two phases: lb0 sorts first, but it is new to the cluster, so lb1..lb3 (whose
+    steering gains lb0) are applied before lb0 announces; the same for a new KDC."""
+    def edit(d):
+        d["nodes"].update(lb0={"address": "198.51.100.20", "address6": "2001:db8:100::20"},
+                          kdc0={"address": "198.51.100.40", "address6": "2001:db8:100::40"})
+        d["clusters"]["edge"]["nodes"].insert(0, "lb0")
+        d["services"]["kdc"]["backends"].insert(0, "kdc0")
+    deployed, new = _change(tmp_path, campus_catalog, edit)
+    steps = orch.plan(new, deployed=deployed)
+    lbs = [s.node for s in steps if s.group == "cluster edge"]
+    assert lbs == ["lb1", "lb2", "lb3", "lb0"], lbs
+    assert [s.node for s in steps if s.phase == "anycast"] == ["kdc1", "kdc2", "kdc0"]
+    assert "lb0" in [p["node"] for p in new.nodes["lb1"]["steering"]["groups"][0]["peers"]]
+    # a first deploy (nothing deployed) keeps the catalog's order
+    assert [s.node for s in orch.plan(new) if s.group == "cluster edge"][0] == "lb0"
+
+
 def test_plan_refuses_an_unknown_drain_mode(fleet):
     with pytest.raises(ValueError, match="drain must be one of auto, always"):
         orch.plan(fleet, deployed=fleet, drain="never")
