@@ -97,8 +97,11 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
                 print(f"route reflectors carry every expected announcement after {conv} s", file=out)
                 if ca:
                     print(acme_ca.renew(lab), file=out)
-                secs = fl.run_checks_now(lab, fleet)
-                print(f"icinga2 ran every check after {secs} s", file=out)
+                first = fl.run_checks_now(lab, fleet)
+                lab.meta["first_round"] = first
+                print(f"HAProxy's first verdicts on every backend server after {first['haproxy_s']} s; the first "
+                      f"icinga2 round settled {first['round_s']} s after it was forced, "
+                      f"{len(first['not_ok'])} check(s) not OK", file=out)
         lab.meta["up_seconds"] = round(time.monotonic() - t0, 1)
         lab.save()
     print(lab.summary(), file=out)

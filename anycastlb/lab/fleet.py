@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -221,26 +222,74 @@ def icinga_states(lab: "Lab", fleet: Fleet) -> dict[str, dict[str, str]] | None:
     return ic.parse_livestatus(r.stdout)
 
 
-def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> float:
-    """Ask Icinga2 to run every check now (Livestatus external command); wait until none is PENDING."""
+def haproxy_unsettled(lab: "Lab", fleet: Fleet) -> dict[str, list[str]]:
+    """LB node → its servers HAProxy has no first verdict on yet (never checked, or between
+    rise/fall: ``DOWN 1/2``, ``UP 2/3``), read from each HAProxy node's stats socket."""
+    from ..answers.haproxy import parse_show_stat
+
+    out: dict[str, list[str]] = {}
+    for node in sorted(n for n, m in fleet.nodes.items() if m["haproxy"]):
+        r = lab.exec(node, ["sh", "-c", "echo 'show stat' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock"],
+                     timeout=20)
+        try:
+            rows = parse_show_stat(r.stdout, ("status", "check_status"))
+        except ValueError:
+            out[node] = ["(stats socket unreadable)"]
+            continue
+        for (px, sv), row in rows.items():
+            status, check = row["status"], row["check_status"].lstrip("* ")
+            if sv in ("FRONTEND", "BACKEND") or status == "no check" or status.startswith("MAINT"):
+                continue
+            if check in ("", "INI", "UNK") or "/" in status:
+                out.setdefault(node, []).append(f"{px}/{sv} {status} {check or '-'}")
+    return out
+
+
+def _icinga_command(lab: "Lab", mon: str, commands: list[str]) -> None:
+    """External commands through the poller's pipe on the monitoring node (one write for all)."""
+    from ..render import icinga2 as ic
+    if commands:
+        r = lab.exec(mon, ["sh", "-c", f"cat > {ic.COMMAND_PIPE}"], input="".join(commands), timeout=60)
+        if r.returncode != 0:
+            raise FleetError(f"icinga2 commands on {mon}: {r.stderr.strip()[-500:]}")
+
+
+def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str, Any]:
+    """The first full check round: wait for HAProxy's own first verdicts on every backend
+    server, then have Icinga2 run every check it schedules itself now (the poller among
+    them, which hands in the passive ones) and wait until no check is PENDING.
+
+    Returns ``haproxy_s`` (the wait for HAProxy), ``round_s`` (from the forced round to no
+    check PENDING) and ``not_ok`` (``host!service`` → state of what was not OK then).
+    """
     from ..render import icinga2 as ic
     mons = [n for n, m in fleet.nodes.items() if "monitoring" in m["roles"]]
     if not mons:
-        return 0.0
+        return {"haproxy_s": 0.0, "round_s": 0.0, "not_ok": {}}
     t0 = time.monotonic()
-    states = poll_until(lambda: icinga_states(lab, fleet) or {}, lambda st: st and "livestatus" not in st,
-                        timeout, 1.0).value
-    hosts = sorted({k.split("!")[0] for k in states})
+    settled = poll_until(lambda: haproxy_unsettled(lab, fleet), lambda u: not u, 60.0, 0.5)
+    if not settled.done:
+        print(f"HAProxy had no first verdict after 60 s on: {settled.value}", file=sys.stderr)
+    waited = round(time.monotonic() - t0, 1)
+    query = "GET services\nColumns: host_name description active_checks_enabled\nOutputFormat: json\n\n"
+
+    def active() -> list[list[Any]] | None:
+        r = lab.exec(mons[0], ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"], input=query,
+                     timeout=20)
+        try:
+            return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+        except ValueError:
+            return None
+    rows = poll_until(active, bool, timeout, 1.0).value or []
+    t1 = time.monotonic()
     now = int(time.time())
-    cmds = "".join(f"COMMAND [{now}] SCHEDULE_FORCED_HOST_SVC_CHECKS;{h};{now}\n\n" for h in hosts)
-    for cmd in cmds.split("\n\n"):
-        if cmd:
-            lab.exec(mons[0], ["socat", "-t", "2", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"],
-                     input=cmd + "\n\n", timeout=20)
-    poll_until(lambda: icinga_states(lab, fleet) or {},
-               lambda st: st and all(v["state"] != "PENDING" for v in st.values()),
-               max(timeout - (time.monotonic() - t0), 0.0), 1.0)
-    return round(time.monotonic() - t0, 1)
+    _icinga_command(lab, mons[0], [f"[{now}] SCHEDULE_FORCED_SVC_CHECK;{h};{d};{now}\n"
+                                   for h, d, enabled in rows if enabled])
+    states = poll_until(lambda: icinga_states(lab, fleet) or {},
+                        lambda st: st and all(v["state"] != "PENDING" for v in st.values()),
+                        max(timeout - (time.monotonic() - t1), 0.0), 1.0).value
+    return {"haproxy_s": waited, "round_s": round(time.monotonic() - t1, 1),
+            "not_ok": {k: v["state"] for k, v in (states or {}).items() if v["state"] != "OK"}}
 
 
 def status(lab: "Lab", fleet: Fleet | None = None) -> dict[str, Any]:

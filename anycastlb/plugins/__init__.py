@@ -10,6 +10,7 @@ DEPLOYED = {
     "check_anycastlb_acme.py": "check_anycastlb_acme",
     "check_anycastlb_bird.py": "check_anycastlb_bird",
     "check_anycastlb_haproxy.py": "check_anycastlb_haproxy",
+    "check_anycastlb_poll.py": "check_anycastlb_poll",
     "check_anycastlb_udp.py": "check_anycastlb_udp",
     "anycastlb_notify_log.py": "anycastlb_notify_log",
 }

@@ -22,6 +22,7 @@ ScheduledDowntime (not monitored as an error).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -38,6 +39,15 @@ OURS = f"{CONFDIR}/conf.d/anycastlb"
 PLUGIN_DIR = "/usr/local/lib/anycastlb/plugins"
 BIRD_SOCKET = "/run/bird/bird.ctl"
 HAPROXY_STATS_URI = "/metrics"
+#: What the poller reads on each LB node: the stats page's CSV, about a tenth of ``/metrics``.
+HAPROXY_POLL_URI = "/;csv"
+#: The poller's spec (every passive check; read by ``check_anycastlb_poll``) and the pipe it writes.
+POLL_SPEC = f"{OURS}/poll.json"
+COMMAND_PIPE = "/run/icinga2/cmd/anycastlb.cmd"
+#: Check types whose results come from the poller (one run per interval for the whole fleet),
+#: not from a process per check: Icinga2 never schedules them itself (``enable_active_checks``
+#: false), but "check now" still runs their own plugin for one fresh answer.
+PASSIVE = frozenset({"haproxy-frontend", "announcers", "rr-sessions"})
 #: Check timing when the model does not say (monitoring.intervals).
 INTERVALS = {"check_s": 60, "retry_s": 30, "attempts": 3}
 #: Certificate expiry thresholds in days (warning, critical).
@@ -97,6 +107,7 @@ def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]],
     base: dict[str, Any] = {"name": check["name"], "host": host, "display": display,
                             "notify": [] if host_state == "maintenance" else list(check.get("notify", [])),
                             "maintenance": host_state == "maintenance",
+                            "passive": t in PASSIVE,
                             "vars": {"anycastlb_type": t, "anycastlb_service": check.get("service"),
                                      "anycastlb_backend_state": state}}
     addr = check.get("address")
@@ -176,13 +187,43 @@ def objects(model: dict[str, Any]) -> dict[str, Any]:
             "speakers": speakers, "intervals": {**INTERVALS, **mon.get("intervals", {})}}
 
 
+def poll_spec(services: list[dict[str, Any]], speakers: list[str], bird_socket: str) -> dict[str, Any]:
+    """What ``check_anycastlb_poll`` evaluates: the passive checks, HAProxy's grouped by LB node.
+
+    A name the external command syntax cannot carry (``;``, a line break) is refused here,
+    at render time, rather than dropped by Icinga2 at run time.
+    """
+    nodes: dict[tuple[str, int], dict[str, Any]] = {}
+    ann: list[dict[str, Any]] = []
+    rrs: list[dict[str, Any]] = []
+    for s in services:
+        if not s["passive"]:
+            continue
+        if any(c in s["host"] + s["name"] for c in ";\n\r"):
+            raise RenderError(f"check {s['name']!r} of host {s['host']!r}: ';' or a line break in a passive check's name")
+        v, ref = s["vars"], {"host": s["host"], "service": s["name"]}
+        if v["anycastlb_type"] == "haproxy-frontend":
+            src = nodes.setdefault((v["anycastlb_address"], v["anycastlb_port"]), {
+                "node": v["anycastlb_node"], "address": v["anycastlb_address"], "port": v["anycastlb_port"],
+                "uri": HAPROXY_POLL_URI, "checks": []})
+            src["checks"].append({**ref, "frontend": v["anycastlb_frontend"], "backend": v["anycastlb_backend"]})
+        elif v["anycastlb_type"] == "announcers":
+            ann.append({**ref, "prefix": v["anycastlb_prefix"], "expected": v["anycastlb_expected"]})
+        else:
+            rrs.append({**ref, "rr": v["anycastlb_rr"], "neighbors": v["anycastlb_neighbors"],
+                        "expected": v["anycastlb_expected"]})
+    return {"haproxy": [nodes[k] for k in sorted(nodes)],
+            "bird": {"socket": bird_socket, "speakers": speakers, "announcers": ann, "rr_sessions": rrs}}
+
+
 @renderer("icinga2")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """The Icinga2 configuration of a monitoring node, and the plugins it runs."""
     ctx = objects(model)
     mon = model["monitoring"]
+    bird_socket = mon.get("bird_socket", BIRD_SOCKET)
     common = {"node": model["node"], "q": q, "plugin_dir": under(root, mon.get("plugin_dir", PLUGIN_DIR)),
-              "bird_socket": mon.get("bird_socket", BIRD_SOCKET),
+              "bird_socket": bird_socket, "poll_spec": under(root, POLL_SPEC), "command_pipe": COMMAND_PIPE,
               "stats_uri": mon.get("haproxy_stats_uri", HAPROXY_STATS_URI), "udp_send": UDP_SEND, **ctx}
     standalone = mon.get("icinga", "standalone") == "standalone"
     files = []
@@ -190,6 +231,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         files.append(template_file(f"{CONFDIR}/icinga2.conf", "icinga2/icinga2.conf.j2", **common))
     for name in ("00-base", "hosts", "services", "users"):
         files.append(template_file(f"{OURS}/{name}.conf", f"icinga2/{name}.conf.j2", **common))
+    spec = poll_spec(ctx["services"], ctx["speakers"], bird_socket)
+    files.append(RenderedFile(POLL_SPEC, json.dumps(spec, indent=1, sort_keys=True) + "\n", 0o644))
     if standalone:   # a site's own Livestatus feature would listen on the same socket
         files.append(template_file(f"{OURS}/status.conf", "icinga2/status.conf.j2", socket=LIVESTATUS_SOCKET))
     plugin_dir = mon.get("plugin_dir", PLUGIN_DIR)
@@ -247,7 +290,7 @@ SPEC = DaemonSpec(
     check=check,
     tree=(CONFDIR, "/var/lib/icinga2/certs"),
     # icinga2.conf is written in standalone mode only and never removed: in conf.d mode it is the site's
-    owned=(f"{OURS}/*.conf", f"{PLUGIN_DIR}/*"),
+    owned=(f"{OURS}/*.conf", POLL_SPEC, f"{PLUGIN_DIR}/*"),
     binary="icinga2",
     packages=("icinga2", "monitoring-plugins"),
 )

@@ -73,7 +73,8 @@ def test_standalone_with_contacts_passes_icinga2_check(tmp_path: Path) -> None:
 def test_confd_mode_writes_only_conf_d_anycastlb(tmp_path: Path) -> None:
     f = files(catalog(tmp_path, "conf.d").nodes["mon1"])
     ours = sorted(p for p in f if p.startswith("/etc/"))
-    assert ours == [f"{OURS}/00-base.conf", f"{OURS}/hosts.conf", f"{OURS}/services.conf", f"{OURS}/users.conf"]
+    assert ours == [f"{OURS}/00-base.conf", f"{OURS}/hosts.conf", f"{OURS}/poll.json", f"{OURS}/services.conf",
+                    f"{OURS}/users.conf"]
     assert not any(p.startswith("/etc/icinga2/") and not p.startswith(OURS) for p in icinga2.SPEC.owned)
 
 
@@ -99,7 +100,8 @@ def test_confd_mode_passes_with_the_sites_tree_and_leaves_it_alone(tmp_path: Pat
     after = {p: p.read_bytes() for p in (root / "etc/icinga2").rglob("*") if p.is_file()}
     assert {p: b for p, b in after.items() if p in before} == before, "a site file was changed or removed"
     assert sorted(str(p.relative_to(root)) for p in after if p not in before) == [
-        f"etc/icinga2/conf.d/anycastlb/{n}.conf" for n in ("00-base", "hosts", "services", "users")]
+        f"etc/icinga2/conf.d/anycastlb/{n}" for n in ("00-base.conf", "hosts.conf", "poll.json", "services.conf",
+                                                      "users.conf")]
     assert (root / "etc/icinga2/icinga2.conf").read_bytes() == Path("/etc/icinga2/icinga2.conf").read_bytes()
 
 

@@ -564,7 +564,7 @@ def test_notify_log_appends_one_tab_separated_line(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["check_anycastlb_acme", "check_anycastlb_bird", "check_anycastlb_haproxy",
-                                    "check_anycastlb_udp", "anycastlb_notify_log"])
+                                    "check_anycastlb_poll", "check_anycastlb_udp", "anycastlb_notify_log"])
 def test_plugins_are_standalone_scripts(module):
     """Deployed as files on the monitoring node: python3 shebang, standard library only."""
     src = (Path(bird.__file__).parent / f"{module}.py").read_text()

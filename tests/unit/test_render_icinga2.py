@@ -125,7 +125,8 @@ def test_users_and_log_notification(fleet):
 
 def test_plugins_are_deployed_executable(fleet):
     f = files(fleet.nodes["mon1"])
-    for name in ("check_anycastlb_bird", "check_anycastlb_haproxy", "check_anycastlb_udp", "anycastlb_notify_log"):
+    for name in ("check_anycastlb_bird", "check_anycastlb_haproxy", "check_anycastlb_poll", "check_anycastlb_udp",
+                 "anycastlb_notify_log"):
         plugin = f[f"/usr/local/lib/anycastlb/plugins/{name}"]
         assert plugin.mode == 0o755
         src = Path(icinga2.__file__).parent.parent / "plugins" / f"{name}.py"
