@@ -219,13 +219,6 @@ def daemon(name: str) -> DaemonSpec:
         raise KeyError(f"unknown daemon {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
 
 
-def render_node(model: dict[str, Any], secrets: dict[str, Any] | None = None,
-                root: str = "/") -> dict[str, list[RenderedFile]]:
-    """Every file of every daemon this node runs, by daemon name."""
-    secrets = secrets or {"certificates": {}, "bgp_passwords": {}}
-    return {d.name: d.render(model, secrets, root) for d in daemons() if d.wanted(model)}
-
-
 _MODULES = ("haproxy", "bird", "healthd", "nftables", "apache2", "icinga2")
 
 

@@ -17,7 +17,8 @@ import pytest
 
 from anycastlb.apply import apply_daemon, check_node
 from anycastlb.compiler import compile_catalog
-from anycastlb.render import RenderError, daemon, render_node
+from anycastlb import minion
+from anycastlb.render import RenderError, daemon
 from anycastlb.render.haproxy import CONFIG, cert_path, render
 from anycastlb.render_cli import throwaway_certificates
 
@@ -145,7 +146,7 @@ def test_missing_certificate_is_a_render_error(fleet: dict[str, Any]) -> None:
 
 
 def test_only_cluster_members_run_haproxy(fleet: dict[str, Any], secrets: dict[str, Any]) -> None:
-    runs = sorted(n for n, m in fleet.items() if "haproxy" in render_node(m, secrets))
+    runs = sorted(n for n, m in fleet.items() if "haproxy" in minion.render(m, secrets))
     assert runs == ["lb1", "lb2", "lb3"]
 
 

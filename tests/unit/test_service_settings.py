@@ -20,7 +20,7 @@ from anycastlb.apply import check_node
 from anycastlb.compiler import compile_catalog
 from anycastlb.diff import diff_fleets, format_diff
 from anycastlb.errors import CatalogRefused
-from anycastlb.render import render_node
+from anycastlb.minion import render
 from anycastlb.render_cli import throwaway_certificates
 
 FLEET = Path(__file__).resolve().parents[1] / "data" / "operator-fleet.yaml"
@@ -58,8 +58,8 @@ def refused(tmp_path: Path, services: str) -> list[str]:
 
 
 def haproxy_cfg(model: dict[str, Any], secrets: dict[str, Any] | None = None) -> str:
-    files = render_node(model, secrets or {"certificates": {}, "bgp_passwords": {}})["haproxy"]
-    return next(f.content for f in files if f.path.endswith("haproxy.cfg"))
+    files = render(model, secrets or {"certificates": {}, "bgp_passwords": {}}, "haproxy", show_secrets=True)
+    return next(text for path, text in files["haproxy"].items() if path.endswith("haproxy.cfg"))
 
 
 def section(cfg: str, header: str) -> list[str]:
@@ -135,7 +135,7 @@ def test_www_proxy_protocol_stickiness_hsts_redirects(fleet: Any, certs: dict[st
 
 
 def test_apache_reads_the_proxy_protocol_except_from_monitoring(fleet: Any) -> None:
-    files = {f.path: f.content for f in render_node(fleet.nodes["web1"])["apache2"]}
+    files = render(fleet.nodes["web1"], {"certificates": {}, "bgp_passwords": {}}, "apache2")["apache2"]
     vhost = files["/etc/apache2/sites-enabled/anycastlb-www.conf"]
     assert "\tRemoteIPProxyProtocol On\n" in vhost
     assert "\tRemoteIPProxyProtocolExceptions 198.51.100.61 2001:db8:100::61\n" in vhost
