@@ -86,6 +86,15 @@ class HaproxyModel(TypedDict):
     backends: list[dict[str, Any]]
     certificates: list[str]
     acme: "AcmeChallenge | None"   # where /.well-known/acme-challenge/ goes (ACME services only)
+    acme_probe: "AcmeProbe | None"   # the node's ACME certificates on its own address, for monitoring
+
+
+class AcmeProbe(TypedDict):
+    """Where an LB node serves its ACME certificates to the monitoring's serial check."""
+
+    address: str
+    port: int
+    certificates: list[str]
 
 
 class AcmeChallenge(TypedDict):

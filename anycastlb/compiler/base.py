@@ -20,6 +20,8 @@ SALT_PORTS = (4505, 4506)
 #: Where the ACME issuer serves HTTP-01 tokens; every LB node routes /.well-known/acme-challenge/ there.
 ACME_CHALLENGE_PORT = 8402
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+#: Where an LB node serves its ACME certificates on its own address, for the monitoring's serial check.
+ACME_PROBE_PORT = 8403
 BGP_PORT = 179
 BFD_PORTS = (3784, 3785)
 BFD_MULTIHOP_PORT = 4784

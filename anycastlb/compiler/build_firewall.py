@@ -6,7 +6,7 @@ from typing import Iterable
 
 from .. import schema as S
 from ..model import FirewallModel, FirewallRule, Neighbor, NodeModel
-from .base import (ACME_CHALLENGE_PORT, BFD_MULTIHOP_PORT, BFD_PORTS, BGP_PORT, HAPROXY_STATS_PORT, SALT_PORTS,
+from .base import (ACME_CHALLENGE_PORT, ACME_PROBE_PORT, BFD_MULTIHOP_PORT, BFD_PORTS, BGP_PORT, HAPROXY_STATS_PORT, SALT_PORTS,
                    SSH_PORT, _addr_key)
 from .index import Index
 
@@ -68,6 +68,9 @@ class FirewallBuilder(Index):
             rule("acme challenges from the LB nodes", "tcp", [ACME_CHALLENGE_PORT], lbs, [model["address"]])
         if model["haproxy"] is not None and monitors:
             rule("haproxy stats for monitoring", "tcp", [HAPROXY_STATS_PORT], monitors + mgmt, [model["address"]])
+            if model["haproxy"]["acme_probe"]:
+                rule("acme certificate probe for monitoring", "tcp", [ACME_PROBE_PORT], monitors,
+                     [model["address"]])
         for sname in self.backend_of.get(nid, []):
             svc = self.services[sname]
             lbs = [a for x in self.clusters[svc.model.cluster].nodes if x in self.nodes  # type: ignore[index]

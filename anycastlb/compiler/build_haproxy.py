@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import schema as S
-from ..model import AcmeCertificate, AcmeChallenge, AcmeModel, ApacheModel, HaproxyModel
-from .base import ACME_CHALLENGE_PATH, ACME_CHALLENGE_PORT, HAPROXY_STATS_PORT, acme_certificate, acme_names, ident
+from ..model import AcmeCertificate, AcmeChallenge, AcmeModel, AcmeProbe, ApacheModel, HaproxyModel
+from .base import (ACME_CHALLENGE_PATH, ACME_CHALLENGE_PORT, ACME_PROBE_PORT, HAPROXY_STATS_PORT, acme_certificate,
+                   acme_names, ident)
 from .index import Index
 
 
@@ -57,7 +58,17 @@ class HaproxyBuilder(Index):
                 "frontends": sorted(frontends, key=lambda f: f["name"]),
                 "backends": [backends[k] for k in sorted(backends)],
                 "certificates": sorted(certs),
-                "acme": self.challenge_model() if any(f["acme_challenge"] for f in frontends) else None}
+                "acme": self.challenge_model() if any(f["acme_challenge"] for f in frontends) else None,
+                "acme_probe": self.probe_model(nid, frontends)}
+
+    def probe_model(self, nid: str, frontends: list[dict[str, Any]]) -> AcmeProbe | None:
+        """The node's ACME certificates on its own address, for the monitoring's serial check (a VIP
+        reaches one node only); none without ACME services or monitoring nodes."""
+        acme = sorted({f["tls"]["certificate"] for f in frontends
+                       if f["tls"] and self.services[f["service"]].model.tls.acme})  # type: ignore[union-attr]
+        if not acme or not self.monitors:
+            return None
+        return {"address": self.nodes[nid].address, "port": ACME_PROBE_PORT, "certificates": acme}
 
     def certificate(self, sname: str) -> str | None:
         """The certificate name a service terminates TLS with (its own, or its ACME certificate)."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import schema as S
 from ..model import MonitoringModel
-from .base import HAPROXY_STATS_PORT, acme_names
+from .base import ACME_PROBE_PORT, HAPROXY_STATS_PORT, acme_certificate, acme_names
 from .context import _Svc
 from .index import Index
 
@@ -55,6 +55,15 @@ class MonitoringBuilder(Index):
                                        "service": sname, "notify": notify, "type": "https", "address": str(ip),
                                        "port": 443, "http_host": host, "path": "/", "expect": None, "tls": True,
                                        "certificate_only": True, "cert_days": [warn, max(1, warn // 3)]})
+            if m.tls is not None and m.tls.acme and self.acme is not None:
+                # every LB node serves the same certificate (read on each node's own address), and the
+                # issuer's last renewal of it did not fail
+                nodes = [x for x in announcers if self.nodes[x].state != "maintenance"]
+                checks.append({"name": f"acme {sname} serial", "host": None, "service": sname, "notify": notify,
+                               "type": "acme-serial", "sni": acme_names(m)[0], "port": ACME_PROBE_PORT,
+                               "nodes": [f"{x}={self.nodes[x].address}" for x in nodes]})
+                checks.append({"name": f"acme {sname} renewal", "host": None, "service": sname, "notify": notify,
+                               "type": "acme-renewal", "certificate": acme_certificate(sname)})
             if m.mode in ("http", "tcp"):
                 for node in announcers:
                     for port in svc.ports:

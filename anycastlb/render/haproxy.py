@@ -80,6 +80,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         stats=hap["stats"],
         frontends=frontends,
         acme=hap.get("acme"),
+        acme_probe={**probe, "pems": [under(root, cert_path(c)) for c in probe["certificates"]]}
+        if (probe := hap.get("acme_probe")) else None,
         backends=[{**be, "check": _check(be["check"]), "raw": _raw(be.get("raw", []))} for be in hap["backends"]],
     )]
     for name in hap["certificates"]:

@@ -141,6 +141,13 @@ def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]],
         base["vars"].update({"anycastlb_address": addr, "anycastlb_port": check["port"],
                              "anycastlb_frontend": check["frontend"], "anycastlb_backend": check["backend"],
                              "anycastlb_node": check["host"]})
+    elif t == "acme-serial":
+        base["command"] = "anycastlb-acme-serial"
+        base["vars"].update({"anycastlb_acme_sni": check["sni"], "anycastlb_acme_port": check["port"],
+                             "anycastlb_acme_nodes": list(check["nodes"])})
+    elif t == "acme-renewal":
+        base["command"] = "anycastlb-acme-renewal"
+        base["vars"]["anycastlb_acme_certificate"] = check["certificate"]
     elif t == "announcers":
         base["command"] = "anycastlb-announcers"
         base["vars"].update({"anycastlb_prefix": check["prefix"], "anycastlb_expected": list(check["expected"])})

@@ -182,7 +182,7 @@ def test_the_monitoring_checks_each_acme_name_on_each_vip_and_warns_before_renew
     nodes = compiled(tmp_path, edit("roles: [salt-master, route-reflector]",
                                     "roles: [salt-master, route-reflector, monitoring]"))
     services = {s["name"]: s for s in objects(nodes["master"])["services"]}
-    names = sorted(n for n in services if n.startswith("acme "))
+    names = sorted(n for n in services if n.startswith("acme ") and n.endswith(" certificate"))
     assert names == ["acme www example.org 192.0.2.10 certificate", "acme www www.example.org 192.0.2.10 certificate"]
     v = services["acme www www.example.org 192.0.2.10 certificate"]["vars"]
     assert (v["http_address"], v["http_port"], v["http_vhost"], v["http_certificate"]) == (
@@ -210,3 +210,33 @@ def test_the_monitoring_checks_each_acme_name_on_each_vip_and_warns_before_renew
     p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     srv.close()
     assert p.returncode == 1 and "WARNING" in p.stdout, p.stdout + p.stderr
+
+
+def test_every_lb_node_serves_its_acme_certificates_to_the_monitoring_for_the_serial_check(tmp_path: Path) -> None:
+    """A VIP reaches one node: each LB node of the cluster also serves the ACME certificate on its own
+    address (port 8403, from the same file), open to the monitoring nodes only; the monitoring compares
+    the serials of all of them and reads the issuer's renewal report."""
+    from anycastlb.minion import render   # what `salt-call anycastlb.render` shows
+    from anycastlb.render.icinga2 import objects
+    nodes = compiled(tmp_path, edit("roles: [salt-master, route-reflector]",
+                                    "roles: [salt-master, route-reflector, monitoring]"))
+    assert nodes["lb1"]["haproxy"]["acme_probe"] == {"address": "198.51.100.21", "port": 8403,
+                                                     "certificates": ["acme-www"]}
+    assert nodes["lb3"]["haproxy"]["acme_probe"] is None
+    probe = [r for r in nodes["lb1"]["firewall"]["rules"] if r["comment"] == "acme certificate probe for monitoring"]
+    assert probe == [{"comment": "acme certificate probe for monitoring", "protocol": "tcp", "ports": [8403],
+                      "sources": ["198.51.100.5"], "destinations": ["198.51.100.21"]}]
+    cfg = render(nodes["lb1"], {"certificates": {"acme-www": {"cert": "c", "key": "k"}}}, "haproxy")[
+        "haproxy"]["/etc/haproxy/haproxy.cfg"]
+    assert ("frontend acme-probe\n    mode http\n    bind 198.51.100.21:8403 transparent ssl "
+            'crt "/etc/haproxy/certs/anycastlb-acme-www.pem"\n') in cfg
+    services = {s["name"]: s for s in objects(nodes["master"])["services"]}
+    serial, renewal = services["acme www serial"], services["acme www renewal"]
+    assert (serial["command"], serial["host"]) == ("anycastlb-acme-serial", "vip-www")
+    assert {k: v for k, v in serial["vars"].items() if k.startswith("anycastlb_acme")} == {
+        "anycastlb_acme_sni": "www.example.org", "anycastlb_acme_port": 8403,
+        "anycastlb_acme_nodes": ["lb1=198.51.100.21", "lb2=198.51.100.22"]}
+    assert renewal["command"] == "anycastlb-acme-renewal"
+    assert renewal["vars"]["anycastlb_acme_certificate"] == "acme-www"
+    without = compiled(tmp_path)   # no monitoring node: no probe, no rule
+    assert without["lb1"]["haproxy"]["acme_probe"] is None
