@@ -142,6 +142,49 @@ def apply(daemon: str, test: bool = False, root: str = "/") -> dict[str, Any]:
     return ret
 
 
+def retire(test: bool = False) -> dict[str, Any]:
+    """
+    Take away the daemons anycastlb manages that this node no longer runs (a role it lost):
+    each is stopped (the health agent first: it withdraws every announcement), its unit
+    disabled, its files removed, the health agent's VIPs taken off ``lo``. A daemon anycastlb
+    never configured here is left alone. ``test=True``: what would go.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb2 anycastlb.retire test=True
+    """
+    model, _ = _node()
+    ret = _minion.retire(model, None if test else _minion.control(__pillar__.get("anycastlb")), test=bool(test))
+    _fail_retcode(ret["result"] is False)
+    return ret
+
+
+def decommission(force: bool = False, test: bool = False) -> dict[str, Any]:
+    """
+    Take everything anycastlb put on this node away: every daemon of anycastlb stopped and
+    disabled (the health agent first: it withdraws), its configs removed, its VIPs off ``lo``,
+    the firewall table unloaded. For a node the catalog no longer names; refused while it does
+    (its pillar names it) unless ``force=True``. ``salt-run anycastlb.decommission node=X``
+    drains it and waits for the route reflectors first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt old-lb anycastlb.decommission test=True
+        salt old-lb anycastlb.decommission
+    """
+    data = __pillar__.get("anycastlb") or {}
+    if data.get("node") and not force:
+        raise CommandExecutionError(f"the catalog still names this node ({data['node']}): remove it from the "
+                                    "catalog first (or force=True)")
+    ret = _minion.retire(None, None if test else _minion.control(data), test=bool(test))
+    _fail_retcode(ret["result"] is False)
+    return ret
+
+
 def reload(daemon: str) -> str:  # pylint: disable=redefined-builtin
     """
     Reload one daemon (start it if it is not running) with its live config.
@@ -176,12 +219,22 @@ def drain(timeout: float = 10, config: str = "/etc/anycastlb/healthd.json", reas
 
     ``reason`` is written into the drain file; an orchestration writes ``orchestrate``
     and undrains only nodes it drained itself. ``salt-run anycastlb.drain node=lb2``
-    also waits until the route reflectors carry none of the node's paths.
+    also waits until the route reflectors carry none of the node's paths. A node the
+    catalog no longer names can still be drained while its health agent's config is there
+    (``salt-run anycastlb.decommission`` does that first).
     """
-    _node()
+    _managed(config)
     ret = _minion.set_drain(True, timeout=float(timeout), config=config, reason=str(reason or ""))
     _fail_retcode(not ret["result"])
     return ret
+
+
+def _managed(config: str) -> None:
+    """Refuse a minion that is neither named by the catalog nor has a health agent config of ours."""
+    import os
+
+    if not (__pillar__.get("anycastlb") or {}).get("node") and not os.path.exists(config):
+        _node()  # raises, saying why
 
 
 def undrain(timeout: float = 10, config: str = "/etc/anycastlb/healthd.json") -> dict[str, Any]:
@@ -273,12 +326,49 @@ def sessions() -> dict[str, dict[str, str]]:
         raise CommandExecutionError(str(exc)) from None
 
 
-def verify(pending: Any = None, timeout: float = 20) -> dict[str, Any]:
+def _fresh_pillar() -> dict[str, Any]:
+    """This minion's pillar compiled now by the master (not the copy loaded when the job started)."""
+    import salt.pillar
+
+    data = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"],
+                                  saltenv=__opts__.get("saltenv"), pillarenv=__opts__.get("pillarenv")).compile_pillar()
+    try:  # Salt 3008 wraps pillar for masked output; the values inside are plain
+        from salt.utils.secret import expose
+    except ImportError:  # Salt 3006
+        return dict(data)
+    return dict(expose(data))
+
+
+def _model_for(expect: str) -> dict[str, Any]:
+    """The model to verify against: the pillar's, compiled fresh unless the loaded one is already the
+    planned one (``expect``: its :func:`anycastlb.model.model_hash`); refused if neither is."""
+    from anycastlb.model import model_hash
+
+    model, _ = _node()
+    if expect and model_hash(model) == expect:
+        return dict(model)
+    try:
+        fresh, _ = _minion.node_of(_fresh_pillar().get("anycastlb"))
+    except _minion.NodeError as exc:
+        raise CommandExecutionError(str(exc)) from None
+    got = model_hash(fresh)
+    if expect and got != expect:
+        raise CommandExecutionError(f"this minion's pillar is not the planned catalog (its model {got}, the plan's "
+                                    f"{expect}): did the catalog change during the deploy?")
+    return dict(fresh)
+
+
+def verify(pending: Any = None, timeout: float = 20, expect: str = "") -> dict[str, Any]:
     """
     Is this node healthy after an apply? Every daemon it runs is running, HAProxy's
     frontends are OPEN and its backends UP, every BGP session is Established, every
     apache2 vhost answers its health path; retried until ``timeout``. Backends named
     in ``pending`` may be down (their servers are deployed later). Exit code 1 if not.
+
+    It checks against the catalog the master serves now (the pillar compiled afresh,
+    never the copy this minion loaded before the apply: a removed service is not looked
+    for). ``expect``: the model hash the plan gave this node; verify refuses to judge
+    the node against another model.
 
     CLI Example:
 
@@ -287,8 +377,11 @@ def verify(pending: Any = None, timeout: float = 20) -> dict[str, Any]:
         salt lb1 anycastlb.verify
         salt lb1 anycastlb.verify pending=www-8080 timeout=5
     """
-    model, _ = _node()
-    ret = _minion.verify(model, _minion.control(__pillar__.get("anycastlb")), _list(pending), timeout=float(timeout))
+    model = _model_for(str(expect or ""))
+    ret = _minion.verify(model, _minion.control(__pillar__.get("anycastlb")), _list(pending),  # type: ignore[arg-type]
+                         timeout=float(timeout))
+    from anycastlb.model import model_hash
+    ret["model"] = model_hash(model)
     _fail_retcode(not ret["result"])
     return ret
 

@@ -59,11 +59,14 @@ def _gpg_decrypt(store: dict[str, Any]) -> Any:
 
 def ext_pillar(minion_id: str, pillar: dict[str, Any], catalog: str = "", secrets: str | None = None,
                service_mode: str | None = None, acme_store: str | None = None,
-               acme_directory: str | None = None, acme_ca: str | None = None) -> dict[str, Any]:
+               acme_directory: str | None = None, acme_ca: str | None = None, repo: str | None = None,
+               live: str | None = None) -> dict[str, Any]:
     """The minion's ``anycastlb`` pillar; for the catalog's nodes raises ``CatalogRefused`` on a bad catalog.
 
     A secrets file starting with ``#!yaml|gpg`` has its values decrypted here, on the master.
-    ``acme_directory`` and ``acme_ca`` are the renewal runner's (``salt-run anycastlb.renew``), not the pillar's.
+    ``acme_directory`` and ``acme_ca`` are the renewal runner's (``salt-run anycastlb.renew``), not the pillar's;
+    ``repo`` and ``live`` the staged catalog's (``salt-run anycastlb.checkout``; the pillar reads ``catalog``,
+    which the switch points at the new commit).
     """
     return node_pillar(minion_id, catalog, secrets=secrets, service_mode=service_mode, report=log.error,
                        decrypt=_gpg_decrypt, acme_store=acme_store)

@@ -12,6 +12,9 @@ are only Salt's side of it (``__opts__``, the LocalClient, the exit code).
     salt-run anycastlb.lint                    # the master's catalog: ok, or every error
     salt-run anycastlb.plan                    # the deploy order salt/anycastlb/orch/deploy.sls runs
     salt-run anycastlb.mark_deployed           # record the catalog as deployed (plan compares with it)
+    salt-run anycastlb.mark_applied node=lb1   # record what lb1 runs now (the deploy does it per node)
+    salt-run anycastlb.applied                 # what each node last applied
+    salt-run anycastlb.decommission node=lb4   # a node removed from the catalog: drain, stop, remove
     salt-run anycastlb.lock / anycastlb.unlock  # one deploy at a time (orch.deploy takes and gives it back)
     salt-run state.orchestrate anycastlb.orch.deploy     # the rolling deploy itself
     salt-run anycastlb.drain node=lb1          # withdraw, wait until the route reflectors agree
@@ -105,7 +108,7 @@ def lint() -> dict[str, Any]:
     return _done(_master().lint().as_dict())
 
 
-def plan(runtime: bool = True, drain: str = "auto") -> dict[str, Any]:
+def plan(runtime: bool = True, drain: str = "auto", save: bool = True) -> dict[str, Any]:
     """
     The rolling deploy's order: every node once, with its actions (drain, apply,
     verify, undrain). A refused catalog gives no steps and ``result`` False.
@@ -115,7 +118,10 @@ def plan(runtime: bool = True, drain: str = "auto") -> dict[str, Any]:
     ``mark_deployed``); ``drain=always`` drains every node with another announcer.
     The planned catalog is kept, so that ``mark_deployed`` records exactly it.
     ``out_at_once``: per cluster, how many nodes the plan has drained at once (never
-    more than one).
+    more than one). Each node is compared with the model it last applied (see
+    ``mark_applied``); one without a record with the catalog deployed last. Nodes that
+    stop speaking BGP are drained first (phase ``leaving``), nodes the catalog no longer
+    names are decommissioned there. ``save=False`` writes nothing (a dry run).
 
     CLI Example:
 
@@ -124,7 +130,56 @@ def plan(runtime: bool = True, drain: str = "auto") -> dict[str, Any]:
         salt-run anycastlb.plan
         salt-run anycastlb.plan runtime=False drain=always
     """
-    return _done(_master().plan(runtime=runtime, drain=drain))
+    return _done(_master().plan(runtime=runtime, drain=drain, save=bool(save)))
+
+
+def mark_applied(node: str, hash: str = "") -> dict[str, Any]:  # pylint: disable=redefined-builtin
+    """
+    Record that ``node`` applied and verified the model the last plan gave it (the rolling
+    deploy does this after each node); the next plan compares the node with it, so a deploy
+    that stopped half-way is planned against what each node really runs. ``hash``: the
+    plan's hash of that model, checked.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.mark_applied node=lb1
+    """
+    return _done(_master().mark_applied(node, str(hash or "")))
+
+
+def applied() -> dict[str, Any]:
+    """
+    What each node last applied successfully: node → model hash and time.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.applied
+    """
+    recs = _master().applied()
+    return {"result": True, "nodes": {n: {"hash": r.get("hash"), "at": r.get("at")} for n, r in recs.items()}}
+
+
+def decommission(node: str, timeout: float = 30, force: bool = False) -> dict[str, Any]:
+    """
+    Take a node the catalog no longer names out of the fleet: drain it (wait until no route
+    reflector carries a path via it), then stop and disable every daemon anycastlb ran there,
+    remove its configs, its VIPs from ``lo`` and the firewall table. The rolling deploy does
+    this for every node that left the catalog; its RR sessions, the peers' filters, other
+    nodes' firewall holes for it and its Icinga host go as the others apply the new catalog.
+    A node that does not answer is reported (and tried again by the next deploy), not an
+    error. Refused for a node still in the catalog unless ``force=True``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run anycastlb.decommission node=lb4
+    """
+    return _done(_master().decommission(node, timeout=float(timeout), force=bool(force)))
 
 
 def mark_deployed(from_plan: bool = False) -> dict[str, Any]:

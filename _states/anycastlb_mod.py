@@ -58,3 +58,17 @@ def configured(name: str, root: str = "/") -> dict[str, Any]:
         where the files go (``/``; another directory for a staged tree)
     """
     return _call(name, "anycastlb.apply", daemon=name, test=bool(__opts__["test"]), root=root)
+
+
+def retired(name: str) -> dict[str, Any]:
+    """
+    The daemons anycastlb manages that this node no longer runs are gone: stopped, disabled,
+    their files removed, the health agent's VIPs off ``lo`` (see ``anycastlb.retire``).
+
+    - nothing of theirs left: True, no changes.
+    - ``test=True``: None with what would go.
+
+    name
+        any (a label)
+    """
+    return _call(name, "anycastlb.retire", test=bool(__opts__["test"]))

@@ -9,7 +9,6 @@ and by the CLI alike.
 from __future__ import annotations
 
 import difflib
-import glob
 import grp
 import os
 import shutil
@@ -17,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .render import DaemonSpec, RenderedFile, confine, daemon, under
+from .render import DaemonSpec, RenderedFile, confine, daemon, owned_files, under
 from .secrets import MASK, mask
 
 
@@ -86,12 +85,9 @@ def plan(spec: DaemonSpec, model: Mapping[str, Any], secrets: dict[str, Any], ro
             continue
         writes.append(f)
         diffs[f.path] = _diff(spec, f, old, _mode(target), secrets)
-    removes = []
-    for pattern in spec.owned:
-        for path in sorted(glob.glob(under(root, pattern))):
-            if path not in rendered:
-                removes.append(path)
-                diffs[path] = "(removed: no longer rendered)"
+    removes = [path for path in owned_files(spec, root) if path not in rendered]
+    for path in removes:
+        diffs[path] = "(removed: no longer rendered)"
     return writes, removes, diffs
 
 
@@ -128,9 +124,8 @@ def stage_and_check(spec: DaemonSpec, model: Mapping[str, Any], secrets: dict[st
             src = under(root, tree)
             if os.path.isdir(src):
                 shutil.copytree(src, under(staging, tree), symlinks=True, dirs_exist_ok=True)
-        for pattern in spec.owned:
-            for path in glob.glob(under(staging, pattern)):
-                os.remove(path)
+        for path in owned_files(spec, staging):
+            os.remove(path)
         files = spec.render(model, secrets, staging)
         for f in files:
             write_file(confine(staging, f.path), f.content, f.mode, f.group)
@@ -156,6 +151,26 @@ def write_file(path: str, content: str, mode: int, group: str = "") -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_file(path: str, spec: DaemonSpec | None = None, root: str = "/") -> None:
+    """Remove ``path``, then the directories this left empty below the fixed part of the ``spec.owned``
+    pattern that matched it (``/var/www/anycastlb/**``: a removed service's docroot, never ``/var/www/anycastlb``)."""
+    os.remove(path)
+    bases = [under(root, _fixed(p)) for p in (spec.owned if spec else ())]
+    parent = os.path.dirname(path)
+    while any(parent.startswith(b.rstrip("/") + "/") for b in bases):
+        try:
+            os.rmdir(parent)
+        except OSError:  # not empty
+            return
+        parent = os.path.dirname(parent)
+
+
+def _fixed(pattern: str) -> str:
+    """The directory part of a glob pattern before its first wildcard."""
+    head = pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+    return head if head.endswith("/") else os.path.dirname(head)
 
 
 def apply_daemon(name: str, model: Mapping[str, Any], secrets: dict[str, Any] | None = None, root: str = "/",
@@ -229,7 +244,7 @@ def _apply_daemon(name: str, model: Mapping[str, Any], secrets: dict[str, Any] |
     for f in writes:
         write_file(confine(root, f.path), f.content, f.mode, f.group)
     for path in removes:
-        os.remove(path)
+        remove_file(path, spec, root)
     changes: dict[str, Any] = {"diff": diffs, **host}
     swap_note = ""
     if reload and control is not None and hot:

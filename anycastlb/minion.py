@@ -125,6 +125,111 @@ def apply(name: str, model: NodeModel, secrets: dict[str, Any], ctl: Any = None,
         return ApplyResult(name, False, f"{name}: {type(exc).__name__}: {exc}")
 
 
+# ----------------------------------------------------------------- retire: what a node stops running
+
+#: The order daemons are retired in: the health agent first (stopping it withdraws every
+#: announcement), then what served, the firewall last.
+RETIRE_ORDER = ("healthd", "haproxy", "bird", "apache2", "icinga2", "nftables")
+
+
+def unwanted(model: NodeModel | None) -> list[str]:
+    """The daemons anycastlb manages that this node does not run (every one when the catalog no
+    longer names the node: ``model`` None), in :data:`RETIRE_ORDER`."""
+    keep = set(wanted(model)) if model is not None else set()
+    names = [d.name for d in daemons() if d.name not in keep]
+    return sorted(names, key=lambda n: RETIRE_ORDER.index(n) if n in RETIRE_ORDER else len(RETIRE_ORDER))
+
+
+def leftovers(spec: Any, root: str = "/") -> list[str]:
+    """The files of ``spec`` that anycastlb wrote and that are still there: its owned files and those of
+    its ``leaves`` that are ours (an ``anycastlb`` path, or our header in the text), never the site's."""
+    from .apply import _read
+    from .render import HEADER, owned_files, under
+
+    def ours(target: str) -> bool:
+        path = "/" + os.path.relpath(target, root or "/")  # its production path: the root's name says nothing
+        return "anycastlb" in path or HEADER in (_read(target) or "")
+
+    out = [p for p in owned_files(spec, root) if ours(p)]
+    for path in spec.leaves:
+        target = under(root, path)
+        if os.path.isfile(target) and target not in out and ours(target):
+            out.append(target)
+    return sorted(out)
+
+
+def _announced_vips(root: str = "/") -> list[str]:
+    """The host prefixes the health agent's config (still) lists: what it put on ``lo``."""
+    from .render import under
+    from .units import vip_addresses
+
+    try:
+        return vip_addresses(under(root, HEALTHD_CONFIG))
+    except Exception:  # no config, or one healthd cannot read: nothing known to remove
+        return []
+
+
+def retire(model: NodeModel | None, ctl: Any, root: str = "/", test: bool = False) -> dict[str, Any]:
+    """Take away what this node no longer runs (:func:`unwanted`): for each daemon that left a trace
+    (files of ours, or for the firewall our loaded table), stop it (the health agent first: it
+    withdraws), disable its unit, remove its files; the health agent's VIPs leave ``lo``.
+
+    A state-shaped result; ``test``: what would go, nothing is done. A daemon anycastlb never
+    configured on this node (no file of ours) is left alone, running or not.
+    """
+    from .apply import remove_file
+    from .service import ServiceError, drop_vips, services
+
+    changes: dict[str, Any] = {}
+    errors: list[str] = []
+    for name in unwanted(model):
+        spec = daemon(name)
+        files = leftovers(spec, root)
+        svc = services().get(name)
+        svc_oneshot = bool(svc and svc.oneshot)
+        try:
+            running = bool(ctl.running(name)) if ctl is not None else False
+        except Exception:  # a controller that cannot tell: the files decide
+            running = False
+        if not files and not (svc_oneshot and running):
+            continue
+        vips = _announced_vips(root) if name == "healthd" else []
+        done: dict[str, Any] = {}
+        if test:
+            done = {"would stop": running, "would remove": files}
+            if vips:
+                done["would remove VIPs from lo"] = vips
+            changes[name] = done
+            continue
+        try:
+            if running and ctl is not None:
+                done["stopped"] = ctl.unload(name) if svc_oneshot else ctl.stop(name)
+            if ctl is not None and hasattr(ctl, "disable"):
+                disabled = ctl.disable(name)
+                if disabled:
+                    done["disabled"] = disabled
+            if vips and ctl is not None:
+                done["vips removed from lo"] = drop_vips(vips, run=ctl._run, prefix=ctl.prefix)
+            for path in files:
+                remove_file(path, spec, root)
+            done["removed"] = files
+        except (ServiceError, OSError) as exc:
+            errors.append(f"{name}: {exc}")
+        if done:
+            changes[name] = done
+    if not test and any("anycastlb-healthd.service" in p for c in changes.values() for p in c.get("removed", [])) \
+            and getattr(ctl, "mode", "") == "systemd":
+        ctl._run(["systemctl", "daemon-reload"])
+    node = model["node"] if model is not None else "this node"
+    if errors:
+        return {"result": False, "changes": changes, "comment": f"{node}: retiring failed: " + "; ".join(errors)}
+    if not changes:
+        return {"result": True, "changes": {}, "comment": f"{node}: nothing to retire (runs {', '.join(wanted(model)) if model is not None else 'nothing of anycastlb'})"}
+    verb = "would retire" if test else "retired"
+    return {"result": None if test else True, "changes": changes,
+            "comment": f"{node}: {verb} {', '.join(changes)} (no longer run here)"}
+
+
 # ----------------------------------------------------------------- runtime: drain, status
 
 

@@ -231,3 +231,15 @@ class NodeModel(TypedDict):
     firewall: FirewallModel | None
     steering: SteeringModel | None
     secrets: SecretNames
+
+
+def model_hash(model: Any) -> str:
+    """A short digest of one node's compiled model (only :class:`NodeModel`'s keys, so a pillar that
+    carries more, such as ``service_mode``, hashes the same): the plan names it per node, the
+    node's verify checks it is verifying that model, the master records it as applied."""
+    import hashlib
+    import json
+
+    doc = {k: model.get(k) for k in NodeModel.__annotations__}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -42,8 +42,8 @@ def files_key(catalog: str, secrets: str | None = None) -> FileKey:
     out = []
     for p in paths:
         try:
-            st = os.stat(p)
-            out.append((p, st.st_mtime_ns, st.st_size))
+            st = os.stat(p)  # the real path: a staged catalog's switch (a symlink) changes it
+            out.append((os.path.realpath(p), st.st_mtime_ns, st.st_size))
         except FileNotFoundError:
             out.append((p, -1, -1))
     return tuple(out)

@@ -83,6 +83,8 @@ class Service:
     #: loads its own file, not ours).
     oneshot: bool = False
     probe: tuple[str, ...] = ()
+    #: A oneshot's "stop": takes its config out of the kernel again (nftables: our table).
+    unload: tuple[str, ...] = ()
 
 
 SERVICES: dict[str, Service] = {}
@@ -365,6 +367,27 @@ class ServiceControl:
         self._check(self.systemctl("stop", daemon), f"stop {daemon}")
         return f"{daemon} stopped (systemd)"
 
+    def unload(self, daemon: str) -> str:
+        """A oneshot's stop: take its config out of the kernel (nftables: our table); "" if none is loaded."""
+        svc = self._service(daemon)
+        if not svc.unload or not self.running(daemon):
+            return ""
+        argv = self.prefix + list(svc.unload)
+        self._check(argv, f"unload {daemon}")
+        return f"{daemon} unloaded ({shlex.join(argv)})"
+
+    def disable(self, daemon: str) -> str:
+        """Keep the daemon from starting at boot (``systemctl disable`` of its unit); "" when it was not
+        enabled, has no unit of its own, or the host has no systemd (the namespace lab)."""
+        svc = self._service(daemon)
+        if self.mode != "systemd" or not svc.unit:
+            return ""
+        unit = svc.unit + ".service"
+        if self._run(["systemctl", "is-enabled", "--quiet", unit]).returncode != 0:
+            return ""
+        self._check(["systemctl", "disable", unit], f"disable {daemon}")
+        return f"{unit} disabled"
+
     # ---------------------------------------------------------------- reloads
     def _master_proc(self) -> ProcInfo:
         return parse_show_proc(unix_query(self.path(self.paths.haproxy_master_socket), "show proc"))
@@ -529,3 +552,19 @@ def sync_vips(model: dict[str, Any], test: bool = False,
             if proc.returncode != 0:
                 raise ServiceError(f"ip addr del {r} dev lo: {proc.stderr.strip()}")
     return {"vips": {"added": add, "removed": remove}}
+
+
+def drop_vips(prefixes: Sequence[str], test: bool = False,
+              run: Callable[..., subprocess.CompletedProcess[str]] | None = None,
+              prefix: Sequence[str] = ()) -> list[str]:
+    """Remove from ``lo`` those of ``prefixes`` (host prefixes, ``addr/len``) that are on it; → what was
+    (with ``test``: would be) removed. For a node that stops announcing: its health agent's VIPs."""
+    run = run or ServiceControl._subprocess
+    hosts = {str(ipaddress.ip_interface(p)) for p in prefixes
+             if ipaddress.ip_interface(p).network.prefixlen == ipaddress.ip_interface(p).max_prefixlen}
+    gone = [p for p in sorted({str(ipaddress.ip_interface(a)) for a in lo_addresses(run, prefix)}) if p in hosts]
+    for p in [] if test else gone:
+        proc = run(list(prefix) + ["ip", "addr", "del", p, "dev", "lo"])
+        if proc.returncode != 0:
+            raise ServiceError(f"ip addr del {p} dev lo: {proc.stderr.strip()}")
+    return gone

@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from ..answers.bird import node_addresses, sessions_with
-from .git import GitError, git_checkout, snapshot, snapshot_path
+from .git import GitError, StageRefused, git_checkout, snapshot, snapshot_path, stage_release
 from .lint import Lint, lint
 from .plan import DRAIN_MODES, ORCHESTRATE, out_at_once, plan
 
@@ -117,8 +117,63 @@ class Master:
             return None, f"the deployed catalog {path} does not compile any more: every node is drained"
         return res.fleet, f"compared with the catalog deployed last ({path})"
 
-    def plan(self, runtime: bool = True, drain: str = "auto") -> dict[str, Any]:
-        """The rolling deploy's steps; keeps the planned catalog for :meth:`mark_deployed`."""
+    # ------------------------------------------------------------- what each node runs
+
+    def _applied_path(self, node: str) -> str:
+        return os.path.join(self._dir("applied"), f"{node}.json")
+
+    def applied(self) -> dict[str, dict[str, Any]]:
+        """Node → its record: the model it last applied successfully (``model``, ``hash``, ``at``)."""
+        out: dict[str, dict[str, Any]] = {}
+        d = self._dir("applied")
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".json"):
+                try:
+                    with open(os.path.join(d, name), encoding="utf-8") as fh:
+                        rec = json.load(fh)
+                except (OSError, ValueError):
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("model"), dict):
+                    out[name[:-5]] = rec
+        return out
+
+    def mark_applied(self, node: str, hash: str = "") -> dict[str, Any]:  # pylint: disable=redefined-builtin
+        """Record that ``node`` applied (and verified) the model the last plan gave it; the next plan
+        compares that node with it. ``hash`` (the plan's, when given) must be that model's."""
+        from ..model import model_hash
+
+        try:
+            with open(self._planned_models(), encoding="utf-8") as fh:
+                model = (json.load(fh).get("models") or {}).get(node)
+        except (OSError, ValueError):
+            model = None
+        if not isinstance(model, dict):
+            return {"result": False, "node": node, "comment": f"not recorded: the last plan has no model for {node}"}
+        got = model_hash(model)
+        if hash and got != hash:
+            return {"result": False, "node": node,
+                    "comment": f"not recorded: the last plan's model of {node} is {got}, not {hash} (a newer plan?)"}
+        tmp = self._applied_path(node) + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"node": node, "hash": got, "at": time.time(), "model": model}, fh)
+        os.replace(tmp, self._applied_path(node))
+        return {"result": True, "node": node, "hash": got, "comment": f"{node} runs model {got}: recorded"}
+
+    def forget_applied(self, node: str) -> bool:
+        """Drop ``node``'s record (it was decommissioned); whether there was one."""
+        try:
+            os.remove(self._applied_path(node))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _planned_models(self) -> str:
+        return os.path.join(self._dir("deploy"), "planned-models.json")
+
+    def plan(self, runtime: bool = True, drain: str = "auto", save: bool = True) -> dict[str, Any]:
+        """The rolling deploy's steps, each node compared with what it runs (:meth:`applied`, else the
+        catalog deployed last); keeps the planned catalog and models for :meth:`mark_deployed` and
+        :meth:`mark_applied` (not with ``save=False``: a dry run writes nothing)."""
         if drain not in DRAIN_MODES:
             return {"result": False, "comment": f"drain must be one of {', '.join(DRAIN_MODES)}, not {drain!r}",
                     "steps": []}
@@ -133,15 +188,26 @@ class Master:
             for minion, (_rc, st) in self.cmd(speakers, "anycastlb.status", None, 30).items():
                 if isinstance(st, dict) and st.get("drain_file") and st.get("drain_reason") != ORCHESTRATE:
                     drained[minion] = f"drain file, reason: {st.get('drain_reason') or 'none given'}"
-        deployed, basis = self.deployed_fleet() if drain == "auto" else (None, "drain=always: every node is drained")
-        steps = plan(fleet, drained, deployed, drain)
+        deployed, basis = self.deployed_fleet()
+        applied = {n: r["model"] for n, r in self.applied().items()}
+        if applied:
+            basis = (f"compared with what each node last applied ({len(applied)} recorded"
+                     + (f"; the others with the catalog deployed last)" if deployed is not None else ")"))
+        if drain == "always":
+            basis += "; drain=always: every node with another announcer is drained"
+        steps = plan(fleet, drained, deployed, drain, applied=applied)
         out = out_at_once(steps, fleet)
         ret = {"result": True, "catalog": res.catalog, "comment": f"{res.summary}; {basis}",
                "steps": [s.as_dict() for s in steps], "out_at_once": out}
         over = sorted(c for c, n in out.items() if n > 1)
         if over:  # the plan's promise; never kept a deploy that breaks it
             return {**ret, "result": False, "comment": f"the plan takes more than one node of {', '.join(over)} out"}
-        snapshot(res.catalog, self._deploy_dir("planned"))
+        if save:
+            snapshot(res.catalog, self._deploy_dir("planned"))
+            tmp = self._planned_models() + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"catalog": res.catalog, "at": time.time(), "models": dict(fleet.nodes.items())}, fh)
+            os.replace(tmp, self._planned_models())
         return ret
 
     def mark_deployed(self, from_plan: bool = False) -> dict[str, Any]:
@@ -268,6 +334,46 @@ class Master:
                                         f"route reflectors {', '.join(rrs)} carry {len(expect)} prefix(es) via it")
         return ret
 
+    def decommission(self, node: str, timeout: float = 30, force: bool = False) -> dict[str, Any]:
+        """A node the catalog no longer names: drained (the route reflectors carry no path via it), then
+        everything anycastlb put on it taken away (daemons stopped and disabled, configs, VIPs, the
+        firewall table) while it can be reached. An unreachable node only has to be gone from the
+        routes: its record is kept, so the next deploy tries again."""
+        ret: dict[str, Any] = {"node": node, "result": False, "step": "decommission"}
+        fleet = self._fleet(ret)
+        if fleet is None:
+            return ret
+        if node in fleet.nodes and not force:
+            return {**ret, "comment": f"{node} is still in the catalog: remove it there first (the deploy then "
+                                      f"decommissions it), or force=True"}
+        deployed, _ = self.deployed_fleet()
+        old = (self.applied().get(node) or {}).get("model") or (deployed.nodes.get(node) if deployed else None)
+        addrs = node_addresses(old) if old else []
+        t0 = time.monotonic()
+        got = self.cmd([node], "anycastlb.drain", {"timeout": timeout, "reason": "decommission"}, timeout + 30)
+        drained = got.get(node)
+        rrs = self._rrs(fleet)
+        problems: list[str] = []
+        if addrs and rrs:
+            waits = self.cmd(rrs, "anycastlb.wait_routes", {"via": addrs, "timeout": timeout}, timeout + 30)
+            problems = [f"{rr}: {_silent(waits.get(rr))}" for rr in rrs if waits.get(rr, (1,))[0] != 0]
+        if problems:
+            return {**ret, "drain": _silent(drained), "comment": f"{node}: still carried: " + "; ".join(problems)}
+        done = self.cmd([node], "anycastlb.decommission", {"force": force}, timeout + 60).get(node)
+        ms = round((time.monotonic() - t0) * 1000)
+        ret.update(seconds=round(ms / 1000, 2), drain=_silent(drained) if drained else "did not answer")
+        if done is None:
+            ret.update(result=True, comment=f"{node}: does not answer; no route reflector carries a path via it. "
+                                            f"Its daemons could not be stopped: the next deploy tries again "
+                                            f"(or salt-run anycastlb.decommission node={node})")
+            return ret
+        if done[0] != 0 or not isinstance(done[1], dict):
+            return {**ret, "comment": f"{node}: decommission failed: {_silent(done)}"}
+        self.forget_applied(node)
+        ret.update(result=True, changes=done[1].get("changes", {}),
+                   comment=f"{node}: decommissioned in {ms} ms: {done[1].get('comment')}")
+        return ret
+
     def routes(self) -> dict[str, Any]:
         """Route reflector → prefix → the nodes it carries a path from."""
         ret: dict[str, Any] = {"result": False}
@@ -282,14 +388,34 @@ class Master:
         return {"result": True, "routes": out}
 
     def checkout(self, rev: str = "", remote: str = "origin") -> dict[str, Any]:
-        """Bring the catalog's git checkout to ``rev`` (else fast-forward); nothing is linted here."""
+        """Stage the pushed commit ``rev`` (else the remote's head), lint it there, and only then make it
+        the catalog the ext_pillar reads. With ``repo`` in the ext_pillar config: a release directory per
+        commit and an atomic symlink switch of ``live`` (see :func:`.git.stage_release`); without it: the
+        git work tree holding ``catalog`` is moved after the staged copy passed lint."""
         catalog = str(self.config.get("catalog") or "")
+        secrets = self.config.get("secrets")
         ret: dict[str, Any] = {"result": False, "catalog": catalog}
+
+        def check(path: str) -> Lint:
+            return lint(path, secrets)
+
+        repo = str(self.config.get("repo") or "")
         try:
-            head, changed = git_checkout(catalog, str(rev or ""), remote)
+            if repo:
+                live = str(self.config.get("live") or (os.path.dirname(catalog) if catalog.endswith((".yaml", ".yml"))
+                                                       else catalog))
+                rel = os.path.relpath(catalog, live)
+                if rel.startswith(".."):
+                    return {**ret, "comment": f"the catalog {catalog} is not under live {live}"}
+                head, changed = stage_release(repo, live, "" if rel == "." else rel,
+                                              os.path.join(self._dir(), "catalog.git"), str(rev or ""), check)
+            else:
+                head, changed = git_checkout(catalog, str(rev or ""), remote, self._dir("staging"), check)
+        except StageRefused as exc:
+            return {**ret, "rev": exc.commit, "comment": str(exc), "errors": exc.verdict.errors}
         except GitError as exc:
             return {**ret, "comment": str(exc)}
         ret.update(result=True, rev=head, changed=changed,
-                   comment=(f"catalog checkout now at {head}" if changed else
-                            f"catalog checkout already at {head}" if head else "the catalog is not in a git work tree"))
+                   comment=(f"catalog now at {head} (staged and linted first)" if changed else
+                            f"catalog already at {head}" if head else "the catalog is not in a git work tree"))
         return ret

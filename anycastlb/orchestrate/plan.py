@@ -10,12 +10,13 @@ from ..compiler import Fleet
 #: The drain reason an orchestration writes into the drain file (see :func:`anycastlb.minion.set_drain`).
 ORCHESTRATE = "orchestrate"
 
-PHASES = ("route-reflectors", "clusters", "anycast", "backends", "monitoring", "other")
+PHASES = ("leaving", "route-reflectors", "clusters", "anycast", "backends", "monitoring", "other")
 
 
 @dataclass(frozen=True)
 class Step:
-    """One node's turn: ``actions`` among drain/remember, apply, verify, undrain/announced, in that order."""
+    """One node's turn: ``actions`` among drain/remember, apply, verify, undrain/announced, in that order
+    (phase ``leaving``: ``drain`` alone, or ``decommission`` for a node the catalog no longer names)."""
 
     node: str
     phase: str
@@ -23,6 +24,7 @@ class Step:
     actions: tuple[str, ...]
     pending: tuple[str, ...] = ()  # HAProxy backends that may still be down at verify (their servers come later)
     note: str = ""
+    hash: str = ""  # the node's model (anycastlb.model.model_hash): what verify checks and the master records
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -34,8 +36,12 @@ def _active(model: Mapping[str, Any]) -> bool:
     return model.get("state", "active") == "active"
 
 
-def _speaker(model: Mapping[str, Any]) -> bool:
-    return bool(model.get("bgp")) and model["bgp"].get("role") == "speaker"
+def _speaker(model: Mapping[str, Any] | None) -> bool:
+    return bool(model and model.get("bgp")) and model["bgp"].get("role") == "speaker"  # type: ignore[index]
+
+
+def _announce(model: Mapping[str, Any] | None) -> set[str]:
+    return set(((model or {}).get("bgp") or {}).get("announce") or []) if _speaker(model) else set()
 
 
 def routing_change(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
@@ -102,20 +108,45 @@ def _joining(node: str, group: str, deployed: Mapping[str, Any] | None) -> bool:
     return group not in ((before.get("haproxy") or {}).get("clusters") or [])
 
 
+def _cluster_order(clusters: dict[str, list[str]], nodes: Mapping[str, Any],
+                   before: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The clusters in the order they first appear, except that a cluster that takes over a prefix
+    another one gives up (a service moved) comes first: the VIP is announced before it is withdrawn."""
+    def prefixes(c: str, models: Mapping[str, Any]) -> set[str]:
+        return {p for n, m in models.items() if m and c in ((m.get("haproxy") or {}).get("clusters") or [])
+                for p in _announce(m)}
+    gains = {c: prefixes(c, nodes) - prefixes(c, before) for c in clusters}
+    losses = {c: prefixes(c, before) - prefixes(c, nodes) for c in clusters}
+    order: list[str] = []
+    pending = list(clusters)
+    while pending:  # a cluster may go once no other pending cluster still has to gain what it loses
+        ready = [c for c in pending if not any(losses[c] & gains[o] for o in pending if o != c)] or pending[:1]
+        order.append(ready[0])
+        pending.remove(ready[0])
+    return order
+
+
 def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), deployed: Fleet | None = None,
-         drain: str = "auto") -> list[Step]:
+         drain: str = "auto", applied: Mapping[str, Mapping[str, Any]] | None = None) -> list[Step]:
     """Every node of the fleet once, in deploy order (see the module docstring).
 
     ``runtime_drained``: nodes whose drain file an operator wrote (node → reason); they
-    are applied drained and left drained. ``deployed``: the fleet of the catalog last
-    deployed; with ``drain="auto"`` it decides which nodes need a drain (without it,
-    every node with another announcer is drained).
+    are applied drained and left drained. ``applied``: per node, the model it last applied
+    successfully (what it runs); for a node without one, ``deployed`` (the fleet of the
+    catalog last deployed as a whole) stands in. With ``drain="auto"`` they decide which
+    nodes need a drain (a node with neither is drained).
+
+    A node that ran before and is no longer a BGP speaker (it left its cluster, lost its
+    anycast service) is drained first, before the route reflectors drop its sessions
+    (phase ``leaving``); a node the catalog no longer names is decommissioned there
+    (``salt-run anycastlb.decommission``).
     """
     if drain not in DRAIN_MODES:
         raise ValueError(f"drain must be one of {', '.join(DRAIN_MODES)}, not {drain!r}")
-    if deployed is None:
+    before: dict[str, Mapping[str, Any]] = dict(deployed.nodes) if deployed is not None else {}
+    before.update(applied or {})
+    if not before:
         drain = "always"
-    before = deployed.nodes if deployed is not None else {}
     rd = dict(runtime_drained) if isinstance(runtime_drained, Mapping) else {n: "" for n in runtime_drained}
     nodes = fleet.nodes
     order = list(nodes)
@@ -126,20 +157,33 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
         placed.add(step.node)
         steps.append(step)
 
+    # 0. leaving: nodes that stop speaking BGP are drained while their sessions are up; removed nodes go
+    leaving: set[str] = set()
+    for n in before:
+        if n not in nodes:
+            steps.append(Step(n, "leaving", "removed from the catalog", ("decommission",),
+                              note="not in the catalog any more: drained, then its daemons stopped and disabled, "
+                                   "its configs and VIPs removed (salt-run anycastlb.decommission)"))
+    for n, old in before.items():
+        if n in nodes and _announce(old) and not _speaker(nodes[n]) and n not in rd:
+            leaving.add(n)
+            steps.append(Step(n, "leaving", "stops announcing", ("drain",),
+                              note="no longer a BGP speaker: drained before the route reflectors drop it"))
     # 1. route reflectors
     for n in order:
         if "route-reflector" in nodes[n]["roles"]:
             add(Step(n, "route-reflectors", "route reflectors", ("apply", "verify")))
-    # 2. HAProxy clusters, in the order they first appear
-    clusters: dict[str, list[str]] = {}
+    # 2. HAProxy clusters, in the order they first appear (a cluster taking over a VIP first)
+    found: dict[str, list[str]] = {}
     for n in order:
         hap = nodes[n]["haproxy"]
         for c in hap["clusters"] if hap else []:
-            clusters.setdefault(c, []).append(n)
+            found.setdefault(c, []).append(n)
+    clusters = {c: found[c] for c in _cluster_order(found, nodes, before)}
     managed_later = {n for n in order if {"backend", "apache"} & set(nodes[n]["roles"])}
     for cname, members in clusters.items():
         active = [m for m in members if _active(nodes[m]) and m not in rd]
-        for n in sorted(members, key=lambda m: _joining(m, cname, before if deployed else None)):
+        for n in sorted(members, key=lambda m: _joining(m, cname, before or None)):
             if n in placed:
                 continue
             hap = nodes[n]["haproxy"]
@@ -149,7 +193,7 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
                 if b["servers"] and all(s["managed"] and s["name"] in managed_later for s in b["servers"])))
             add(_rolling(n, nodes[n], "clusters", f"cluster {cname}", active, rd, pending, before.get(n), drain))
     # 3. anycast backends: the other announcers are the nodes sharing one of its VIPs (new ones last)
-    for n in sorted(order, key=lambda m: _joining(m, "anycast", before if deployed else None)):
+    for n in sorted(order, key=lambda m: _joining(m, "anycast", before or None)):
         if n in placed or "anycast" not in nodes[n]["roles"]:
             continue
         bgp = nodes[n]["bgp"]
@@ -171,6 +215,15 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
     rest.sort(key=lambda n: "salt-master" in nodes[n]["roles"])
     for n in rest:
         add(Step(n, "other", "salt-master" if "salt-master" in nodes[n]["roles"] else "other", ("apply", "verify")))
+    from ..model import model_hash
+
+    for i, s in enumerate(steps):
+        if s.node not in nodes:
+            continue
+        note = s.note
+        if s.node in leaving and s.phase != "leaving":
+            note = (note + "; " if note else "") + "drained before (phase leaving): what it no longer runs is retired"
+        steps[i] = Step(**{**s.__dict__, "note": note, "hash": model_hash(nodes[s.node])})
     return steps
 
 
@@ -178,6 +231,8 @@ def out_at_once(steps: Sequence[Step], fleet: Fleet) -> dict[str, int]:
     """Cluster → the most active nodes the plan has out (drained) at the same time (1 or 0)."""
     out: dict[str, int] = {}
     for s in steps:
+        if s.node not in fleet.nodes:
+            continue
         hap = fleet.nodes[s.node]["haproxy"]
         for c in hap["clusters"] if hap else []:
             out[c] = max(out.get(c, 0), 1 if "drain" in s.actions and "undrain" in s.actions else 0)

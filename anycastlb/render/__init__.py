@@ -103,7 +103,10 @@ class DaemonSpec:
     directory copied whole into the staging root before the check (apache2 and
     Icinga2 are validated as a whole tree); ``owned`` are glob patterns of files
     this daemon's renderer owns — an owned file that is no longer rendered is
-    removed. ``wanted(model)`` says whether the node runs this daemon at all.
+    removed (``**`` matches any depth). ``wanted(model)`` says whether the node runs
+    this daemon at all. ``leaves`` are the other files it writes (its main config):
+    when the node stops running the daemon they go too, if they carry :data:`HEADER`
+    (see :func:`anycastlb.minion.retire`).
     """
 
     name: str
@@ -113,6 +116,7 @@ class DaemonSpec:
     check: Callable[[str, list[RenderedFile]], CheckResult]
     tree: tuple[str, ...] = ()
     owned: tuple[str, ...] = ()
+    leaves: tuple[str, ...] = ()
     binary: str = ""
     packages: tuple[str, ...] = field(default_factory=tuple)
     #: Masks the secret values in one of its secret files (``password "**********"``), so its
@@ -135,6 +139,14 @@ def under(root: str, path: str) -> str:
     if root in ("", "/"):
         return path
     return os.path.join(root, path.lstrip("/"))
+
+
+def owned_files(spec: "DaemonSpec", root: str = "/") -> list[str]:
+    """The files (not directories) under ``root`` that match one of ``spec.owned``, sorted."""
+    import glob
+
+    found = {p for pattern in spec.owned for p in glob.glob(under(root, pattern), recursive=True)}
+    return sorted(p for p in found if os.path.isfile(p) or os.path.islink(p))
 
 
 def confine(root: str, path: str) -> str:

@@ -152,7 +152,7 @@ SPEC = DaemonSpec(
            f"{CONFDIR}/conf-enabled/anycastlb.conf",
            f"{CONFDIR}/sites-enabled/000-default.conf",
            f"{CONFDIR}/sites-enabled/anycastlb-*.conf",
-           f"{WWW}/*/index.html"),
+           f"{WWW}/**"),
     binary="apache2",
     packages=("apache2",),
 )

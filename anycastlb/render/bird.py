@@ -100,6 +100,7 @@ SPEC = DaemonSpec(
     wanted=lambda m: m.get("bgp") is not None,
     render=render,
     check=check,
+    leaves=(CONFIG,),
     binary="bird",
     packages=("bird2",),
 )

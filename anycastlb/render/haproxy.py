@@ -101,6 +101,7 @@ SPEC = DaemonSpec(
     render=render,
     check=check,
     owned=(f"{CERT_DIR}/anycastlb-*.pem",),
+    leaves=(CONFIG,),
     binary="haproxy",
     packages=("haproxy",),
 )

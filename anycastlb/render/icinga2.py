@@ -298,6 +298,7 @@ SPEC = DaemonSpec(
     tree=(CONFDIR, "/var/lib/icinga2/certs"),
     # icinga2.conf is written in standalone mode only and never removed: in conf.d mode it is the site's
     owned=(f"{OURS}/*.conf", POLL_SPEC, f"{PLUGIN_DIR}/*"),
+    leaves=(f"{CONFDIR}/icinga2.conf",),  # ours (standalone) only when it carries our header
     binary="icinga2",
     packages=("icinga2", "monitoring-plugins"),
 )

@@ -36,7 +36,8 @@ COPY_HOPS = 1
 # There is no process: the kernel holds the ruleset. Loading the file replaces our table
 # whole; the probe exits 0 while our table is loaded.
 SERVICE = Service(name="nftables", unit="", command=("nft", "-f", PATH), paths=(PATH,), pidfile="",
-                  oneshot=True, probe=("nft", "list", "table", "inet", TABLE))
+                  oneshot=True, probe=("nft", "list", "table", "inet", TABLE),
+                  unload=("nft", "delete", "table", "inet", TABLE))
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 

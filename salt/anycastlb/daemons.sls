@@ -6,6 +6,11 @@
     are installed first, /etc/nftables.conf (Debian's nftables.service loads it at
     boot, before the network) includes our table, and every daemon's unit is
     enabled, so a rebooted node comes back by itself. #}
+{#- First what this node no longer runs (a role it lost): stopped, disabled, its files and
+    VIPs gone (`salt-call anycastlb.retire test=True` shows what). #}
+anycastlb-retired:
+  anycastlb.retired:
+    - name: daemons this node no longer runs
 {%- set units = salt['anycastlb.units']() %}
 {%- for path, text in units.files | dictsort %}
 

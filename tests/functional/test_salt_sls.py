@@ -40,6 +40,8 @@ def test_lb1_gets_packages_then_daemons_in_registry_order(make_minion_opts, tmp_
          "(modprobe nf_conntrack 2>/dev/null || true) && sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=1"),
         ("anycastlb-packages-bird", "pkg.installed", "anycastlb-packages-bird"),
         ("anycastlb-packages-haproxy", "pkg.installed", "anycastlb-packages-haproxy"),
+        # what the node no longer runs goes first (a role it lost)
+        ("anycastlb-retired", "anycastlb.retired", "daemons this node no longer runs"),
     ] + [(f"anycastlb-{d}", "anycastlb.configured", d) for d in daemons]
 
 

@@ -1,63 +1,89 @@
 {#- The rolling deploy: `salt-run state.orchestrate anycastlb.orch.deploy`.
 
     The order and the actions come from the runner (`salt-run anycastlb.plan`, logic in
-    anycastlb/orchestrate.py); this file only lays them out as states. Every state is
+    anycastlb/orchestrate/); this file only lays them out as states. Every state is
     failhard: the first failure stops the run, the remaining nodes are left untouched,
     and the failed state's id names the node and the step (`drain lb1`, `apply lb1` ...).
 
     Optional pillar (salt-run state.orchestrate anycastlb.orch.deploy pillar='{...}'):
       anycastlb_deploy:
-        timeout: 30        # seconds to wait for a drain, an undrain, a verify
+        timeout: 30        # seconds to wait for a drain, an undrain, a verify, a decommission
+        apply_timeout: 600 # seconds to wait for one node's state.apply
         drain: auto        # auto: drain only nodes whose change may reach the routers
-                           # (against the catalog deployed last); always: every node
+                           # (against what each node last applied); always: every node
         exclude: []        # state ids (or sls) left out of every node's apply
         nodes: []          # deploy only these nodes (still in plan order)
-        rev: <commit>      # first check the master's catalog checkout out at this commit
-                           # (the reactor passes the pushed commit; "" = fast-forward)
+        rev: <commit>      # first stage this commit of the catalog repository, lint it
+                           # there, and only then switch the catalog the pillar reads
+                           # (the reactor passes the pushed commit; "" = the branch head)
+
+    `test=True` changes nothing anywhere: no lock, no checkout, no plan file; the plan of
+    the catalog the pillar reads now is laid out and every state reports what it would do.
 #}
-{%- set opts = salt['pillar.get']('anycastlb_deploy', {}) %}
-{%- set timeout = opts.get('timeout', 30) %}
-{%- set only = opts.get('nodes', []) %}
-{%- set rev = opts.get('rev') %}
+{%- set cfg = salt['pillar.get']('anycastlb_deploy', {}) %}
+{%- set dry = opts.get('test', False) %}
+{%- set timeout = cfg.get('timeout', 30) | int %}
+{%- set apply_timeout = cfg.get('apply_timeout', 600) | int %}
+{%- set only = cfg.get('nodes', []) %}
+{%- set rev = cfg.get('rev') %}
 {#- One deploy at a time: the lock is taken while this file renders (before the checkout
     and the plan) by the process that runs the orchestration, and given back by the last
     state. A deploy that stops on a failure frees it when its process ends. #}
+{%- if dry %}
+{%- set lock = {'result': True, 'comment': 'test=True: no lock taken, nothing written'} %}
+{%- else %}
 {%- set lock = salt['saltutil.runner']('anycastlb.lock') %}
+{%- endif %}
 {%- set locked = lock is mapping and lock.get('result') %}
 
 deploy lock:
   test.{{ 'succeed' if locked else 'fail' }}_without_changes:
-    - name: "{{ (lock.get('comment') if lock is mapping else lock) | string | replace('"', "'") }}"
+    - name: {{ (lock.get('comment') if lock is mapping else lock) | string | json }}
     - failhard: True
 {%- if locked %}
-{%- if rev is not none %}
-{#- From the reactor (a push or your CI): bring the master's catalog checkout to the pushed
-    commit first, so that the plan and the pillar are the new catalog's. #}
+{%- if rev is not none and not dry %}
+{#- From the reactor (a push or your CI): stage the pushed commit, lint it there, and
+    only then switch the catalog the pillar reads, so that the plan is the new catalog's. #}
 {%- set checkout = salt['saltutil.runner']('anycastlb.checkout', rev=rev) %}
+{%- else %}
+{%- set checkout = {'result': True, 'comment': 'test=True: the commit ' ~ rev ~ ' would be staged, linted and switched to' if rev is not none else ''} %}
 {%- endif %}
-{%- set plan = salt['saltutil.runner']('anycastlb.plan', drain=opts.get('drain', 'auto')) %}
+{%- set staged = checkout is mapping and checkout.get('result') %}
 {%- if rev is not none %}
 
 catalog checkout:
-  test.{{ 'succeed' if checkout is mapping and checkout.get('result') else 'fail' }}_without_changes:
-    - name: "{{ (checkout.get('comment') if checkout is mapping else checkout) | string | replace('"', "'") }}"
+  test.{{ 'succeed' if staged else 'fail' }}_without_changes:
+    - name: {{ (checkout.get('comment') if checkout is mapping else checkout) | string | json }}
     - failhard: True
 {%- endif %}
+{%- if staged %}
+{%- set plan = salt['saltutil.runner']('anycastlb.plan', drain=cfg.get('drain', 'auto'), save=not dry) %}
 
 lint catalog:
   salt.runner:
     - name: anycastlb.lint
     - failhard: True
-{%- if plan is not mapping %}
+{%- if plan is not mapping or not plan.get('result') %}
 
 plan:
   test.fail_without_changes:
-    - name: "salt-run anycastlb.plan failed: {{ plan | string | replace('"', "'") }}"
+    - name: {{ ('salt-run anycastlb.plan failed: ' ~ ((plan.get('comment') ~ ' ' ~ (plan.get('errors') or []) | join('; ')) if plan is mapping else plan | string)) | json }}
     - failhard: True
 {%- endif %}
 {%- if plan is mapping and plan.get('result') %}
 {%- for step in plan.get('steps', []) if not only or step.node in only %}
 {%- set node = step.node %}
+{%- if 'decommission' in step.actions %}
+
+{#- Not in the catalog any more: drained, then its daemons stopped and disabled, its configs
+    and VIPs removed, while it answers (salt-run anycastlb.decommission). #}
+decommission {{ node }}:
+  salt.runner:
+    - name: anycastlb.decommission
+    - node: {{ node }}
+    - timeout: {{ timeout }}
+    - failhard: True
+{%- endif %}
 {%- if 'drain' in step.actions %}
 
 drain {{ node }}:
@@ -77,6 +103,7 @@ remember {{ node }}:
     - node: {{ node }}
     - failhard: True
 {%- endif %}
+{%- if 'apply' in step.actions %}
 
 {#- Only the anycastlb states (salt/anycastlb/init.sls), never the site's highstate. #}
 apply {{ node }}:
@@ -84,17 +111,23 @@ apply {{ node }}:
     - tgt: {{ node }}
     - sls: anycastlb
     - expect_minions: True
+    - timeout: {{ apply_timeout }}
     - failhard: True
-{%- if opts.get('exclude') %}
-    - exclude: {{ opts.exclude | json }}
+{%- if cfg.get('exclude') %}
+    - exclude: {{ cfg.exclude | json }}
 {%- endif %}
+{%- endif %}
+{%- if 'verify' in step.actions %}
 
+{#- Against the model the plan gave this node (the new catalog's), never the old one. #}
 verify {{ node }}:
   salt.function:
     - name: anycastlb.verify
     - tgt: {{ node }}
-    - kwarg: {{ {'pending': step.pending, 'timeout': timeout} | json }}
+    - kwarg: {{ {'pending': step.pending, 'timeout': timeout, 'expect': step.hash} | json }}
+    - timeout: {{ timeout + 30 }}
     - failhard: True
+{%- endif %}
 {%- if 'undrain' in step.actions %}
 
 undrain {{ node }}:
@@ -114,8 +147,18 @@ announced {{ node }}:
     - timeout: {{ timeout }}
     - failhard: True
 {%- endif %}
+{%- if 'verify' in step.actions and not cfg.get('exclude') %}
+
+{#- The next plan compares this node with what it runs now. #}
+applied {{ node }}:
+  salt.runner:
+    - name: anycastlb.mark_applied
+    - node: {{ node }}
+    - hash: {{ step.hash | json }}
+    - failhard: True
+{%- endif %}
 {%- endfor %}
-{%- if not only and not opts.get('exclude') %}
+{%- if not only and not cfg.get('exclude') %}
 
 {#- Every node has the planned catalog now: the next plan compares with it. #}
 mark deployed:
@@ -132,9 +175,12 @@ acme renew:
   salt.runner:
     - name: anycastlb.renew
 {%- endif %}
+{%- endif %}
+{%- if not dry %}
 
 deploy unlock:
   salt.runner:
     - name: anycastlb.unlock
     - order: last
+{%- endif %}
 {%- endif %}

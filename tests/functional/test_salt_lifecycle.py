@@ -1,0 +1,78 @@
+"""Issue 13 through Salt's loader: verify judges the new catalog, decommission refuses a node still named,
+the reactor quotes the event's rev."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anycastlb import minion
+from anycastlb.compiler import compile_catalog
+from anycastlb.model import model_hash
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class AlwaysRunning:
+    """A service control for which every daemon runs (verify's daemon check passes)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def running(self, name: str) -> bool:
+        return True
+
+
+@pytest.fixture
+def salt_node(tmp_path, campus_catalog, make_minion_opts, monkeypatch):
+    """The loaders of minion ``salt`` (it runs only nftables), over a catalog this test may edit."""
+    from saltfactories.utils.functional import Loaders
+
+    catalog = tmp_path / "campus.yaml"
+    shutil.copy(campus_catalog, catalog)
+    monkeypatch.setattr(minion, "control_factory", AlwaysRunning)
+    lds = Loaders(make_minion_opts(tmp_path / "minion", "salt", catalog, None))
+    yield lds, catalog
+    lds.reset_state()
+
+
+def test_verify_judges_the_catalog_the_master_serves_now_not_the_loaded_pillar(salt_node):
+    loaders, catalog = salt_node
+    old = model_hash(compile_catalog(catalog).nodes["salt"])
+    ret = loaders.modules.anycastlb.verify(expect=old, timeout=1)
+    assert ret["result"] is True and ret["model"] == old, ret
+    # the catalog changes after the minion loaded its pillar (as a deploy's apply does)
+    data = yaml.safe_load(catalog.read_text())
+    data["management"].append("203.0.113.0/24")
+    catalog.write_text(yaml.safe_dump(data))
+    new = model_hash(compile_catalog(catalog).nodes["salt"])
+    assert new != old
+    ret = loaders.modules.anycastlb.verify(expect=new, timeout=1)
+    assert ret["result"] is True and ret["model"] == new, ret
+    with pytest.raises(Exception, match="not the planned catalog"):  # a plan of a third catalog
+        loaders.modules.anycastlb.verify(expect="0" * 16, timeout=1)
+
+
+def test_decommission_refuses_a_node_the_catalog_still_names(salt_node):
+    loaders, _ = salt_node
+    with pytest.raises(Exception, match="still names this node"):
+        loaders.modules.anycastlb.decommission()
+
+
+def test_reactor_passes_a_hostile_rev_as_data_never_as_yaml(tmp_path, make_minion_opts, campus_catalog):
+    """The rev of the event is pasted as JSON: a newline and YAML of its own stay one string."""
+    from saltfactories.utils.functional import Loaders
+
+    loaders = Loaders(make_minion_opts(tmp_path / "minion", "salt", campus_catalog, None))
+    try:
+        hostile = 'abc"\n      - pillar: {anycastlb_deploy: {nodes: [x]}}\n# '
+        text = (REPO / "salt/anycastlb/reactor/catalog_changed.sls").read_text()
+        out = loaders.modules.slsutil.renderer(string=text, default_renderer="jinja|yaml",
+                                               data={"rev": hostile})
+    finally:
+        loaders.reset_state()
+    args = out["anycastlb-catalog-changed"]["runner.state.orchestrate"][0]["args"]
+    assert args[0] == {"mods": "anycastlb.orch.deploy"}
+    assert args[1] == {"pillar": {"anycastlb_deploy": {"rev": hostile}}}
