@@ -31,3 +31,40 @@ def campus_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "bgp_passwords": {"unused": "never handed to any minion"}}))
     path.chmod(0o600)
     return path
+
+
+class CatalogRepo:
+    """A bare catalog repository (``bare``) whose first commit is ``text`` as ``campus.yaml``, and an
+    operator's clone (``work``) that :meth:`push` commits and pushes from."""
+
+    GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"]
+
+    def __init__(self, root: Path, text: str) -> None:
+        self.bare, self.work = root / "catalog.git", root / "operator"
+        self.git("init", "--quiet", "--bare", str(self.bare))
+        self.git("clone", "--quiet", str(self.bare), str(self.work))
+        self.first = self.push(text, "first")
+
+    def git(self, *args: str, cwd: Path | None = None) -> str:
+        import subprocess
+
+        return subprocess.run([*self.GIT, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+    def push(self, text: str, message: str) -> str:
+        """Commit ``text`` as campus.yaml and push it to main; → the commit id."""
+        (self.work / "campus.yaml").write_text(text)
+        self.git("add", "-A", cwd=self.work)
+        self.git("commit", "--quiet", "-m", message, cwd=self.work)
+        self.git("push", "--quiet", "origin", "HEAD:main", cwd=self.work)
+        return self.git("rev-parse", "HEAD", cwd=self.work)
+
+    def clone(self, dest: Path) -> Path:
+        """A checkout of the repository (as a master's catalog work tree)."""
+        self.git("clone", "--quiet", str(self.bare), str(dest))
+        return dest
+
+
+@pytest.fixture(scope="session")
+def catalog_repo():
+    """:class:`CatalogRepo` as a fixture: ``catalog_repo(root, text)``."""
+    return CatalogRepo

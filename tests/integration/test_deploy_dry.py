@@ -19,11 +19,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"]
 
 
-def git(*args: str, cwd: Path | None = None) -> str:
-    return subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+def head(work: Path) -> str:
+    return subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -34,21 +34,11 @@ def salt_factories_default_root_dir():
 
 
 @pytest.fixture(scope="module")
-def checkout(tmp_path_factory, campus_catalog):
+def checkout(tmp_path_factory, campus_catalog, catalog_repo):
     """The master's catalog checkout (one commit) and the commit pushed after it: (checkout, new rev)."""
-    d = tmp_path_factory.mktemp("git")
-    bare, op, work = d / "catalog.git", d / "operator", d / "checkout"
-    git("init", "--quiet", "--bare", str(bare))
-    git("clone", "--quiet", str(bare), str(op))
-    (op / "campus.yaml").write_text(campus_catalog.read_text())
-    git("add", "-A", cwd=op)
-    git("commit", "--quiet", "-m", "one", cwd=op)
-    git("push", "--quiet", "origin", "HEAD:main", cwd=op)
-    git("clone", "--quiet", str(bare), str(work))
-    (op / "campus.yaml").write_text(campus_catalog.read_text().replace("weight: 50", "weight: 60"))
-    git("commit", "--quiet", "-am", "two", cwd=op)
-    git("push", "--quiet", "origin", "HEAD:main", cwd=op)
-    return work, git("rev-parse", "HEAD", cwd=op)
+    repo = catalog_repo(tmp_path_factory.mktemp("git"), campus_catalog.read_text())
+    work = repo.clone(repo.bare.parent / "checkout")
+    return work, repo.push(campus_catalog.read_text().replace("weight: 50", "weight: 60"), "two")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +60,7 @@ def _files(d: Path) -> list[str]:
 
 def test_a_dry_deploy_changes_nothing_anywhere(master, checkout):
     work, rev = checkout
-    head = git("rev-parse", "HEAD", cwd=work)
+    before_head = head(work)
     state = Path(master.config["cachedir"]) / "anycastlb"
     before = _files(state)
     ret = master.salt_run_cli(timeout=180).run(
@@ -86,5 +76,5 @@ def test_a_dry_deploy_changes_nothing_anywhere(master, checkout):
     assert {"apply rr1", "drain lb1", "verify lb1", "undrain lb1", "applied lb1"} <= set(by)
     assert by["verify lb1"]["result"] is None and by["applied lb1"]["result"] is None
     assert "deploy unlock" not in by, "no lock was taken, none is given back"
-    assert git("rev-parse", "HEAD", cwd=work) == head, "no checkout"
+    assert head(work) == before_head, "no checkout"
     assert _files(state) == before == [], "no plan file, no lock, no staging"

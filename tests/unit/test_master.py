@@ -6,11 +6,15 @@ runs against real minions and route reflectors in tests/integration/test_ops_lab
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from anycastlb.orchestrate import Master, config_of, expected_back
+from anycastlb.orchestrate.git import GitError, stage_release
 
 
 class Minions:
@@ -22,8 +26,9 @@ class Minions:
 
     def __call__(self, targets, fun, kwarg, wait):
         self.calls.append((tuple(targets), fun, kwarg))
-        a = self.answers[fun]
-        return {t: a(t, kwarg) if callable(a) else a for t in targets}
+        a = self.answers.get(fun)  # no answer (None): the minion did not answer
+        out = {t: a(t, kwarg) if callable(a) else a for t in targets}
+        return {t: v for t, v in out.items() if v is not None}
 
 
 def status(announced: list[str]):
@@ -92,3 +97,131 @@ def test_lint_reads_the_secrets_store_of_the_ext_pillar(tmp_path, campus_catalog
     conf = config_of([{"anycastlb": {"catalog": str(campus_catalog), "secrets": str(campus_secrets)}}])
     res = Master(conf, str(tmp_path), Minions({})).lint()
     assert res.ok, res.errors
+
+
+# ----------------------------------------------------------------- issue 13: per-node records, decommission, staging
+
+
+def _catalog(tmp_path: Path, campus_catalog: Path, edit=None, name: str = "campus.yaml") -> Path:
+    data = yaml.safe_load(campus_catalog.read_text())
+    if edit:
+        edit(data)
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _master(tmp_path: Path, catalog: Path, answers: dict[str, Any], **conf: Any) -> tuple[Master, Minions]:
+    m = Minions(answers)
+    return Master(config_of([{"anycastlb": {"catalog": str(catalog), **conf}}]), str(tmp_path / "cache"), m), m
+
+
+def test_each_node_is_planned_against_what_it_last_applied(tmp_path, campus_catalog):
+    catalog = _catalog(tmp_path, campus_catalog)
+    m, _ = _master(tmp_path, catalog, {})
+    first = m.plan(runtime=False)
+    assert "no deployed catalog recorded" in first["comment"]
+    lb1 = next(s for s in first["steps"] if s["node"] == "lb1")
+    assert m.mark_applied("lb1", "0" * 16)["result"] is False, "a hash that is not the plan's"
+    assert m.mark_applied("lb1", lb1["hash"])["result"] is True
+    assert set(m.applied()) == {"lb1"}
+    # the deploy stopped after lb1: the next plan applies lb1 in place, lb2 (no record) is drained
+    again = {s["node"]: s for s in m.plan(runtime=False)["steps"]}
+    assert again["lb1"]["actions"] == ["remember", "apply", "verify", "announced"]
+    assert again["lb2"]["actions"][0] == "drain"
+    assert "what each node last applied (1 recorded" in m.plan(runtime=False)["comment"]
+
+
+def test_a_dry_plan_writes_nothing(tmp_path, campus_catalog):
+    m, _ = _master(tmp_path, campus_catalog, {})
+    assert m.plan(runtime=False, save=False)["result"] is True
+    cache = tmp_path / "cache" / "anycastlb"
+    assert not [p for p in cache.rglob("*") if p.is_file()], "no plan file, no snapshot"
+    assert m.mark_applied("lb1")["result"] is False
+
+
+def test_decommission_drains_waits_for_the_route_reflectors_then_takes_the_node_apart(tmp_path, campus_catalog):
+    old = _catalog(tmp_path, campus_catalog, name="old.yaml")
+    new = _catalog(tmp_path, campus_catalog, lambda d: (d["nodes"].pop("lb2"),
+                                                        d["clusters"]["edge"].update(nodes=["lb1", "lb3"])))
+    m, minions = _master(tmp_path, old, {})
+    lb2 = next(s for s in m.plan(runtime=False)["steps"] if s["node"] == "lb2")
+    m.mark_applied("lb2", lb2["hash"])
+    m.config["catalog"] = str(new)
+    m2, minions = _master(tmp_path, new, {
+        "anycastlb.drain": (0, {"result": True}),
+        "anycastlb.wait_routes": (0, {"result": True, "waited_ms": 5}),
+        "anycastlb.decommission": (0, {"result": True, "comment": "retired healthd, haproxy, bird, nftables",
+                                       "changes": {"healthd": {}}})})
+    steps = m2.plan(runtime=False)["steps"]
+    assert steps[0]["node"] == "lb2" and steps[0]["actions"] == ["decommission"]
+    ret = m2.decommission("lb2", timeout=5)
+    assert ret["result"] is True, ret
+    assert [c[1] for c in minions.calls] == ["anycastlb.drain", "anycastlb.wait_routes", "anycastlb.decommission"]
+    assert set(minions.calls[1][2]["via"]) == {"198.51.100.22", "2001:db8:100::22"}, "its old addresses"
+    assert "lb2" not in m2.applied(), "decommissioned: its record goes"
+    assert m2.decommission("lb1")["result"] is False, "still in the catalog"
+
+
+def test_decommission_of_an_unreachable_node_passes_once_no_route_goes_via_it(tmp_path, campus_catalog):
+    old = _catalog(tmp_path, campus_catalog, name="old.yaml")
+    new = _catalog(tmp_path, campus_catalog, lambda d: (d["nodes"].pop("lb2"),
+                                                        d["clusters"]["edge"].update(nodes=["lb1", "lb3"])))
+    m, _ = _master(tmp_path, old, {})
+    m.mark_applied("lb2", next(s for s in m.plan(runtime=False)["steps"] if s["node"] == "lb2")["hash"])
+    m, _ = _master(tmp_path, new, {"anycastlb.wait_routes": (0, {"result": True})})
+    ret = m.decommission("lb2", timeout=1)
+    assert ret["result"] is True and "does not answer" in ret["comment"], ret
+    assert "lb2" in m.applied(), "kept: the next deploy tries again"
+    m, _ = _master(tmp_path, new, {"anycastlb.wait_routes": (1, {"comment": "still carries 192.0.2.10/32"})})
+    ret = m.decommission("lb2", timeout=1)
+    assert ret["result"] is False and "192.0.2.10/32" in ret["comment"], ret
+
+
+# ----------------------------------------------------------------- staged catalogs
+
+
+@pytest.fixture
+def repo(tmp_path, campus_catalog, catalog_repo):
+    return catalog_repo(tmp_path, campus_catalog.read_text())
+
+
+def _bad(campus_catalog: Path) -> str:
+    return campus_catalog.read_text().replace("cluster: edge\n    backends: [web1", "cluster: nosuch\n    backends: [web1")
+
+
+def test_staged_release_switches_only_after_lint(tmp_path, repo, campus_catalog):
+    live = tmp_path / "live"
+    m, _ = _master(tmp_path, live / "campus.yaml", {}, repo=str(tmp_path / "catalog.git"))
+    first = m.checkout()
+    assert first["result"] is True and first["changed"] is True, first
+    assert live.is_symlink() and (live / "campus.yaml").read_text() == campus_catalog.read_text()
+    good_target = os.readlink(live)
+    bad = repo.push(_bad(campus_catalog), "bad")
+    ret = m.checkout(rev=bad)
+    assert ret["result"] is False and ret["rev"] == bad, ret
+    assert any("nosuch" in e for e in ret["errors"])
+    assert os.readlink(live) == good_target, "the pillar still reads the good commit"
+    assert not (tmp_path / "live.releases" / bad).exists(), "the refused release is removed"
+    text = campus_catalog.read_text().replace("weight: 50", "weight: 60")
+    fixed = repo.push(text, "fixed")
+    ret = m.checkout(rev=fixed[:12])
+    assert ret["result"] is True and ret["rev"] == fixed and ret["changed"], ret
+    assert (live / "campus.yaml").read_text() == text
+    assert m.checkout(rev=fixed)["changed"] is False
+    with pytest.raises(GitError, match="not a commit id"):
+        stage_release(str(tmp_path / "catalog.git"), str(live), "campus.yaml", str(tmp_path / "m.git"), "HEAD; rm")
+
+
+def test_work_tree_checkout_is_linted_in_staging_first(tmp_path, repo, campus_catalog):
+    checkout = repo.clone(tmp_path / "master-checkout")
+    m, _ = _master(tmp_path, checkout / "campus.yaml", {})
+    bad = repo.push(_bad(campus_catalog), "bad")
+    ret = m.checkout(rev=bad)
+    assert ret["result"] is False and "nosuch" in " ".join(ret["errors"]), ret
+    assert (checkout / "campus.yaml").read_text() == campus_catalog.read_text(), "the work tree did not move"
+    assert not list((tmp_path / "cache" / "anycastlb" / "staging").iterdir()), "nothing left in staging"
+    fixed = repo.push(campus_catalog.read_text().replace("weight: 50", "weight: 60"), "fixed")
+    ret = m.checkout(rev=fixed)
+    assert ret["result"] is True and ret["rev"] == fixed, ret
+    assert "weight: 60" in (checkout / "campus.yaml").read_text()
