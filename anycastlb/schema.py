@@ -606,7 +606,7 @@ class DnsCheck(Strict):
 
 
 class KerberosCheck(Strict):
-    """healthd sends an AS-REQ for ``krbtgt/REALM``; healthy iff a KDC of ``realm`` answers (AS-REP or KRB-ERROR)."""
+    """healthd sends an AS-REQ for ``krbtgt/REALM`` (client ``krbtgt/REALM``); healthy iff a KDC of ``realm`` answers."""
 
     realm: Realm
     port: PortNumber = 88

@@ -109,6 +109,8 @@ class MonitoringBuilder(Index):
         if port.protocol == "udp" and m.check.dns is not None and port.port == m.check.dns.port:
             return {"type": "udp", "address": address, "port": port.port, "dns": m.check.dns.name,
                     "dns_type": m.check.dns.type}
+        if port.protocol == "udp" and m.check.kerberos is not None and port.port == m.check.kerberos.port:
+            return {"type": "udp", "address": address, "port": port.port, "krb": m.check.kerberos.realm}
         if port.protocol == "udp":
             return {"type": "udp", "address": address, "port": port.port}
         if m.mode == "http":

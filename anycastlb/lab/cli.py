@@ -19,7 +19,7 @@ from . import catalog as cat_mod
 from .core import (DEFAULT_PREFIX, Lab, LabError, load_lab, missing_prerequisites, teardown_on_failure,
                    up_network)
 from .peer import start_peers
-from .protocols import protocol_stand_ins, start_resolver
+from .protocols import protocol_stand_ins, start_kdc, start_resolver
 from .responder import start_responder
 from .salt import start_salt
 from . import fleet as fl
@@ -54,7 +54,7 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
         protos = protocol_stand_ins(compile_catalog(catalog))
         for host, (tcp, udp) in ports.items():
             p = protos.get(host, {})
-            dns_ports = {d[0] for d in p.get("dns", [])}
+            dns_ports = {d[0] for d in p.get("dns", []) + p.get("kerberos", [])}
             ldap = sorted(set(p.get("ldap", [])))
             tcp = [x for x in tcp if x not in dns_ports and x not in ldap]
             udp = [x for x in udp if x not in dns_ports]
@@ -65,6 +65,9 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
             for port in sorted({d[0] for d in p.get("dns", [])}):
                 start_resolver(lab, host, port, [(d[1], d[2]) for d in p["dns"] if d[0] == port])
                 print(f"resolver (dnsmasq) on {host}: port {port}", file=out)
+            for port, realm in sorted(set(p.get("kerberos", []))):
+                start_kdc(lab, host, port, realm)
+                print(f"KDC (krb5kdc) on {host}: port {port}, realm {realm}", file=out)
         if ca:
             info = acme_ca.start(lab, compile_catalog(catalog), ca[1])
             print(f"ACME CA (Pebble) on {ca[0]}: {info['directory']}, {len(info['names'])} names resolved to "

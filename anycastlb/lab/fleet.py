@@ -156,6 +156,8 @@ def probe_specs(lab: "Lab", fleet: Fleet, source: str, cafile: str | None) -> li
                 check = s["check"]
                 if check["type"] == "dns" and int(number) == check["port"]:
                     spec.update(kind="dns", transport=proto, name=check["name"], qtype=check["qtype"])
+                elif check["type"] == "kerberos" and int(number) == check["port"]:
+                    spec.update(kind="kerberos", transport=proto, realm=check["realm"])
                 elif check["type"] == "ldap" and proto == "tcp":
                     spec["kind"] = "ldap"
                 elif proto == "udp":

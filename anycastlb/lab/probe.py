@@ -32,6 +32,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             ok, detail = _dns(spec, addr, port, timeout)
         elif kind == "ldap":
             ok, detail = _ldap(addr, port, timeout)
+        elif kind == "kerberos":
+            ok, detail = _kerberos(spec, addr, port, timeout)
         elif kind == "udp":
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
             with socket.socket(fam, socket.SOCK_DGRAM) as s:
@@ -73,29 +75,40 @@ def _tcp(spec: dict[str, Any], addr: str, port: int, timeout: float) -> tuple[bo
     return True, f"connected: {banner}"
 
 
+def _exchange(addr: str, port: int, transport: str, message: bytes, prefix: int, timeout: float) -> bytes:
+    """One message, one answer: a datagram, or over tcp with a ``prefix``-byte length in front of each."""
+    if transport == "udp":
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.connect((addr, port))
+            s.send(message)
+            return s.recv(65535)
+    with socket.create_connection((addr, port), timeout=timeout) as s:
+        s.sendall(len(message).to_bytes(prefix, "big") + message)
+        data = b""
+        while len(data) < prefix or len(data) < prefix + int.from_bytes(data[:prefix], "big"):
+            chunk = s.recv(65535)
+            if not chunk:
+                break
+            data += chunk
+        return data[prefix:]
+
+
 def _dns(spec: dict[str, Any], addr: str, port: int, timeout: float) -> tuple[bool, str]:
     """One DNS query for ``name``/``qtype`` over ``transport`` (udp, or tcp with its length prefix);
     ok on a NOERROR answer to it."""
     from anycastlb.probes import dns_query, dns_verdict
     _qid, query = dns_query(spec["name"], spec.get("qtype", "A"))
-    if spec.get("transport", "udp") == "udp":
-        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        with socket.socket(fam, socket.SOCK_DGRAM) as s:
-            s.settimeout(timeout)
-            s.connect((addr, port))
-            s.send(query)
-            answer = s.recv(65535)
-    else:
-        with socket.create_connection((addr, port), timeout=timeout) as s:
-            s.sendall(len(query).to_bytes(2, "big") + query)
-            data = b""
-            while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
-                chunk = s.recv(65535)
-                if not chunk:
-                    break
-                data += chunk
-            answer = data[2:]
-    return dns_verdict(query, answer)
+    return dns_verdict(query, _exchange(addr, port, spec.get("transport", "udp"), query, 2, timeout))
+
+
+def _kerberos(spec: dict[str, Any], addr: str, port: int, timeout: float) -> tuple[bool, str]:
+    """One AS-REQ for ``krbtgt/REALM`` over ``transport`` (udp, or tcp with its 4-byte length);
+    ok when a KDC of the realm answers it (healthd's own verdict)."""
+    from anycastlb.probes import as_req, krb_verdict
+    request = as_req(spec["realm"])
+    return krb_verdict(spec["realm"], _exchange(addr, port, spec.get("transport", "udp"), request, 4, timeout))
 
 
 #: An anonymous LDAPv3 simple bind (message id 1), as HAProxy's ldap-check sends it.

@@ -52,7 +52,7 @@ PASSIVE = frozenset({"haproxy-frontend", "announcers", "rr-sessions"})
 INTERVALS = {"check_s": 60, "retry_s": 30, "attempts": 3}
 #: Certificate expiry thresholds in days (warning, critical).
 CERT_DAYS = (30, 14)
-#: What the udp check sends (a Kerberos KDC answers any datagram it cannot parse with a KRB-ERROR).
+#: What the udp check sends to a service checked by neither DNS nor Kerberos (any answer is OK).
 UDP_SEND = "anycastlb-probe"
 
 #: Runtime directories ``icinga2 daemon -C`` is pointed at (under the staging root).
@@ -136,6 +136,8 @@ def _service(check: dict[str, Any], host: str, hosts: dict[str, dict[str, Any]],
                              "anycastlb_udp_send": check.get("send", UDP_SEND)})
         if check.get("dns"):   # a resolver: a DNS query, OK only on NOERROR
             base["vars"].update({"anycastlb_udp_dns": check["dns"], "anycastlb_udp_dns_type": check["dns_type"]})
+        if check.get("krb"):   # a KDC: an AS-REQ, OK only when a KDC of the realm answers
+            base["vars"]["anycastlb_udp_krb"] = check["krb"]
     elif t == "haproxy-frontend":
         base["command"] = "anycastlb-haproxy"
         base["vars"].update({"anycastlb_address": addr, "anycastlb_port": check["port"],

@@ -12,7 +12,7 @@ import pytest
 
 from anycastlb.compiler import compile_catalog
 from anycastlb.lab.probe import probe
-from anycastlb.lab.protocols import protocol_stand_ins
+from anycastlb.lab.protocols import kdc_conf, protocol_stand_ins
 from anycastlb.lab.responder import ldap_bind_response
 
 FLEET = Path(__file__).resolve().parents[1] / "data" / "operator-fleet.yaml"
@@ -22,7 +22,14 @@ RESPONDER = Path(__file__).resolve().parents[2] / "anycastlb" / "lab" / "respond
 def test_stand_ins_of_the_operator_fleet() -> None:
     got = protocol_stand_ins(compile_catalog(FLEET))
     assert got == {"ldap1": {"ldap": [1389, 1636]}, "ldap2": {"ldap": [1389, 1636]},
-                   "dns1": {"dns": [(53, "www.example.org", "A")]}, "dns2": {"dns": [(53, "www.example.org", "A")]}}
+                   "dns1": {"dns": [(53, "www.example.org", "A")], "kerberos": [(88, "EXAMPLE.ORG")]},
+                   "dns2": {"dns": [(53, "www.example.org", "A")], "kerberos": [(88, "EXAMPLE.ORG")]}}
+
+
+def test_kdc_conf_serves_the_realm_on_the_check_port() -> None:
+    conf = kdc_conf("EXAMPLE.ORG", 8888)
+    assert "kdc_ports = 8888" in conf and "kdc_tcp_listen = 8888" in conf
+    assert "EXAMPLE.ORG = {" in conf and "database_name = /var/lib/krb5kdc/principal" in conf
 
 
 def test_bind_response_echoes_the_message_id() -> None:

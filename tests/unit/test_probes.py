@@ -1,9 +1,10 @@
 """healthd's protocol probes: the DNS query and the Kerberos AS-REQ, and their verdicts.
 
 The DNS probe runs against a real resolver (dnsmasq, from .ci/setup) on the loopback
-address; the AS-REQ is read back by a real DER parser (``openssl asn1parse``). No KDC
-is installed here, so the KRB-ERROR answers are built by hand as RFC 4120 defines
-them (section 5.9.1), and say so.
+address, the Kerberos probe against a real KDC (MIT krb5kdc, krb5-kdc from .ci/setup);
+the AS-REQ is read back by a real DER parser (``openssl asn1parse``). The verdict's
+table is fed KRB-ERROR answers built as RFC 4120 defines them (section 5.9.1), for the
+errors a healthy lab KDC never sends.
 """
 
 from __future__ import annotations
@@ -81,14 +82,14 @@ def test_as_req_is_der_that_openssl_reads() -> None:
     lines = [" ".join(line.split(":", 1)[1].split()) for line in out.splitlines()]
     assert lines[0].startswith("d=0") and "appl [ 10 ]" in lines[0]   # AS-REQ
     assert "INTEGER :05" in lines[3] and "INTEGER :0A" in lines[5]    # pvno 5, msg-type 10
-    assert sum("GENERALSTRING" in x for x in lines) == 4               # client, realm, krbtgt, realm
+    assert sum("GENERALSTRING" in x for x in lines) == 5               # krbtgt/realm (client), realm, krbtgt/realm
     assert any("GENERALIZEDTIME :19700101010000Z" in x for x in lines)
     assert any("INTEGER :3039" in x for x in lines)                   # the nonce
-    assert msg.count(b"EXAMPLE.ORG") == 2 and b"krbtgt" in msg and probes.KRB_CLIENT.encode() in msg
+    assert msg.count(b"EXAMPLE.ORG") == 3 and msg.count(b"krbtgt") == 2   # client and server: krbtgt/EXAMPLE.ORG
 
 
 def krb_error(code: int, realm: str) -> bytes:
-    """A KRB-ERROR as RFC 4120 5.9.1 lays it out (built here: no KDC is installed)."""
+    """A KRB-ERROR as RFC 4120 5.9.1 lays it out."""
     body = _seq(_ctx(0, _int(5)), _ctx(1, _int(30)), _ctx(4, _tlv(0x18, b"20261201000000Z")), _ctx(5, _int(0)),
                 _ctx(6, _int(code)), _ctx(9, _gstr(realm)),
                 _ctx(10, _seq(_ctx(0, _int(2)), _ctx(1, _seq(_gstr("krbtgt"), _gstr(realm))))))
@@ -96,11 +97,14 @@ def krb_error(code: int, realm: str) -> bytes:
 
 
 @pytest.mark.parametrize("code,realm,ok,reason", [
-    (6, "EXAMPLE.ORG", True, "KDC of EXAMPLE.ORG answers (KDC_ERR_C_PRINCIPAL_UNKNOWN)"),
+    (6, "EXAMPLE.ORG", False, "KDC answers KDC_ERR_C_PRINCIPAL_UNKNOWN (krbtgt/EXAMPLE.ORG unknown: not a KDC of "
+                              "EXAMPLE.ORG)"),
     (25, "EXAMPLE.ORG", True, "KDC of EXAMPLE.ORG answers (KDC_ERR_PREAUTH_REQUIRED)"),
+    (18, "EXAMPLE.ORG", True, "KDC of EXAMPLE.ORG answers (KDC_ERR_CLIENT_REVOKED)"),
+    (12, "EXAMPLE.ORG", True, "KDC of EXAMPLE.ORG answers (KDC_ERR_POLICY)"),
     (68, "EXAMPLE.ORG", False, "KDC answers KDC_ERR_WRONG_REALM"),
     (7, "EXAMPLE.ORG", False, "KDC answers KDC_ERR_S_PRINCIPAL_UNKNOWN"),
-    (6, "OTHER.ORG", False, "KDC answers for realm 'OTHER.ORG', not 'EXAMPLE.ORG' (KDC_ERR_C_PRINCIPAL_UNKNOWN)"),
+    (25, "OTHER.ORG", False, "KDC answers for realm 'OTHER.ORG', not 'EXAMPLE.ORG' (KDC_ERR_PREAUTH_REQUIRED)"),
 ])
 def test_krb_verdict(code: int, realm: str, ok: bool, reason: str) -> None:
     assert probes.krb_verdict("EXAMPLE.ORG", krb_error(code, realm)) == (ok, reason)
@@ -111,8 +115,8 @@ def test_krb_verdict_refuses_garbage() -> None:
     assert not ok and reason.startswith("malformed Kerberos answer")   # "k" is 0x6b, the AS-REP tag
     assert probes.krb_verdict("EXAMPLE.ORG", b"HTTP/1.0 400") == (False, "not a Kerberos answer (tag 0x48)")
     assert probes.krb_verdict("EXAMPLE.ORG", b"\x7e\x05\x30") == (False, "malformed Kerberos answer: truncated DER")
-    assert probes.krb_verdict("EXAMPLE.ORG", _tlv(0x6B, _seq(_ctx(0, _int(5)), _ctx(1, _int(11))))) == (True,
-                                                                                                   "AS-REP")
+    assert probes.krb_verdict("EXAMPLE.ORG", _tlv(0x6B, _seq(_ctx(0, _int(5)), _ctx(1, _int(11))))) == (
+        True, "KDC of EXAMPLE.ORG answers (AS-REP)")
     assert not probes.krb_verdict("EXAMPLE.ORG", _tlv(0x6B, _seq(_ctx(0, _int(5)), _ctx(1, _int(13)))))[0]
 
 
@@ -202,6 +206,75 @@ def test_kerberos_probe_times_out_on_a_silent_port() -> None:
     assert data.startswith(b"\x6a") and b"krbtgt" in data   # what it sent is an AS-REQ
 
 
+@pytest.fixture
+def krb5kdc(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """MIT krb5kdc on 127.0.0.1:<port> (udp and tcp) serving EXAMPLE.ORG from a fresh database."""
+    from anycastlb.lab.protocols import kdc_conf
+    if not shutil.which("krb5kdc", path="/usr/sbin:/usr/bin") or not shutil.which("kdb5_util", path="/usr/sbin"):
+        pytest.skip("krb5kdc is not installed (bash .ci/setup installs krb5-kdc)")
+    port = _free_udp_port()
+    conf = kdc_conf("EXAMPLE.ORG", port).replace("/var/lib/krb5kdc", str(tmp_path)).replace(
+        "/etc/krb5kdc", str(tmp_path)).replace("/var/log", str(tmp_path))
+    (tmp_path / "kdc.conf").write_text(conf.replace("[kdcdefaults]\n", f"[kdcdefaults]\n    kdc_listen = 127.0.0.1:{port}\n"
+                                                    f"    kdc_tcp_listen = 127.0.0.1:{port}\n", 1)
+                                       .replace(f"    kdc_tcp_listen = {port}\n", ""))
+    (tmp_path / "krb5.conf").write_text("[libdefaults]\n    default_realm = EXAMPLE.ORG\n")
+    env = {**os.environ, "KRB5_CONFIG": str(tmp_path / "krb5.conf"), "KRB5_KDC_PROFILE": str(tmp_path / "kdc.conf")}
+    subprocess.run(["/usr/sbin/kdb5_util", "-r", "EXAMPLE.ORG", "-P", "test", "create", "-s"], env=env,
+                   check=True, capture_output=True, timeout=30)
+    proc = subprocess.Popen(["/usr/sbin/krb5kdc", "-n", "-r", "EXAMPLE.ORG"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(0.2)
+                try:
+                    s.sendto(probes.as_req("EXAMPLE.ORG"), ("127.0.0.1", port))
+                    if s.recv(4096):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+        else:
+            pytest.fail(f"krb5kdc did not answer in 5 s: {(tmp_path / 'krb5kdc.log').read_text()[-500:] if (tmp_path / 'krb5kdc.log').exists() else ''}")
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(5)
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_kerberos_probe_against_krb5kdc(krb5kdc: tuple[int, subprocess.Popen[bytes]], protocol: str) -> None:
+    port, proc = krb5kdc
+
+    def probe(realm: str) -> tuple[bool, str, bool]:
+        return asyncio.run(kerberos_probe(KerberosWatch(address="127.0.0.1", port=port, realm=realm,
+                                                        protocol=protocol, timeout_ms=1000)))
+
+    ok, reason, hard = probe("EXAMPLE.ORG")
+    assert (ok, hard) == (True, False)
+    assert reason == f"kerberos 127.0.0.1:{port}/{protocol}: KDC of EXAMPLE.ORG answers (AS-REP)"
+    ok, reason, _hard = probe("OTHER.ORG")   # a realm this KDC does not serve
+    assert not ok and reason.endswith("(krbtgt/OTHER.ORG unknown: not a KDC of OTHER.ORG)"), reason
+    proc.send_signal(signal.SIGSTOP)          # alive, port open, answers nothing
+    try:
+        ok, reason, hard = probe("EXAMPLE.ORG")
+        assert not ok and ("no answer in 1000 ms" in reason or "timed out" in reason), reason
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+def test_icinga_udp_plugin_asks_the_kdc(krb5kdc: tuple[int, subprocess.Popen[bytes]],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from anycastlb.plugins.check_anycastlb_udp import CRITICAL, OK, main
+    port, _proc = krb5kdc
+    assert main(["-H", "127.0.0.1", "-p", str(port), "--krb", "EXAMPLE.ORG", "-t", "2"]) == OK
+    assert "KDC of EXAMPLE.ORG answers" in capsys.readouterr().out
+    assert main(["-H", "127.0.0.1", "-p", str(port), "-t", "1.5"]) == CRITICAL   # a KDC ignores a plain datagram
+    assert capsys.readouterr().out.startswith(f"CRITICAL: no answer from 127.0.0.1 port {port}/udp")
+
+
 def test_icinga_udp_plugin_asks_the_resolver(dnsmasq: tuple[int, subprocess.Popen[bytes]],
                                              capsys: pytest.CaptureFixture[str]) -> None:
     from anycastlb.plugins.check_anycastlb_udp import CRITICAL, OK, main
@@ -221,3 +294,6 @@ def test_icinga_checks_a_dns_service_with_queries() -> None:
     assert udp["command"] == "anycastlb-udp"
     assert (udp["vars"]["anycastlb_udp_dns"], udp["vars"]["anycastlb_udp_dns_type"]) == ("www.example.org", "A")
     assert "anycastlb_udp_dns" not in services["vip resolver 192.0.2.53 53/tcp"]["vars"]
+    kdc = services["vip kdc 192.0.2.88 88/udp"]   # a KDC is asked an AS-REQ (it ignores other datagrams)
+    assert kdc["vars"]["anycastlb_udp_krb"] == "EXAMPLE.ORG" and "anycastlb_udp_dns" not in kdc["vars"]
+    assert services["anycast kdc 88/udp on dns2"]["vars"]["anycastlb_udp_krb"] == "EXAMPLE.ORG"

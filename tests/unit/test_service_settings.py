@@ -101,7 +101,7 @@ def test_operator_fleet_passes_every_checker(fleet: Any, certs: dict[str, Any], 
 def test_operator_fleet_shape(fleet: Any) -> None:
     assert fleet.summary["roles"]["route-reflector"] == 2 and fleet.summary["roles"]["haproxy"] == 2
     assert fleet.summary["roles"]["monitoring"] == 1
-    assert set(fleet.services) == {"www", "ldap", "resolver"}
+    assert set(fleet.services) == {"www", "ldap", "resolver", "kdc"}
 
 
 def test_ldap_idle_binds_and_per_port_backend_ports(fleet: Any, certs: dict[str, Any]) -> None:
