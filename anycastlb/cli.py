@@ -61,7 +61,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         for f in m["haproxy"]["frontends"]:
             extra = " tls" if f["tls"] else ""
             extra += " redirect->https" if f["redirect_https"] else ""
-            print(f"  frontend {f['name']} {f['mode']} {', '.join(f['binds'])} :{f['port']}{extra} -> {f['backend']}")
+            to = f["backend"]
+            if f.get("routes"):   # a shared VIP:port: each rule's host and path, then the default
+                names = {a["name"]: ("*" + a["value"] if a.get("match") == "end" else a["value"])
+                         for a in f["routes"]["hosts"] + f["routes"]["paths"]}
+                to = ", ".join(f"{r['backend']} ({' '.join(names[a] for a in r['acls'])})"
+                               for r in f["routes"]["rules"]) + (f", else {f['backend']}" if f["backend"] else
+                                                                  ", else 404")
+            print(f"  frontend {f['name']} {f['mode']} {', '.join(f['binds'])} :{f['port']}{extra} -> {to}")
         for be in m["haproxy"]["backends"]:
             servers = ", ".join(f"{s['name']}={s['address']}:{s['port']} w{s['weight']}"
                                 f"{' backup' if s['backup'] else ''}{'' if s['state'] == 'active' else ' ' + s['state']}"

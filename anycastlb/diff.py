@@ -58,7 +58,9 @@ def diff_fleets(old: Fleet, new: Fleet) -> dict[str, Any]:
         elif s not in new.services:
             services["removed"].append(s)
         elif old.services[s] != new.services[s]:
-            services["changed"][s] = _dict_changes(old.services[s], new.services[s])
+            # "requests" is derived (from tls, route, apache and check): those keys show the change
+            was, now = ({k: v for k, v in x.services[s].items() if k != "requests"} for x in (old, new))
+            services["changed"][s] = _dict_changes(was, now)
     nodes: dict[str, Any] = {"added": [], "removed": [], "changed": {}}
     for n in sorted(set(old.nodes) | set(new.nodes)):
         if n not in old.nodes:

@@ -725,11 +725,20 @@ class Check(Strict):
 
 
 class Tls(Strict):
-    """The certificate HAProxy terminates TLS with: a name in the secrets store, or ``acme: true``."""
+    """The certificate HAProxy terminates TLS with (a name in the secrets store, or ``acme: true``), and where."""
 
     certificate: Name | None = Field(None, description="name of a certificate in the secrets pillar")
     acme: bool = Field(False, description="issued and renewed by the fleet's ACME issuer for apache.server_name "
                                           "and apache.aliases (the catalog's acme section)")
+    ports: list[PortNumber] = Field([443], min_length=1, description="the tcp ports of the service that terminate "
+                                                                     "TLS (default [443])")
+
+    @field_validator("ports")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("a port is listed twice")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> "Tls":
@@ -738,6 +747,34 @@ class Tls(Strict):
         if not self.acme and self.certificate is None:
             raise ValueError("tls needs certificate (a name in the secrets pillar) or acme: true")
         return self
+
+
+class Route(Strict):
+    """What this service answers on a VIP:port it shares with other services (mode http).
+
+    A request goes to the service whose host matches best (an exact name before a ``*.`` name,
+    before any host), then whose path prefix is longest. With TLS, the certificate follows SNI.
+    """
+
+    hosts: list[WildcardHostname] | None = Field(
+        None, description="Host names (the Host header; the certificate is chosen by SNI); default: "
+                          "apache.server_name and apache.aliases; [] answers any host")
+    paths: list[UriPath] = Field(["/"], min_length=1, description="path prefixes, whole segments: /api is /api "
+                                                                   "and /api/...; default [/]")
+
+    @field_validator("hosts")
+    @classmethod
+    def _distinct_hosts(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len({x.lower() for x in v}) != len(v):
+            raise ValueError("a host name is listed twice")
+        return v
+
+    @field_validator("paths")
+    @classmethod
+    def _distinct_paths(cls, v: list[str]) -> list[str]:
+        if len({x.rstrip("/") for x in v}) != len(v):
+            raise ValueError("a path prefix is listed twice (/a and /a/ are one prefix)")
+        return v
 
 
 class Apache(Strict):
@@ -810,6 +847,8 @@ class Service(Strict):
     steering: bool | None = Field(None, description="anycast services: hand the packets of tcp flows a backend "
                                                     "does not own to the other backends (docs/steering.md); "
                                                     "default: on with more than one backend")
+    route: Route | None = Field(None, description="share the service's VIP:ports with other services, routed by "
+                                                  "host and path prefix (mode http)")
 
     @field_validator("allow")
     @classmethod

@@ -47,8 +47,7 @@ from anycastlb.lab.fleet import PYTHON  # noqa: E402
 
 def targets(lab, fleet, source: str) -> list[dict]:
     """Every VIP and port the catalog lets ``source`` reach."""
-    cafiles = sorted((lab.statedir / "pki").glob("*.crt"))
-    specs = fl.probe_specs(lab, fleet, source, str(cafiles[0]) if cafiles else None)
+    specs = fl.probe_specs(lab, fleet, source, lab.statedir / "pki")
     return [dict(s, timeout=2.0) for s in specs if s["allowed"]]
 
 

@@ -16,6 +16,7 @@ from .build_monitoring import MonitoringBuilder
 from .build_steering import SteeringBuilder
 from .context import _Svc
 from .fleet import Fleet, NodeModels
+from .sharing import tls_ports, vip_request
 
 
 def _build(name: str, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes: dict[str, S.Node],
@@ -151,4 +152,8 @@ class _Builder(HaproxyBuilder, HealthBuilder, FirewallBuilder, MonitoringBuilder
             "check": self.check_model(svc, None), "announcers": self.announcers(sname),
             "apache": m.apache.model_dump() if m.apache else None, "notify": list(m.monitor.notify),
             "haproxy": m.haproxy.model_dump(exclude_defaults=True) if m.haproxy else None,
+            "route": m.route.model_dump(exclude_defaults=True) if m.route else None,
+            "tls_ports": sorted(tls_ports(m)),
+            # what a client sends to reach it through a VIP, per http port (the lab's probes ask the same)
+            "requests": {str(p.port): vip_request(m, p.port) for p in svc.ports if m.mode == "http"},
         }

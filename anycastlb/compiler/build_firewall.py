@@ -55,12 +55,21 @@ class FirewallBuilder(Index):
         for v in (bgp["vips"] if bgp else []):
             for sname in v["services"]:
                 vips_of.setdefault(sname, []).append(v["address"])
+        # one hole per VIP:port: services that share one (lint: same VIPs, same allow) get one rule
+        holes: dict[tuple[str, tuple[str, ...], tuple[str, ...]], dict[int, list[str]]] = {}
         for sname, addresses in sorted(vips_of.items()):
             svc = self.services[sname]
-            for proto in ("tcp", "udp"):
-                ports = [p.port for p in svc.ports if p.protocol == proto]
-                if ports:
-                    rule(f"service {sname} on its VIPs", proto, ports, svc.model.allow + monitors, addresses)
+            for p in svc.ports:
+                key = (p.protocol, tuple(sorted(addresses)), tuple(svc.model.allow + monitors))
+                holes.setdefault(key, {}).setdefault(p.port, []).append(sname)
+        for (proto, addresses_t, sources), by_port in holes.items():
+            by_services: dict[tuple[str, ...], list[int]] = {}
+            for port, names in by_port.items():
+                by_services.setdefault(tuple(names), []).append(port)
+            for names_t, ports in by_services.items():
+                what = (f"service {names_t[0]} on its VIPs" if len(names_t) == 1
+                        else f"services {', '.join(names_t)} on their shared VIPs")
+                rule(what, proto, ports, sources, addresses_t)
         acme = model["acme"]
         if acme:
             lbs = sorted({a for c in acme["certificates"] for x in c["nodes"] for a in self.addrs(x)},

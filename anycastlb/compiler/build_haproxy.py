@@ -8,7 +8,9 @@ from .. import schema as S
 from ..model import AcmeCertificate, AcmeChallenge, AcmeModel, AcmeProbe, ApacheModel, HaproxyModel
 from .base import (ACME_CHALLENGE_PATH, ACME_CHALLENGE_PORT, ACME_PROBE_PORT, HAPROXY_STATS_PORT, acme_certificate,
                    acme_names, ident)
+from .context import _Svc
 from .index import Index
+from .sharing import certificate_of, frontend_routes, tls_ports
 
 
 class HaproxyBuilder(Index):
@@ -16,7 +18,7 @@ class HaproxyBuilder(Index):
 
     def haproxy_model(self, nid: str) -> HaproxyModel:
         n = self.nodes[nid]
-        frontends: list[dict[str, Any]] = []
+        frontends: dict[str, dict[str, Any]] = {}
         backends: dict[str, dict[str, Any]] = {}
         certs: set[str] = set()
         for cid in self.node_clusters[nid]:
@@ -25,22 +27,10 @@ class HaproxyBuilder(Index):
                 m = svc.model
                 for port in svc.ports:
                     bname = self.backend_name(svc, port)
-                    tls = m.tls is not None and port.port == 443 and m.mode == "http"
-                    redirect = bool(m.redirect_http and m.mode == "http" and port.port == 80)
-                    cert = self.certificate(sname)
-                    if tls:
-                        certs.add(cert)  # type: ignore[arg-type]
-                    challenge = bool(m.mode == "http" and port.port == 80 and m.tls is not None and m.tls.acme)
-                    frontends.append({
-                        "name": f"{sname}-{port.port}", "service": sname, "mode": m.mode, "port": port.port,
-                        "binds": [str(ip) for ip in svc.vips],
-                        "tls": {"certificate": cert} if tls else None,
-                        "acme_challenge": challenge,
-                        "redirect_https": redirect,
-                        "allow": [] if "any" in m.allow else list(m.allow),
-                        "backend": bname,
-                        **frontend_settings(m, tls, redirect),
-                    })
+                    fe = self.frontend_model(svc, port)
+                    if fe["name"] not in frontends:
+                        frontends[fe["name"]] = fe
+                        certs.update(fe["tls"]["certificates"] if fe["tls"] else [])
                     if bname in backends:
                         continue
                     sport = self.server_port(svc, port)
@@ -55,27 +45,54 @@ class HaproxyBuilder(Index):
                                        "servers": servers, **backend_settings(sname, m)}
         return {"clusters": self.node_clusters[nid],
                 "stats": {"address": n.address, "port": HAPROXY_STATS_PORT},
-                "frontends": sorted(frontends, key=lambda f: f["name"]),
+                "frontends": [frontends[k] for k in sorted(frontends)],
                 "backends": [backends[k] for k in sorted(backends)],
                 "certificates": sorted(certs),
-                "acme": self.challenge_model() if any(f["acme_challenge"] for f in frontends) else None,
-                "acme_probe": self.probe_model(nid, frontends)}
+                "acme": self.challenge_model() if any(f["acme_challenge"] for f in frontends.values()) else None,
+                "acme_probe": self.probe_model(nid, list(frontends.values()))}
 
     def probe_model(self, nid: str, frontends: list[dict[str, Any]]) -> AcmeProbe | None:
         """The node's ACME certificates on its own address, for the monitoring's serial check (a VIP
         reaches one node only); none without ACME services or monitoring nodes."""
-        acme = sorted({f["tls"]["certificate"] for f in frontends
-                       if f["tls"] and self.services[f["service"]].model.tls.acme})  # type: ignore[union-attr]
+        acme = sorted({acme_certificate(s) for f in frontends if f["tls"] for s in f["services"]
+                       if (tls := self.services[s].model.tls) is not None and tls.acme})
         if not acme or not self.monitors:
             return None
         return {"address": self.nodes[nid].address, "port": ACME_PROBE_PORT, "certificates": acme}
 
+    def frontend_model(self, svc: _Svc, port: S.Port) -> dict[str, Any]:
+        """The frontend of a service's port: its own, or the one it shares (routes to every service's backend)."""
+        shared = self.shared.get((svc.name, port.port))
+        names = shared.services if shared is not None else [svc.name]
+        models = [self.services[s].model for s in names]
+        m = models[0]   # lint made the services of a shared port agree on what the frontend holds
+        tls = port.port in tls_ports(m)
+        redirect = bool(m.redirect_http and m.mode == "http" and port.port == 80)
+        certificates = list(dict.fromkeys(c for s, mm in zip(names, models) if (c := certificate_of(s, mm))))
+        fe: dict[str, Any] = {
+            "name": self.frontend_name(svc, port), "service": names[0], "services": names, "mode": m.mode,
+            "port": port.port, "binds": [str(ip) for ip in self.services[names[0]].vips],
+            "tls": {"certificate": certificates[0], "certificates": certificates} if tls else None,
+            "acme_challenge": any(mm.mode == "http" and port.port == 80 and mm.tls is not None and mm.tls.acme
+                                  for mm in models),
+            "redirect_https": redirect,
+            "allow": [] if "any" in m.allow else list(m.allow),
+            "backend": self.backend_name(svc, port),
+            "backends": sorted({self.backend_name(self.services[s], port) for s in names}),
+            "routes": None,
+            **frontend_settings(m, tls, redirect),
+        }
+        if shared is not None:
+            routes = frontend_routes(shared, self.services, lambda s: self.backend_name(self.services[s], port))
+            fe["backend"] = routes.pop("default")
+            fe["routes"] = routes
+            fe["raw"] = [d for mm in models for d in (mm.haproxy.raw.frontend if mm.haproxy and mm.haproxy.raw
+                                                       else [])]
+        return fe
+
     def certificate(self, sname: str) -> str | None:
         """The certificate name a service terminates TLS with (its own, or its ACME certificate)."""
-        tls = self.services[sname].model.tls
-        if tls is None:
-            return None
-        return acme_certificate(sname) if tls.acme else tls.certificate
+        return certificate_of(sname, self.services[sname].model)
 
     def challenge_model(self) -> AcmeChallenge:
         """Where an LB node sends HTTP-01 challenges: the issuer's token server."""

@@ -21,10 +21,10 @@ class HealthBuilder(Index):
                 continue
             lb_svcs = [s for s in v["services"] if self.services[s].model.mode != "anycast"]
             if lb_svcs:
-                fes = [f for f in frontends if f["service"] in lb_svcs and v["address"] in f["binds"]]
+                fes = [f for f in frontends if set(f["services"]) & set(lb_svcs) and v["address"] in f["binds"]]
                 anns.append({"prefix": v["prefix"], "services": lb_svcs,
                              "watch": {"type": "haproxy", "frontends": sorted(f["name"] for f in fes),
-                                       "backends": sorted({f["backend"] for f in fes})}})
+                                       "backends": sorted({b for f in fes for b in f["backends"]})}})
             for sname in v["services"]:
                 svc = self.services[sname]
                 if svc.model.mode != "anycast":

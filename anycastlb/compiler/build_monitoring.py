@@ -9,6 +9,7 @@ from ..model import MonitoringModel
 from .base import ACME_PROBE_PORT, HAPROXY_STATS_PORT, acme_certificate, acme_names
 from .context import _Svc
 from .index import Index
+from .sharing import tls_ports, vip_request
 
 
 class MonitoringBuilder(Index):
@@ -46,14 +47,15 @@ class MonitoringBuilder(Index):
                     c = self._service_check(svc, port, str(ip))
                     checks.append({"name": f"vip {sname} {ip} {port}", "host": None, "service": sname,
                                    "notify": notify, **c})
-                if m.tls is not None and m.tls.acme and self.acme is not None:
+                if m.tls is not None and m.tls.acme and self.acme is not None and tls_ports(m):
                     # every ACME name on every VIP: the certificate actually served, WARNING once less than
                     # renew_before (less one day for the renewal's schedule) is left: a renewal failed
                     warn = max(1, -(-self.acme.renew_before // 86_400_000) - 1)
                     for host in acme_names(m):
                         checks.append({"name": f"acme {sname} {host} {ip}", "host": None,
                                        "service": sname, "notify": notify, "type": "https", "address": str(ip),
-                                       "port": 443, "http_host": host, "path": "/", "expect": None, "tls": True,
+                                       "port": 443 if 443 in tls_ports(m) else min(tls_ports(m)),
+                                       "http_host": host, "path": "/", "expect": None, "tls": True,
                                        "certificate_only": True, "cert_days": [warn, max(1, warn // 3)]})
             if m.tls is not None and m.tls.acme and self.acme is not None:
                 # every LB node serves the same certificate (read on each node's own address), and the
@@ -69,7 +71,8 @@ class MonitoringBuilder(Index):
                     for port in svc.ports:
                         checks.append({"name": f"frontend {sname}-{port.port} on {node}", "host": node,
                                        "type": "haproxy-frontend", "service": sname,
-                                       "frontend": f"{sname}-{port.port}", "backend": self.backend_name(svc, port),
+                                       "frontend": self.frontend_name(svc, port),
+                                       "backend": self.backend_name(svc, port),
                                        "address": self.nodes[node].address, "port": HAPROXY_STATS_PORT,
                                        "notify": notify})
                 for bid in sorted(m.backends):
@@ -113,11 +116,8 @@ class MonitoringBuilder(Index):
             return {"type": "udp", "address": address, "port": port.port, "krb": m.check.kerberos.realm}
         if port.protocol == "udp":
             return {"type": "udp", "address": address, "port": port.port}
-        if m.mode == "http":
-            host = m.apache.server_name if m.apache and m.apache.server_name else None
-            tls = m.tls is not None and port.port == 443
-            redirect = bool(m.redirect_http and port.port == 80)
-            path = m.check.http.path if m.check.http else "/"
-            return {"type": "https" if tls else "http", "address": address, "port": port.port, "http_host": host,
-                    "path": path, "expect": "301" if redirect else None, "tls": tls}
+        if m.mode == "http":   # the request that reaches this service, also on a VIP:port it shares
+            r = vip_request(m, port.port)
+            return {"type": "https" if r["tls"] else "http", "address": address, "port": port.port,
+                    "http_host": r["host"], "path": r["path"], "expect": r["expect"], "tls": r["tls"]}
         return {"type": "tcp", "address": address, "port": port.port}

@@ -10,6 +10,7 @@ from .. import schema as S
 from ..loader import Marked, file_of
 from .base import CHECK_KINDS, HAPROXY_CHECKS, HEALTHD_CHECKS, IP, SECTION_KIND, Net, acme_names, server_port
 from .context import _Ctx, _parse_ip, _section, _Svc, _tenant_of, _where
+from .sharing import check_sharing
 
 
 #: Addresses no VIP, pool or backend may be (nor overlap, for pools).
@@ -30,13 +31,15 @@ def _special(ip: IP) -> str | None:
 
 
 def _host_names(m: S.Service, sname: str) -> list[tuple[str, str]]:
-    """(key, host name) a service claims: its vhost's name and aliases, its check's Host."""
+    """(key, host name) a service claims: its vhost's name and aliases, its check's Host, its route's hosts."""
     out: list[tuple[str, str]] = []
     if m.apache is not None:
         out.append(("apache.server_name", m.apache.server_name or sname))
         out += [(f"apache.aliases[{i}]", a) for i, a in enumerate(m.apache.aliases)]
     if m.check.http is not None and m.check.http.host:
         out.append(("check.http.host", m.check.http.host))
+    if m.route is not None and m.route.hosts:
+        out += [(f"route.hosts[{i}]", h) for i, h in enumerate(m.route.hosts)]
     return out
 
 
@@ -175,12 +178,28 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
         ok = False
     if m.mode == "tcp" and m.redirect_http:
         err("redirect_http", "redirect_http needs mode http")
-    if m.mode == "http" and m.tls is not None and S.Port(port=443) not in m.ports:
-        err("tls", "tls terminates on port 443, which is not in ports")
+    if m.mode == "http" and m.tls is not None:
+        tls_raw = raw.get("tls")
+        explicit = isinstance(tls_raw, dict) and "ports" in tls_raw
+        for i, number in enumerate(m.tls.ports):
+            if S.Port(port=number) in m.ports:
+                continue
+            if explicit:
+                err(f"tls.ports[{i}]", f"tls terminates on port {number}, which is not a tcp port in ports",
+                    ["tls", "ports", i])
+            else:
+                err("tls", f"tls terminates on port {number}, which is not in ports (set tls.ports for others)")
+            ok = False
+    if m.route is not None and m.mode != "http":
+        err("route", "route needs mode http: HAProxy routes by host and path only in mode http")
         ok = False
     if m.redirect_http and m.mode == "http":
         if m.tls is None:
             err("redirect_http", "redirect_http sends clients to https, which needs tls")
+            ok = False
+        elif 443 not in m.tls.ports or 80 in m.tls.ports:
+            err("redirect_http", "redirect_http sends port 80 to https on port 443: tls.ports must hold 443 "
+                "and not 80")
             ok = False
         if S.Port(port=80) not in m.ports:
             err("redirect_http", "redirect_http answers on port 80, which is not in ports")
@@ -306,17 +325,7 @@ def _check_references(ctx: _Ctx, name: str, raw: Any, pools: list[Net], nodes: d
 
 def _check_conflicts(ctx: _Ctx, services: dict[str, _Svc], clusters: dict[str, S.Cluster],
                      nodes: dict[str, S.Node]) -> None:
-    used: dict[tuple[IP, S.Port], str] = {}
-    for sname in sorted(services):
-        svc = services[sname]
-        for ip in svc.vips:
-            for p in svc.ports:
-                other = used.get((ip, p))
-                if other is not None:
-                    ctx.err("services", sname, "ports",
-                            f"VIP {ip} port {p} is already used by service {other!r}", svc.raw, ["ports"])
-                else:
-                    used[(ip, p)] = sname
+    check_sharing(ctx, services)   # one VIP:port, one service, unless http services share it by route
     # A node must not both balance a VIP (as a cluster member) and announce it as an anycast backend.
     lb_vips: dict[IP, dict[str, str]] = {}
     for sname, svc in services.items():

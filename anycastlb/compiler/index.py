@@ -7,6 +7,7 @@ from typing import Any
 from .. import schema as S
 from .base import HAPROXY_CHECKS, IP, Net, check_kind, server_port
 from .context import _Svc
+from .sharing import shared_ports
 
 
 class Index:
@@ -42,6 +43,8 @@ class Index:
                     if bname in nodes:
                         self.backend_of.setdefault(bname, []).append(sname)
         self.speakers = sorted(n for n in nodes if n in self.node_clusters or n in self.anycast_of)
+        #: (service, port) → the frontend it shares with other services on its VIPs (lint allowed it)
+        self.shared = shared_ports(services)
 
     def addrs(self, nid: str) -> list[str]:
         n = self.nodes[nid]
@@ -58,6 +61,11 @@ class Index:
 
     def backend_name(self, svc: _Svc, port: S.Port) -> str:
         return f"{svc.name}-{self.server_port(svc, port)}"
+
+    def frontend_name(self, svc: _Svc, port: S.Port) -> str:
+        """``<service>-<port>``, or ``shared-<port>-<first VIP>`` for a VIP:port shared with other services."""
+        shared = self.shared.get((svc.name, port.port))
+        return shared.name if shared is not None else f"{svc.name}-{port.port}"
 
     def roles(self, nid: str) -> list[str]:
         r: set[str] = set(self.nodes[nid].roles)

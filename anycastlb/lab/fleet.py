@@ -35,22 +35,26 @@ class FleetError(RuntimeError):
 def make_secrets(statedir: Path, fleet: Fleet) -> Path:
     """A self-signed certificate per certificate name the catalog uses, in a secrets file (0600).
 
-    The certificate names every apache ``server_name`` and ``*.example.org``-style
-    wildcard of those names, so a client can verify it with the certificate as its CA.
+    A certificate names the apache ``server_name`` of the services that use it (every
+    service's, for one no service names) and ``*.example.org``-style wildcards of those
+    names, its first name the subject's CN, so a client can verify it with the certificate
+    as its CA, and services that share a VIP:port each serve their own (HAProxy picks by SNI).
     """
-    names: set[str] = set()
     certs: set[str] = set()
     for m in fleet.nodes.values():
         if m["haproxy"]:
             certs.update(m["haproxy"]["certificates"])
+    names_of: dict[str, set[str]] = {}
     for s in fleet.services.values():
         if s["apache"] and s["apache"].get("server_name"):
-            names.add(s["apache"]["server_name"])
-    sans = sorted(names | {"*." + n.split(".", 1)[1] for n in names if "." in n} | {"localhost"})
+            names_of.setdefault(str(s["tls"]), set()).add(s["apache"]["server_name"])
+    everyone = set().union(*names_of.values()) if names_of else set()
     out: dict[str, Any] = {"certificates": {}, "bgp_passwords": {}}
     d = statedir / "pki"
     d.mkdir(parents=True, exist_ok=True)
     for name in sorted(certs):
+        names = names_of.get(name) or everyone
+        sans = sorted(names) + sorted({"*." + n.split(".", 1)[1] for n in names if "." in n} | {"localhost"})
         key, crt = d / f"{name}.key", d / f"{name}.crt"
         if not crt.exists():
             subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
@@ -138,12 +142,12 @@ def _in_allow(addr: str, allow: list[str]) -> bool:
     return any(ip.version == ipaddress.ip_network(a).version and ip in ipaddress.ip_network(a) for a in allow)
 
 
-def probe_specs(lab: "Lab", fleet: Fleet, source: str, cafile: str | None) -> list[dict[str, Any]]:
-    """One probe per service VIP and port, as a client at ``source`` would try it."""
+def probe_specs(lab: "Lab", fleet: Fleet, source: str, pki: Path | None) -> list[dict[str, Any]]:
+    """One probe per service VIP and port, as a client at ``source`` would try it (an https probe
+    trusts only the service's own certificate, ``<pki>/<name>.crt``)."""
     host = lab.host(source)
     specs = []
     for sname, s in fleet.services.items():
-        server_name = (s["apache"] or {}).get("server_name")
         for vip in s["vips"]:
             v6 = ":" in vip
             src = host.address6 if v6 else host.address
@@ -162,13 +166,15 @@ def probe_specs(lab: "Lab", fleet: Fleet, source: str, cafile: str | None) -> li
                     spec["kind"] = "ldap"
                 elif proto == "udp":
                     spec["kind"] = "udp"
-                elif s["mode"] == "http":
-                    tls = s["tls"] is not None and number == "443"
-                    redirect = s["redirect_http"] and number == "80"
-                    spec.update(kind="https" if tls else "http", host=server_name or vip,
-                                path=s["check"].get("path") or "/", expect="301" if redirect else "200")
-                    if tls:
-                        spec["cafile"] = (acme_ca.trust(lab) or cafile) if s["tls"] == "acme" else cafile
+                elif s["mode"] == "http":   # the request Icinga's VIP check sends (routes of a shared VIP too)
+                    req = s["requests"][number]
+                    spec.update(kind="https" if req["tls"] else "http", host=req["host"] or vip,
+                                path=req["path"], expect=req["expect"] or "200")
+                    own = pki / f"{s['tls']}.crt" if pki is not None else None
+                    if req["tls"] and s["tls"] == "acme":
+                        spec["cafile"] = acme_ca.trust(lab)
+                    elif req["tls"] and own is not None and own.exists():
+                        spec["cafile"] = str(own)
                 else:
                     spec["kind"] = "tcp"
                 specs.append(spec)
@@ -297,12 +303,11 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
 def status(lab: "Lab", fleet: Fleet | None = None) -> dict[str, Any]:
     """Everything ``lab status`` prints, as data."""
     fleet = fleet or compile_catalog(lab.catalog)
-    cafiles = sorted((lab.statedir / "pki").glob("*.crt")) if (lab.statedir / "pki").exists() else []
-    cafile = str(cafiles[0]) if cafiles else None
+    pki = lab.statedir / "pki"   # each service's https probe trusts its own certificate (make_secrets)
     campus = master_node(lab)
-    results = run_probes(lab, CLIENT, probe_specs(lab, fleet, CLIENT, cafile))
+    results = run_probes(lab, CLIENT, probe_specs(lab, fleet, CLIENT, pki))
     client4 = lab.host(CLIENT).address
-    results += run_probes(lab, campus, [s for s in probe_specs(lab, fleet, campus, cafile)
+    results += run_probes(lab, campus, [s for s in probe_specs(lab, fleet, campus, pki)
                                         if not (client4 and _in_allow(client4, fleet.services[s["service"]]["allow"]))])
     ann = announcers(lab, fleet)
     lbs = [n for n, m in fleet.nodes.items() if m["haproxy"] and m["state"] == "active"]

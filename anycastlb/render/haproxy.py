@@ -1,8 +1,9 @@
 """HAProxy 2.6: ``/etc/haproxy/haproxy.cfg`` and the TLS bundles, from ``model["haproxy"]``.
 
 One frontend per (service, port) binding every VIP of the service (``transparent``
-so the bind works before the VIP is on ``lo``), one backend per (service, server
-port). Catalog backend states are written into the config: ``drain`` is
+so the bind works before the VIP is on ``lo``), or per VIP:port that http services
+share (routed by Host and path prefix, every service's certificate on the bind, picked
+by SNI), one backend per (service, server port). Catalog backend states are written into the config: ``drain`` is
 ``weight 0`` (HAProxy 2.6 has no ``drain`` server keyword; a weight-0 server
 gets no new sessions and keeps its running ones), ``maintenance`` is
 ``disabled``. Checked with ``haproxy -c -f``.
@@ -70,7 +71,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     for fe in hap["frontends"]:
         fe = dict(fe)
         if fe["tls"]:
-            fe["tls"] = {**fe["tls"], "pem": under(root, cert_path(fe["tls"]["certificate"]))}
+            names = fe["tls"].get("certificates") or [fe["tls"]["certificate"]]
+            fe["tls"] = {**fe["tls"], "pems": [under(root, cert_path(c)) for c in names]}
         fe["raw"] = _raw(fe.get("raw", []))
         frontends.append(fe)
     files = [template_file(

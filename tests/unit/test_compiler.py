@@ -125,7 +125,7 @@ def test_haproxy_backends_weights_backup_and_states(campus):
 
 def test_tls_and_redirect_frontends(campus):
     fe = {f["name"]: f for f in campus.nodes["lb1"]["haproxy"]["frontends"]}
-    assert fe["www-443"]["tls"] == {"certificate": "campus-wildcard"}
+    assert fe["www-443"]["tls"] == {"certificate": "campus-wildcard", "certificates": ["campus-wildcard"]}
     assert fe["www-443"]["binds"] == ["192.0.2.10", "2001:db8:1::10"]
     assert fe["www-80"]["redirect_https"] is True and fe["www-80"]["tls"] is None
     assert fe["intranet-80"]["allow"] == ["198.51.100.0/24", "2001:db8:100::/64"]

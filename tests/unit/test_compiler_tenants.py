@@ -67,6 +67,8 @@ CLAIMS = [
      "outside the host names"),
     ('    backends: [lib1, lib2]\n    apache: {server_name: repository', '    backends: [web1]\n    apache: '
      '{server_name: repository', "backends: [web1]", "backends.web1", "is not one tenant 'library'"),
+    ('    apache: {server_name: repository', '    route: {hosts: [www.example.org]}\n    apache: {server_name: '
+     'repository', "route: {hosts", "route.hosts[0]", "outside the host names"),
     ('tls: {certificate: library-tls}', 'tls: {certificate: campus-wildcard}', "certificate:", "tls.certificate",
      "is not one tenant 'library'"),
     ('    backends: [lib1, lib2]\n    apache: {server_name: repository', '    backends: [lib1, lib2]\n    '

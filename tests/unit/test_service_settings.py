@@ -45,20 +45,24 @@ services:
 """
 
 
-def catalog(tmp_path: Path, services: str) -> Path:
+def catalog(tmp_path: Path, services: str, base: str = BASE) -> Path:
     p = tmp_path / "catalog.yaml"
-    p.write_text(BASE + textwrap.indent(textwrap.dedent(services), "  "))
+    p.write_text(base + textwrap.indent(textwrap.dedent(services), "  "))
     return p
 
 
-def refused(tmp_path: Path, services: str) -> list[str]:
+def refused(tmp_path: Path, services: str, base: str = BASE) -> list[str]:
     with pytest.raises(CatalogRefused) as exc:
-        compile_catalog(catalog(tmp_path, services))
+        compile_catalog(catalog(tmp_path, services, base))
     return [str(e) for e in exc.value.errors]
 
 
 def haproxy_cfg(model: dict[str, Any], secrets: dict[str, Any] | None = None) -> str:
-    files = render(model, secrets or {"certificates": {}, "bgp_passwords": {}}, "haproxy", show_secrets=True)
+    """haproxy.cfg of a node (``secrets`` default: throw-away certificates for the ones it names)."""
+    if secrets is None:
+        names = model["secrets"]["certificates"]
+        secrets = {"certificates": throwaway_certificates(names) if names else {}, "bgp_passwords": {}}
+    files = render(model, secrets, "haproxy", show_secrets=True)
     return next(text for path, text in files["haproxy"].items() if path.endswith("haproxy.cfg"))
 
 
@@ -81,7 +85,7 @@ def fleet() -> Any:
 def certs() -> dict[str, Any]:
     if not shutil.which("openssl"):
         pytest.skip("openssl is not installed")
-    return throwaway_certificates(["www-example-org"])
+    return throwaway_certificates(["www-example-org", "shop-example-org", "api-example-org"])
 
 
 # ------------------------------------------------------------------ the operator fleet
@@ -101,7 +105,7 @@ def test_operator_fleet_passes_every_checker(fleet: Any, certs: dict[str, Any], 
 def test_operator_fleet_shape(fleet: Any) -> None:
     assert fleet.summary["roles"]["route-reflector"] == 2 and fleet.summary["roles"]["haproxy"] == 2
     assert fleet.summary["roles"]["monitoring"] == 1
-    assert set(fleet.services) == {"www", "ldap", "resolver", "kdc"}
+    assert set(fleet.services) == {"www", "ldap", "resolver", "kdc", "shop", "cart", "api"}
 
 
 def test_ldap_idle_binds_and_per_port_backend_ports(fleet: Any, certs: dict[str, Any]) -> None:
@@ -365,7 +369,7 @@ def test_services_sharing_an_apache_port_agree_on_the_proxy_protocol(tmp_path: P
 def test_schema_exports_the_new_keys() -> None:
     from anycastlb.schema import json_schema
     text = str(json_schema())
-    for key in ("HaproxySettings", "Timeouts", "DnsCheck", "KerberosCheck", "Redirect", "Hsts", "Raw"):
+    for key in ("HaproxySettings", "Timeouts", "DnsCheck", "KerberosCheck", "Redirect", "Hsts", "Raw", "Route"):
         assert key in text
 
 
@@ -388,6 +392,8 @@ STRING_LEAVES = [
     ("http", "haproxy: {{redirects: [{{path: {}, location: 'https://a.example/'}}]}}"),
     ("http", "haproxy: {{redirects: [{{path: /a, location: {}}}]}}"),
     ("http", "haproxy: {{redirects: [{{path: /a, prefix: {}}}]}}"),
+    ("http", "route: {{hosts: [{}]}}"),
+    ("http", "route: {{paths: [{}]}}"),
 ]
 
 
