@@ -14,8 +14,8 @@ gets no anycastlb data and keeps working.
 
 from __future__ import annotations
 
-import copy
 import os
+import pickle
 import re
 import threading
 from collections.abc import Callable
@@ -61,6 +61,21 @@ class Compiled:
     nodes: frozenset[str] = frozenset()
     #: a refusal was reported once for the minions it does not concern
     reported: bool = field(default=False, compare=False)
+    #: each node's model pickled once: a slice is then one ``pickle.loads`` (a private copy
+    #: Salt may change), about 7 times cheaper than ``copy.deepcopy`` at 1,000 services
+    pickled: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    def model_copy(self, node: str) -> dict[str, Any] | None:
+        """A private copy of ``node``'s model, or None when the fleet has no such node."""
+        assert self.fleet is not None
+        blob = self.pickled.get(node)
+        if blob is None:
+            model = self.fleet.nodes.get(node)
+            if model is None:
+                return None
+            blob = self.pickled[node] = pickle.dumps(model, pickle.HIGHEST_PROTOCOL)
+        copied: dict[str, Any] = pickle.loads(blob)  # noqa: S301 (bytes this process pickled itself)
+        return copied
 
 
 _TOP_NODES = re.compile(r"nodes\s*:\s*(#.*)?")
@@ -197,10 +212,10 @@ def node_pillar(minion_id: str, catalog: str, secrets: str | None = None,
                    f"anycastlb data)")
         return {}
     assert compiled.fleet is not None
-    model = compiled.fleet.nodes.get(minion_id)
-    if model is None:
+    data = compiled.model_copy(minion_id)
+    if data is None:
         return {}
-    data: dict[str, Any] = dict(copy.deepcopy(model))
+    model = compiled.fleet.nodes[minion_id]
     store = compiled.store or {}
     wanted = model["secrets"].get("certificates", [])
     if any(n.startswith("acme-") for n in wanted):

@@ -58,25 +58,39 @@ print(round((time.monotonic() - t0) * 1000, 1))
 
 
 def scale_catalog(n: int, base: Path = CAMPUS) -> dict:
-    """The campus catalog with generated services added until it has ``n`` services."""
+    """The campus catalog with generated services added until it has ``n`` services.
+
+    A mix per ten services: three ``tls-web`` (80 and 443, two VIPs), three ``web`` (80, two
+    VIPs), three tcp (143 and 993, two VIPs, the external mail responders) and one anycast
+    service of the KDCs (88 udp and tcp, one VIP): about 3.2 VIP:ports per service. VIPs
+    come from 192.0.2.0/24 while it lasts, then from 2001:db8:1::/64.
+    """
     data = yaml.safe_load(base.read_text())
     used = {str(ipaddress.ip_address(v)) for s in data["services"].values()
             for v in (s["vip"] if isinstance(s["vip"], list) else [s["vip"]])}
     v4 = (str(a) for a in ipaddress.ip_network("192.0.2.0/24").hosts() if int(a.packed[-1]) >= 30
           and str(a) not in used)
-    k = 0
+    k = j = 0
+
+    def vip() -> str:
+        nonlocal j
+        j += 1
+        return next(v4, None) or f"2001:db8:1::{0x1000 + j:x}"
     while len(data["services"]) < n:
         k += 1
-        vip = next(v4, None) or f"2001:db8:1::{0x1000 + k:x}"
-        name = f"gen{k:03d}"
-        if k % 3:
-            data["services"][name] = {"extends": "web", "vip": vip, "cluster": "edge", "backends": ["web1", "web2"],
+        name, kind = f"gen{k:04d}", k % 10
+        if kind < 6:
+            data["services"][name] = {"extends": "tls-web" if kind < 3 else "web", "vip": [vip(), vip()],
+                                      "cluster": "edge", "backends": ["web1", "web2"],
                                       "apache": {"server_name": f"{name}.example.org"}}
-        else:
-            data["services"][name] = {"mode": "tcp", "vip": vip, "cluster": "edge", "ports": [143],
+        elif kind < 9:
+            data["services"][name] = {"mode": "tcp", "vip": [vip(), vip()], "cluster": "edge", "ports": [143, 993],
                                       "check": {"tcp": {}},
                                       "backends": {"mail1": {"address": "203.0.113.25"},
                                                    "mail2": {"address": "203.0.113.26", "backup": True}}}
+        else:
+            data["services"][name] = {"mode": "anycast", "vip": vip(), "ports": ["88/udp", "88/tcp"],
+                                      "check": {"tcp": {"port": 88}}, "backends": ["kdc1", "kdc2"]}
     return data
 
 

@@ -147,6 +147,17 @@ def test_compiled_once_per_change_of_the_files(tmp_path, campus_catalog):
     assert cache.compilations == 3
 
 
+def test_each_slice_is_a_private_copy(tmp_path, campus_catalog):
+    """Salt may change the pillar it is handed: the cached fleet must not change with it."""
+    cache = FleetCache()
+    first = node_pillar("lb1", str(campus_catalog), cache=cache)["anycastlb"]
+    first["haproxy"]["frontends"].clear()
+    first["address"] = "203.0.113.99"
+    again = node_pillar("lb1", str(campus_catalog), cache=cache)["anycastlb"]
+    assert again["haproxy"]["frontends"] and again["address"] == "198.51.100.21"
+    assert again == node_pillar("lb1", str(campus_catalog), cache=FleetCache())["anycastlb"]
+
+
 def test_catalog_directory_notices_a_new_file(tmp_path, campus_catalog):
     cache = FleetCache()
     d = tmp_path / "catalog"
