@@ -1,23 +1,40 @@
-"""Scale: the campus lab's nodes with a generated catalog of 30, then 300 services.
+"""Scale: the campus lab's nodes with a generated catalog of 100, 300 and 1,000 services.
 
 The catalog is the shipped campus example plus generated services on the same nodes
-(:func:`scale_catalog`): two thirds http services of the ``web`` template on web1 and web2
-(each its own VIP, apache vhost and Icinga2 checks), one third tcp services to the
-external mail responders. VIPs come from 192.0.2.0/24 while it lasts, then from
-2001:db8:1::/64. For each size, one lab (built, measured, torn down):
+(:func:`scale_catalog`: tls-web, web, tcp and anycast services, about 3.2 VIP:ports per
+service). For each size, one lab (built, measured, torn down), and in it:
 
-* ``lab up``: network, Salt, the first ``state.apply`` of every node, the route
-  reflectors converged, every Icinga2 check run once;
+* ``lab up``: network, Salt, the first ``state.apply`` of every node, the route reflectors
+  converged, HAProxy's first verdicts, the first full Icinga2 round (forced) settled;
+* the first round: seconds from the forced round to no check PENDING, and how many
+  checks were not OK then (target: settled within 60 s, all OK);
 * HAProxy on lb1: ``haproxy -c`` of the live config, and a reload as anycastlb does it
   (``ServiceControl.reload_or_start``: checker, state dump, SIGUSR2, the new worker
-  confirmed), timed inside the node; resident memory of the HAProxy processes, BIRD and
-  healthd;
-* pillar per minion: ``salt lb1 pillar.items`` through the master, against
-  ``salt lb1 test.ping`` in the same lab (the round trip without pillar) as baseline.
+  confirmed), timed inside the node (target: 250 ms);
+* resident memory of HAProxy (lb1, master and workers), BIRD (lb1 and mon1's listener,
+  which holds every path), healthd (lb1) and Icinga2 (mon1, every icinga2 process);
+* the pillar slice: :func:`anycastlb.pillar.node_pillar` of lb1 and of mon1 (the two
+  largest models), warm (the master compiles once per change), in this process
+  (target: 50 ms); and ``salt lb1 pillar.items`` through the master against ``salt lb1
+  test.ping`` in the same lab;
+* monitoring CPU on mon1: every icinga2 process and its reaped children (the checks),
+  over a window in steady state, per hour and per service. The baseline, in the same lab:
+  the configuration before the poller = the same active checks plus one Python plugin per
+  passive check per interval: a sample of those plugins (``check_anycastlb_haproxy`` with
+  its 10 s shared fetch, ``check_anycastlb_bird``) and one poller run are executed in
+  mon1, their CPU (children rusage) scaled to every check and to an hour. Icinga2's own
+  cost of starting those processes is not counted, so the baseline is low rather than
+  high (target: after at most a tenth of before);
+* ``state.apply`` of lb1 with nothing to change (target: 10 s);
+* a one-service change pushed through git (the post-receive hook, the reactor, the
+  rolling deploy) until the orchestration returns, with the nodes it applied
+  (target: 30 s).
 
-Prints both sizes side by side and the growth (300 / 30) of each figure.
+Prints every size side by side, the growth of each figure against the growth of the
+catalog (linear or better: at most 1.25 times the catalog's growth; per-service figures
+at most 1.25), each target met or not, and exits 1 when one is not.
 
-Run: ``sudo .venv/bin/python benchmarks/scale.py [--sizes 30,300]`` (about 15 minutes).
+Run: ``sudo .venv/bin/python benchmarks/scale.py [--sizes 100,300,1000] [--window 120]``.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import random
 import shutil
 import statistics
 import sys
@@ -35,9 +53,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CAMPUS, lab as campus_lab, machine, need_root  # noqa: E402
+from common import CAMPUS, cpu_seconds, lab as campus_lab, machine, need_root  # noqa: E402
 
-from anycastlb.lab import faults  # noqa: E402
+from anycastlb.lab import faults, fleet  # noqa: E402
 from anycastlb.lab.salt import salt_cmd  # noqa: E402
 
 TIMED_RELOAD = """
@@ -94,11 +112,11 @@ def scale_catalog(n: int, base: Path = CAMPUS) -> dict:
     return data
 
 
-def in_node(lab, node: str, code: str) -> float:
-    r = lab.exec(node, [faults.PYTHON, "-c", code], timeout=120, cwd=str(lab.repo))
+def in_node(lab, node: str, code: str, *args: str, timeout: float = 120) -> str:
+    r = lab.exec(node, [faults.PYTHON, "-c", code, *args], timeout=timeout, cwd=str(lab.repo))
     if r.returncode != 0:
         raise RuntimeError(f"{node}: {r.stderr[-1000:]}")
-    return float(r.stdout.strip().splitlines()[-1])
+    return r.stdout.strip().splitlines()[-1]
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -110,7 +128,19 @@ def rss_mib(pids: list[int]) -> float:
                     total += int(line.split()[1])
         except OSError:
             continue
-    return total / 1024
+    return round(total / 1024, 1)
+
+
+def named(lab, node: str, comm: str) -> list[int]:
+    """The PIDs of ``node`` whose command name is ``comm``."""
+    out = []
+    for pid in faults.node_pids(lab, node):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                out.append(pid)
+        except OSError:
+            continue
+    return sorted(out)
 
 
 def salt_ms(lab, fun: str) -> float:
@@ -122,51 +152,222 @@ def salt_ms(lab, fun: str) -> float:
     return ms
 
 
-def measure(n: int) -> dict[str, float]:
+def slice_ms(catalog: str) -> float:
+    """The larger of lb1's and mon1's warm pillar slice (best of 5 each), in this process."""
+    from anycastlb.pillar import FleetCache, node_pillar
+    cache = FleetCache()
+    worst = 0.0
+    for node in ("lb1", "mon1"):
+        node_pillar(node, catalog, cache=cache)
+        best = min(_timed(lambda: node_pillar(node, catalog, cache=cache)) for _ in range(5))
+        worst = max(worst, best)
+    return round(worst * 1000, 1)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+#: Runs check commands one after another in the monitoring node; prints their CPU (children rusage).
+RUN_PLUGINS = """
+import json, resource, subprocess, sys
+cmds = json.loads(sys.argv[1])
+r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+for c in cmds:
+    subprocess.run(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+"""
+
+
+def old_plugin_commands(spec: dict, plugins: Path) -> dict[str, list[list[str]]]:
+    """The commands Icinga2 ran per interval for the now passive checks, before the poller."""
+    hap = [str(plugins / "check_anycastlb_haproxy.py")]
+    bird = [str(plugins / "check_anycastlb_bird.py")]
+    b = spec["bird"]
+    common = ["--socket", b["socket"]] + [f"--node={x}" for x in b["speakers"]]
+    out: dict[str, list[list[str]]] = {"haproxy": [], "announcers": [], "rr-sessions": []}
+    for src in spec["haproxy"]:
+        for c in src["checks"]:
+            out["haproxy"].append(["/usr/bin/python3", *hap, "-H", src["address"], "-p", str(src["port"]),
+                                   "--uri", "/metrics", "--frontend", c["frontend"], "--backend", c["backend"],
+                                   "--node", src["node"]])
+    for c in b["announcers"]:
+        out["announcers"].append(["/usr/bin/python3", *bird, "announcers", "--prefix", c["prefix"], *common,
+                                  *[f"--expected={e}" for e in c["expected"]]])
+    for c in b["rr_sessions"]:
+        out["rr-sessions"].append(["/usr/bin/python3", *bird, "rr-sessions", "--rr", c["rr"], *common,
+                                   *[f"--neighbor={x}" for x in c["neighbors"]],
+                                   *[f"--expected={e}" for e in c["expected"]]])
+    return out
+
+
+def monitoring_cpu(lab, n: int, window: float, sample: int) -> dict[str, float]:
+    """CPU per hour per service on mon1: now (measured), before (the same run's baseline)."""
+    from anycastlb.render import icinga2 as ic
+    pids = named(lab, "mon1", "icinga2")
+    c0, t0 = cpu_seconds(pids), time.monotonic()
+    time.sleep(window)
+    c1, t1 = cpu_seconds(named(lab, "mon1", "icinga2")), time.monotonic()
+    after_h = (c1 - c0) * 3600 / (t1 - t0)
+    spec = json.loads(lab.read_file("mon1", ic.POLL_SPEC))
+    plugins = Path(__file__).resolve().parents[1] / "anycastlb" / "plugins"
+    old = old_plugin_commands(spec, plugins)
+    rng = random.Random(n)
+    old_round = 0.0
+    for cmds in old.values():
+        if not cmds:
+            continue
+        picked = rng.sample(cmds, min(sample, len(cmds)))
+        cpu = float(in_node(lab, "mon1", RUN_PLUGINS, json.dumps(picked), timeout=600))
+        old_round += cpu / len(picked) * len(cmds)
+    poller = [["/usr/bin/python3", str(plugins / "check_anycastlb_poll.py"), "--spec", ic.POLL_SPEC,
+               "--command-file", "/dev/null"]]
+    poll_round = float(in_node(lab, "mon1", RUN_PLUGINS, json.dumps(poller), timeout=300))
+    rounds_h = 3600 / ic.INTERVALS["check_s"]
+    before_h = after_h + (old_round - poll_round) * rounds_h
+    return {"monitoring CPU s/h/service": round(after_h / n, 2),
+            "before: CPU s/h/service": round(before_h / n, 2),
+            "monitoring after / before": round(after_h / before_h, 3) if before_h else 0.0,
+            "poller run s": round(poll_round, 2),
+            "passive checks": float(sum(len(v) for v in old.values()))}
+
+
+def one_service_change(lab) -> dict[str, float | str]:
+    """A push that changes one service's balance; seconds until the rolling deploy returned."""
+    from anycastlb.lab import ops
+
+    def edit(clone: Path) -> None:
+        path = next(p for p in sorted(clone.rglob("*.yaml")) if "gen0003:" in p.read_text())
+        data = yaml.safe_load(path.read_text())
+        data["services"]["gen0003"]["balance"] = "leastconn"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    with ops.OrchestrationWatch(lab) as events:
+        time.sleep(1)
+        t0 = time.monotonic()
+        ops.push_catalog(lab, edit, "gen0003: balance leastconn")
+        ret = events.wait(600)
+        secs = time.monotonic() - t0
+    steps = ops.orchestration_steps(ret)
+    applied = sorted({s.split()[-1] for s in steps if s.startswith("apply ")})
+    cfg = lab.read_file("lb1", "/etc/haproxy/haproxy.cfg")
+    backend = cfg[cfg.index("\nbackend gen0003-"):][:400]
+    if not ret.get("success") or "leastconn" not in backend:
+        raise RuntimeError(f"the change did not converge: success {ret.get('success')}, steps {steps}")
+    return {"one-service change s": round(secs, 1), "change applied on": ",".join(applied) or "-"}
+
+
+def measure(n: int, window: float, sample: int) -> dict[str, float | str]:
     work = Path(tempfile.mkdtemp(prefix=f"aclb-scale{n}-", dir="/var/tmp"))
     cat = work / "campus.yaml"
-    cat.write_text(yaml.safe_dump(scale_catalog(n), sort_keys=False))
+    data = scale_catalog(n)
+    cat.write_text(yaml.safe_dump(data, sort_keys=False))
     try:
         with campus_lab(cat, tag=f"scale{n}") as lab:
-            out = {"services": float(n), "lab up s": round(lab.up_seconds, 1),
-                   "first state.apply s": float(lab.meta.get("apply_seconds", 0))}
-            out["haproxy -c ms"] = statistics.median(in_node(lab, "lb1", TIMED_CHECK) for _ in range(5))
-            out["haproxy reload ms"] = statistics.median(in_node(lab, "lb1", TIMED_RELOAD) for _ in range(5))
+            first = lab.meta.get("first_round") or {}
+            out: dict[str, float | str] = {
+                "services": float(n), "lab up s": round(lab.up_seconds, 1),
+                "first state.apply s": float(lab.meta.get("apply_seconds", 0)),
+                "HAProxy first verdicts s": float(first.get("haproxy_s", -1)),
+                "first round settled s": float(first.get("round_s", -1)),
+                "first round not OK": float(len(first.get("not_ok", {}))),
+            }
+            if first.get("not_ok"):
+                print(f"{n}: not OK in the first round: {sorted(first['not_ok'].items())[:20]}", flush=True)
+            out["haproxy -c ms"] = statistics.median(float(in_node(lab, "lb1", TIMED_CHECK)) for _ in range(5))
+            out["haproxy check+reload ms"] = statistics.median(float(in_node(lab, "lb1", TIMED_RELOAD))
+                                                               for _ in range(5))
             time.sleep(2)
             hap = faults.daemon_pid(lab, "lb1", "haproxy")
-            out["haproxy RSS MiB"] = round(rss_mib(faults.descendants(hap)) if hap else 0, 1)
+            out["haproxy RSS MiB"] = rss_mib(faults.descendants(hap)) if hap else 0.0
             bird = faults.daemon_pid(lab, "lb1", "bird")
-            out["bird RSS MiB"] = round(rss_mib([bird]) if bird else 0, 1)
+            out["bird RSS MiB (lb1)"] = rss_mib([bird]) if bird else 0.0
+            bird = faults.daemon_pid(lab, "mon1", "bird")
+            out["bird RSS MiB (mon1)"] = rss_mib([bird]) if bird else 0.0
             hd = faults.daemon_pid(lab, "lb1", "healthd")
-            out["healthd RSS MiB"] = round(rss_mib([hd]) if hd else 0, 1)
-            out["test.ping ms"] = statistics.median(salt_ms(lab, "test.ping") for _ in range(5))
-            out["pillar.items ms"] = statistics.median(salt_ms(lab, "pillar.items") for _ in range(5))
-            out["pillar / ping"] = round(out["pillar.items ms"] / out["test.ping ms"], 2)
-            lines = lab.read_file("lb1", "/etc/haproxy/haproxy.cfg").count("\nfrontend ")
-            out["lb1 frontends"] = float(lines)
+            out["healthd RSS MiB"] = rss_mib([hd]) if hd else 0.0
+            out["icinga2 RSS MiB"] = rss_mib(named(lab, "mon1", "icinga2"))
+            out["pillar slice ms"] = slice_ms(str(lab.catalog))
+            out["test.ping ms"] = round(statistics.median(salt_ms(lab, "test.ping") for _ in range(3)))
+            out["pillar.items ms"] = round(statistics.median(salt_ms(lab, "pillar.items") for _ in range(3)))
+            out["lb1 frontends"] = float(lab.read_file("lb1", "/etc/haproxy/haproxy.cfg").count("\nfrontend "))
+            out.update(monitoring_cpu(lab, n, window, sample))
+            t0 = time.monotonic()
+            summary = fleet.apply(lab, "lb1")
+            out["no-op state.apply lb1 s"] = round(time.monotonic() - t0, 1)
+            out["no-op states changed"] = float(summary["lb1"]["changed"])
+            out.update(one_service_change(lab))
             print(f"{n} services: {out}", flush=True)
             return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+#: figure → (limit, which way), checked at every size; lab up's limit is the issue's for 1,000 services.
+TARGETS = {"lab up s": 180.0, "one-service change s": 30.0, "haproxy check+reload ms": 250.0,
+           "no-op state.apply lb1 s": 10.0, "pillar slice ms": 50.0, "monitoring after / before": 0.1,
+           "first round settled s": 60.0, "first round not OK": 0.0, "no-op states changed": 0.0}
+#: figures that cost per service (their growth should be about 1), not per catalog
+PER_SERVICE = {"monitoring CPU s/h/service", "before: CPU s/h/service", "monitoring after / before"}
+#: figures whose growth is not a cost (inputs, counts, the first round's verdicts)
+NOT_COSTS = {"services", "lb1 frontends", "passive checks", "first round not OK", "no-op states changed",
+             "change applied on", "HAProxy first verdicts s"}
+
+
+def verdicts(res: dict[int, dict[str, float | str]]) -> list[str]:
+    """Every target and growth check, each ``met`` or ``NOT met``."""
+    sizes = sorted(res)
+    lines = []
+    for key, limit in TARGETS.items():
+        for n in sizes:
+            v = res[n].get(key)
+            if isinstance(v, float):
+                lines.append(f"{key} at {n}: {v:g} (target ≤ {limit:g}): {'met' if v <= limit else 'NOT met'}")
+    if len(sizes) > 1:
+        lo, hi = sizes[0], sizes[-1]
+        grow = hi / lo
+        for key, v in res[hi].items():
+            v0 = res[lo].get(key)
+            if key in NOT_COSTS or not isinstance(v, float) or not isinstance(v0, float) or v0 <= 0:
+                continue
+            allowed = 1.25 if key in PER_SERVICE else 1.25 * grow
+            g = v / v0
+            lines.append(f"growth of {key} {lo} -> {hi}: {g:.2f}x (catalog {grow:.1f}x, linear or better: "
+                         f"≤ {allowed:.2f}x): {'met' if g <= allowed else 'NOT met'}")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="30,300")
+    ap.add_argument("--sizes", default="100,300,1000")
+    ap.add_argument("--window", type=float, default=120.0, help="seconds of steady-state monitoring CPU")
+    ap.add_argument("--sample", type=int, default=60, help="old plugins run per check type for the baseline")
+    ap.add_argument("--json", help="also write the figures to this file")
     a = ap.parse_args()
     need_root()
     print(machine(), flush=True)
     sizes = [int(x) for x in a.sizes.split(",")]
-    res = {n: measure(n) for n in sizes}
+    res = {n: measure(n, a.window, a.sample) for n in sizes}
+    if a.json:
+        Path(a.json).write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
     print(f"\n{machine()}\n")
     keys = list(res[sizes[0]])
     print("| figure | " + " | ".join(f"{n} services" for n in sizes) + " | growth |")
     print("| --- |" + " --- |" * (len(sizes) + 1))
     for k in keys:
-        vals = [res[n][k] for n in sizes]
-        growth = f"{vals[-1] / vals[0]:.1f}x" if vals[0] else "-"
-        print(f"| {k} | " + " | ".join(f"{v:g}" for v in vals) + f" | {growth} |")
-    return 0
+        vals = [res[n].get(k) for n in sizes]
+        growth = (f"{vals[-1] / vals[0]:.1f}x" if isinstance(vals[0], float) and isinstance(vals[-1], float)
+                  and vals[0] else "-")
+        print(f"| {k} | " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vals)
+              + f" | {growth} |")
+    lines = verdicts(res)
+    print("\n" + "\n".join(lines))
+    missed = [x for x in lines if x.endswith("NOT met")]
+    print(f"\n{len(lines) - len(missed)} of {len(lines)} targets met" + (f"; NOT met: {len(missed)}" if missed else ""))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
