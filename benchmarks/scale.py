@@ -34,7 +34,9 @@ Prints every size side by side, the growth of each figure against the growth of 
 catalog (linear or better: at most 1.25 times the catalog's growth; per-service figures
 at most 1.25), each target met or not, and exits 1 when one is not.
 
-Run: ``sudo .venv/bin/python benchmarks/scale.py [--sizes 100,300,1000] [--window 120]``.
+Run: ``sudo .venv/bin/python benchmarks/scale.py [--sizes 100,300,1000] [--window 120]``; a size
+measured in another run joins the table and the growth with ``--with RESULTS.json`` (its
+``--json``).
 """
 
 from __future__ import annotations
@@ -346,13 +348,18 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=120.0, help="seconds of steady-state monitoring CPU")
     ap.add_argument("--sample", type=int, default=60, help="old plugins run per check type for the baseline")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--with", dest="earlier", action="append", default=[],
+                    help="figures of other sizes from an earlier run's --json, for the table and the growth")
     a = ap.parse_args()
     need_root()
     print(machine(), flush=True)
-    sizes = [int(x) for x in a.sizes.split(",")]
-    res = {n: measure(n, a.window, a.sample) for n in sizes}
+    res: dict[int, dict[str, float | str]] = {}
+    for f in a.earlier:
+        res.update({int(k): v for k, v in json.loads(Path(f).read_text()).items()})
+    res.update({n: measure(n, a.window, a.sample) for n in (int(x) for x in a.sizes.split(","))})
+    sizes = sorted(res)
     if a.json:
-        Path(a.json).write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
+        Path(a.json).write_text(json.dumps({str(k): v for k, v in sorted(res.items())}, indent=1))
     print(f"\n{machine()}\n")
     keys = list(res[sizes[0]])
     print("| figure | " + " | ".join(f"{n} services" for n in sizes) + " | growth |")
