@@ -176,7 +176,7 @@ def decommission(force: bool = False, test: bool = False) -> dict[str, Any]:
         salt old-lb anycastlb.decommission test=True
         salt old-lb anycastlb.decommission
     """
-    data = __pillar__.get("anycastlb") or {}
+    data = _fresh_pillar().get("anycastlb") or {}  # the catalog as the master serves it now, not as loaded
     if data.get("node") and not force:
         raise CommandExecutionError(f"the catalog still names this node ({data['node']}): remove it from the "
                                     "catalog first (or force=True)")
@@ -330,8 +330,9 @@ def _fresh_pillar() -> dict[str, Any]:
     """This minion's pillar compiled now by the master (not the copy loaded when the job started)."""
     import salt.pillar
 
-    data = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"],
-                                  saltenv=__opts__.get("saltenv"), pillarenv=__opts__.get("pillarenv")).compile_pillar()
+    opts = {**__opts__, "pillar": {}}  # a masterless minion's Pillar would merge the loaded one in
+    data = salt.pillar.get_pillar(opts, dict(__grains__), opts["id"],
+                                  saltenv=opts.get("saltenv"), pillarenv=opts.get("pillarenv")).compile_pillar()
     try:  # Salt 3008 wraps pillar for masked output; the values inside are plain
         from salt.utils.secret import expose
     except ImportError:  # Salt 3006

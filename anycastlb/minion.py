@@ -140,14 +140,22 @@ def unwanted(model: NodeModel | None) -> list[str]:
     return sorted(names, key=lambda n: RETIRE_ORDER.index(n) if n in RETIRE_ORDER else len(RETIRE_ORDER))
 
 
+#: Where a retired daemon's files are removed: configs and state. Programs (the Icinga plugins
+#: under /usr/local) stay, as the daemons' packages do.
+RETIRE_UNDER = ("/etc/", "/var/")
+
+
 def leftovers(spec: Any, root: str = "/") -> list[str]:
     """The files of ``spec`` that anycastlb wrote and that are still there: its owned files and those of
-    its ``leaves`` that are ours (an ``anycastlb`` path, or our header in the text), never the site's."""
+    its ``leaves`` that are ours (an ``anycastlb`` path, or our header in the text) under
+    :data:`RETIRE_UNDER`, never the site's."""
     from .apply import _read
     from .render import HEADER, owned_files, under
 
     def ours(target: str) -> bool:
         path = "/" + os.path.relpath(target, root or "/")  # its production path: the root's name says nothing
+        if not path.startswith(RETIRE_UNDER):
+            return False
         return "anycastlb" in path or HEADER in (_read(target) or "")
 
     out = [p for p in owned_files(spec, root) if ours(p)]

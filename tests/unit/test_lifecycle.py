@@ -299,3 +299,14 @@ def test_the_plan_compares_each_node_with_what_it_last_applied(tmp_path, campus_
     by = {s.node: s for s in orch.plan(new, deployed=old, applied=applied)}
     assert by["lb1"].actions == ("remember", "apply", "verify", "announced"), "lb1 runs it already"
     assert by["lb2"].actions[0] == "drain" and "stops announcing" in by["lb2"].note
+
+
+def test_programs_stay_only_configs_and_state_are_retired(tmp_path, campus_catalog):
+    """A node without monitoring finds the Icinga plugins (a program dir, maybe shared): not its icinga2."""
+    plugins = tmp_path / "usr/local/lib/anycastlb/plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "check_anycastlb_haproxy").write_text("#!/usr/bin/python3\n")
+    ctl = Recorder(set(), set(), [])
+    web1 = _fleet(tmp_path, campus_catalog).nodes["web1"]
+    ret = minion.retire(web1, ctl, str(tmp_path))
+    assert ret["changes"] == {} and (plugins / "check_anycastlb_haproxy").exists(), ret
