@@ -1,4 +1,4 @@
-"""``anycastlb lab up|down|status|exec|shell``: subcommands for the main CLI (see :func:`register`)."""
+"""``anycastlb lab up|down|status|deploy|exec|shell``: subcommands for the main CLI (see :func:`register`)."""
 from __future__ import annotations
 
 import argparse
@@ -118,7 +118,7 @@ def lab_up(catalog: str | Path, prefix: str = DEFAULT_PREFIX, statedir: str | Pa
 @contextlib.contextmanager
 def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", restart_minions: bool = False,
                   salt: bool = True, init: str = "direct", peer: str = "bird") -> Iterator[Lab]:
-    """``lab up`` of a copy of ``catalog`` in its own ``/var/tmp/aclb-<tag>-*`` (prefix
+    """``lab up`` of a copy of ``catalog`` (a file or a directory) in its own ``/var/tmp/aclb-<tag>-*`` (prefix
     ``aclb<tag[:3]><hex4>``) for the duration of the block, torn down after it, also on
     SIGTERM/SIGHUP. The lab carries ``up_seconds`` and ``up_output`` (what ``lab up`` printed).
     Used by the lab tests and the benchmarks."""
@@ -126,7 +126,10 @@ def temporary_lab(catalog: str | Path = DEFAULT_CATALOG, tag: str = "tmp", resta
 
     work = Path(tempfile.mkdtemp(prefix=f"aclb-{tag}-", dir="/var/tmp"))
     copy = work / Path(catalog).name
-    shutil.copy(catalog, copy)
+    if Path(catalog).is_dir():
+        shutil.copytree(catalog, copy)
+    else:
+        shutil.copy(catalog, copy)
     out = io.StringIO()
     t0 = time.monotonic()
     try:
@@ -184,6 +187,22 @@ def _cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(a: argparse.Namespace) -> int:
+    from .ops import OpsError, deploy
+
+    try:
+        lab = load_lab(a.prefix, a.statedir)
+    except LabError as exc:
+        print(f"anycastlb lab deploy: {exc}", file=sys.stderr)
+        return 2
+    try:
+        done = deploy(lab, a.catalog, message=a.message or "", timeout=a.timeout, out=sys.stdout)
+    except OpsError as exc:
+        print(f"anycastlb lab deploy: {exc}", file=sys.stderr)
+        return 1
+    return 0 if done.ok else 1
+
+
 def _cmd_exec(a: argparse.Namespace) -> int:
     lab = load_lab(a.prefix, a.statedir)
     argv = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
@@ -223,6 +242,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--hosts", action="store_true", help="also list hosts and processes")
     p.add_argument("--json", action="store_true", help="the status as JSON")
     p.set_defaults(func=_cmd_status)
+    p = common(sub.add_parser("deploy", help="commit CATALOG into the lab's catalog repository and push it from "
+                                             "the master node (hook, reactor, orch.deploy); print the steps as "
+                                             "they run and the result; exit 0 only if the deploy succeeded"))
+    p.add_argument("catalog", help="catalog file or directory (the kind the lab was built from)")
+    p.add_argument("-m", "--message", help="the commit message (default: anycastlb lab deploy <name>)")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds to wait for the orchestration's result (default %(default)s)")
+    p.set_defaults(func=_cmd_deploy)
     p = common(sub.add_parser("exec", help="run a command in a lab host"))
     p.add_argument("node", help="a lab host (a node or peer of the catalog)")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments")

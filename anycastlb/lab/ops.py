@@ -7,6 +7,8 @@
   the master the reactor (``/etc/salt/master.d/anycastlb-ops.conf``).
 * :func:`push_catalog`: what an operator does: clone, change, commit, push (inside the
   master node, so the hook reaches the master's event bus, as a push over SSH would).
+* :func:`deploy` (``anycastlb lab deploy CATALOG``): a whole catalog pushed that way, the
+  orchestration's steps followed as they run (:class:`OrchestrationWatch`), its result.
 * :func:`forget_minion`, :func:`start_sshd`, :func:`salt_ssh_roster`, :func:`bootstrap`:
   a node with no minion, brought into Salt by ``salt-ssh`` and ``salt/anycastlb/bootstrap/minion.sls``.
 """
@@ -17,8 +19,9 @@ import shlex
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import yaml
 
@@ -104,16 +107,17 @@ def prepare(lab: "Lab") -> None:
                    "# anycastlb lab: reactor on catalog changes\n" + yaml.safe_dump(reactor_config()))
 
 
-def push_catalog(lab: "Lab", edit: Callable[[Path], None], message: str) -> str:
+def push_catalog(lab: "Lab", edit: Callable[[Path], None], message: str, allow_empty: bool = False) -> str:
     """Clone the catalog repository, let ``edit(checkout_dir)`` change it, commit and push it
-    from inside the master node (the post-receive hook sends the event); returns the commit."""
+    from inside the master node (the post-receive hook sends the event); returns the commit.
+    ``allow_empty``: an edit that changes nothing is still committed and pushed (a redeploy)."""
     bare, work = repo_paths(lab)
     clone = lab.statedir / f"operator-{int(time.time() * 1000)}"
     _git("clone", "--quiet", str(bare), str(clone))
     try:
         edit(clone)
         _git("add", "-A", cwd=clone)
-        _git("commit", "--quiet", "-m", message, cwd=clone)
+        _git("commit", "--quiet", *(["--allow-empty"] if allow_empty else []), "-m", message, cwd=clone)
         rev = _git("rev-parse", "HEAD", cwd=clone)
         r = lab.exec(master_node(lab), ["git", *GIT_ENV, "-C", str(clone), "push", "origin", BRANCH], timeout=120)
         if r.returncode != 0:
@@ -251,18 +255,103 @@ def salt_run(lab: "Lab", *args: str, timeout: float = 300) -> tuple[int, Any, st
     return r.returncode, data, r.stdout + r.stderr
 
 
+#: The events :class:`OrchestrationWatch` follows: runners' returns and, with ``on_step``, the
+#: runners and jobs the orchestration starts (an orchestration sends no event per state on a
+#: master: its opts are ``local``), each a step of the deploy.
+RET_EVENTS = "salt/run/*/ret"
+STEP_EVENTS = r"salt/(run/[0-9]+/(new|ret)|job/[0-9]+/(new|ret/.*))"
+#: Runners and functions that are no step of a deploy (the orchestration itself, event watchers, job polls).
+NOT_STEPS = ("runner.state.orchestrate", "runner.state.event", "saltutil.find_job", "saltutil.running")
+
+
+def _kwargs(args: Any) -> dict[str, Any]:
+    """The keyword arguments in a job's or runner's ``arg``/``fun_args`` (dicts, or ``key=value`` strings)."""
+    out: dict[str, Any] = {}
+    for a in args if isinstance(args, list) else []:
+        if isinstance(a, dict):
+            out.update({k: v for k, v in a.items() if not str(k).startswith("__")})
+        elif isinstance(a, str) and "=" in a:
+            k, _, v = a.partition("=")
+            out[k] = v
+    return out
+
+
+def _detail(value: Any) -> str:
+    """One line saying what a runner or a function returned (its comment, else the value)."""
+    if isinstance(value, dict) and value.get("comment"):
+        value = value["comment"]
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return " ".join(text.split())
+
+
+class Progress:
+    """The deploy's steps as they finish, from the master's runner and job events: each runner the
+    orchestration calls (``anycastlb.drain`` ...) and each function it runs on a minion
+    (``state.sls anycastlb``, ``anycastlb.verify``) is a step, ``{"id", "result", "comment", "seconds"}``."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, tuple[str, float]] = {}
+
+    def feed(self, tag: str, data: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """The step an event finishes (None: it starts one, or is none)."""
+        parts = tag.split("/")
+        if len(parts) < 4 or parts[0] != "salt" or parts[1] not in ("run", "job"):
+            return None
+        jid, kind = parts[2], parts[3]
+        fun = str(data.get("fun") or "")
+        if fun in NOT_STEPS:
+            return None
+        if kind == "new":
+            args = data.get("fun_args") if parts[1] == "run" else data.get("arg")
+            kw = _kwargs(args)
+            if parts[1] == "run":
+                label = fun.removeprefix("runner.") + (f" {kw['node']}" if kw.get("node") else "")
+            else:
+                pos = [a for a in args or [] if isinstance(a, str) and "=" not in a][:1]
+                label = " ".join([fun, *pos]) + f" on {data.get('tgt')}"
+            self.started[jid] = (label, now)
+            return None
+        if kind != "ret" or jid not in self.started:
+            return None
+        label, t0 = self.started[jid]
+        if parts[1] == "job":
+            minion = str(data.get("id") or (parts[4] if len(parts) > 4 else ""))
+            label = label.rsplit(" on ", 1)[0] + f" on {minion}"
+            ok = data.get("success") is not False and not data.get("retcode")
+        else:
+            ret = data.get("return")
+            ok = data.get("success") is not False and not (isinstance(ret, dict) and ret.get("result") is False)
+        ret = data.get("return")
+        if parts[1] == "job" and fun.startswith("state.") and isinstance(ret, dict):
+            states = [v for v in ret.values() if isinstance(v, dict)]
+            bad = [f"{v.get('__id__')}: {v.get('comment')}" for v in states if v.get("result") is False]
+            comment = "; ".join(bad) if bad else f"{len(states)} states, {sum(bool(v.get('changes')) for v in states)} changed"
+        else:
+            comment = _detail(ret)
+        return {"id": label, "result": ok, "comment": comment, "seconds": round(now - t0, 1)}
+
+
+def format_step(step: dict[str, Any]) -> str:
+    """A step as ``lab deploy`` prints it: verdict, what ran, seconds, what it said (one line)."""
+    verdict = "ok" if step["result"] else "FAILED"
+    return f"  {verdict:6} {step['id']:32} {step['seconds']:6.1f} s  {step['comment'][:110]}"
+
+
 class OrchestrationWatch:
     """Follows the master's event bus for the reactor's ``anycastlb.orch.deploy`` run (start it before the push).
 
     ``with OrchestrationWatch(lab) as w: push_catalog(...); ret = w.wait(400)`` returns the
-    runner's return event (``ret["success"]``, ``ret["return"]``).
+    runner's return event (``ret["success"]``, ``ret["return"]``). ``on_step`` is called with
+    each finished step (:class:`Progress`) while the orchestration runs.
     """
 
-    def __init__(self, lab: "Lab", mods: str = "anycastlb.orch.deploy") -> None:
+    def __init__(self, lab: "Lab", mods: str = "anycastlb.orch.deploy",
+                 on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.mods = mods
+        self.on_step = on_step
         self.proc = subprocess.Popen(
-            lab.argv(master_node(lab), [str(BIN / "salt-run"), "state.event", "tagmatch=salt/run/*/ret",
-                                        "pretty=False"]),
+            lab.argv(master_node(lab), [str(BIN / "salt-run"), "state.event",
+                                        f"tagmatch={STEP_EVENTS if on_step else RET_EVENTS}", "pretty=False"]),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def wait(self, timeout: float) -> dict[str, Any]:
@@ -270,6 +359,7 @@ class OrchestrationWatch:
         import selectors
 
         deadline = time.monotonic() + timeout
+        progress = Progress()
         assert self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -280,11 +370,14 @@ class OrchestrationWatch:
                 line = self.proc.stdout.readline()
                 if not line:
                     break
-                _tag, _, body = line.partition("\t")
+                tag, _, body = line.partition("\t")
                 try:
                     data = json.loads(body)
                 except ValueError:
                     continue
+                step = progress.feed(tag, data, time.monotonic()) if self.on_step else None
+                if step is not None and self.on_step:
+                    self.on_step(step)
                 if data.get("fun") == "runner.state.orchestrate" and self.mods in json.dumps(data.get("fun_args")):
                     return data
         finally:
@@ -318,8 +411,98 @@ def orchestration_steps(ret: dict[str, Any]) -> list[str]:
     return [name for _, name in rows]
 
 
-__all__ = ["EVENT_TAG", "OpsError", "OrchestrationWatch", "bootstrap", "orchestration_steps", "forget_minion", "make_catalog_repo", "orchestrate", "prepare",
-           "push_catalog", "salt_cmd", "salt_run", "start_sshd"]
+def failed_steps(ret: dict[str, Any]) -> list[str]:
+    """``"<state id>: <comment>"`` of every failed state of an orchestration's return event; the
+    return itself when the orchestration did not run its states (a render error, a refused pillar)."""
+    body = ret.get("return")
+    data = body.get("data") if isinstance(body, dict) else None
+    states: Any = next(iter(data.values()), None) if isinstance(data, dict) and data else None
+    if not isinstance(states, dict) or not all(isinstance(v, dict) for v in states.values()):
+        return [] if ret.get("success") is True else [json.dumps(body)[:2000]]
+    rows = []
+    for k, v in states.items():
+        if v.get("result") is False:
+            # salt.function says only "Running function X failed on minions": what they returned is in changes
+            said = (v.get("changes") or {}).get("ret") if isinstance(v.get("changes"), dict) else None
+            comment = " ".join(str(v.get("comment") or "").split()) + (f" {_detail(said)[:1500]}" if said else "")
+            rows.append((v.get("__run_num__", 0), k.split("_|-")[1], comment))
+    return [f"{name}: {comment}" for _, name, comment in sorted(rows)]
+
+
+def replace_catalog(target: Path, source: Path) -> None:
+    """Make ``target`` (the catalog in a checkout: a file, or a directory) a copy of ``source``,
+    which must be of the same kind (the ext_pillar reads that one path)."""
+    if source.is_dir() != target.is_dir():
+        kind = "directory" if target.is_dir() else "file"
+        raise OpsError(f"the lab's catalog is a {kind} ({target.name}); deploy a {kind}, not {source}")
+    if source.is_dir():
+        shutil.rmtree(target)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
+    else:
+        shutil.copyfile(source, target)
+
+
+@dataclass
+class Deployment:
+    """What :func:`deploy` did: the pushed commit, each step as it finished, the orchestration's return event."""
+
+    rev: str
+    steps: list[dict[str, Any]]
+    ret: dict[str, Any]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """The orchestration ran and every step succeeded."""
+        return self.ret.get("success") is True and not failed_steps(self.ret)
+
+    def summary(self) -> str:
+        """The result line(s) ``lab deploy`` ends with."""
+        if self.ok:
+            return (f"deploy of {self.rev[:12]} succeeded in {self.seconds:.1f} s "
+                    f"({len(orchestration_steps(self.ret))} steps)")
+        return (f"deploy of {self.rev[:12]} FAILED after {self.seconds:.1f} s:\n"
+                + "\n".join(f"  {f}" for f in failed_steps(self.ret) or ["the orchestration did not succeed"]))
+
+
+def deploy(lab: "Lab", catalog: str | Path, message: str = "", timeout: float = 900,
+           out: TextIO | None = None) -> Deployment:
+    """``anycastlb lab deploy CATALOG``: commit ``catalog`` (a file or a directory, of the kind the
+    lab was built from) into the lab's catalog repository, push it from the master node (hook,
+    reactor, ``orch.deploy``), print each orchestration step as it finishes and the result to
+    ``out``. OpsError when it cannot push or no orchestration returns within ``timeout``."""
+    source = Path(catalog).resolve()
+    if not source.exists():
+        raise OpsError(f"{catalog}: no such file or directory")
+    _bare, work = repo_paths(lab)
+    try:
+        rel = Path(lab.catalog).resolve().relative_to(work.resolve())
+    except ValueError:
+        raise OpsError(f"this lab reads {lab.catalog}, not a catalog repository (was it built with Salt?)") from None
+    message = message or f"anycastlb lab deploy {source.name}"
+    steps: list[dict[str, Any]] = []
+
+    def show(step: dict[str, Any]) -> None:
+        steps.append(step)
+        if out:
+            print(format_step(step), file=out, flush=True)
+
+    t0 = time.monotonic()
+    with OrchestrationWatch(lab, on_step=show) as watch:
+        rev = push_catalog(lab, lambda clone: replace_catalog(clone / rel, source), message, allow_empty=True)
+        if out:
+            print(f"pushed {rev[:12]} ({message}) from {master_node(lab)}: the hook sent {EVENT_TAG}; "
+                  f"orch.deploy runs", file=out, flush=True)
+        ret = watch.wait(timeout)
+    done = Deployment(rev, steps, ret, time.monotonic() - t0)
+    if out:
+        print(done.summary(), file=out, flush=True)
+    return done
+
+
+__all__ = ["EVENT_TAG", "Deployment", "OpsError", "OrchestrationWatch", "bootstrap", "deploy", "failed_steps",
+           "format_step", "orchestration_steps", "forget_minion", "make_catalog_repo", "orchestrate", "prepare",
+           "push_catalog", "replace_catalog", "salt_cmd", "salt_run", "start_sshd", "Progress"]
 
 
 def restart_minions(lab: "Lab", nodes: list[str] | None = None, wait: float = 120.0) -> float:
