@@ -260,8 +260,10 @@ def salt_run(lab: "Lab", *args: str, timeout: float = 300) -> tuple[int, Any, st
 #: master: its opts are ``local``), each a step of the deploy.
 RET_EVENTS = "salt/run/*/ret"
 STEP_EVENTS = r"salt/(run/[0-9]+/(new|ret)|job/[0-9]+/(new|ret/.*))"
-#: Runners and functions that are no step of a deploy (the orchestration itself, event watchers, job polls).
-NOT_STEPS = ("runner.state.orchestrate", "runner.state.event", "saltutil.find_job", "saltutil.running")
+#: Runners and functions that are no step of a deploy (the orchestration itself, event watchers, the
+#: hook's event, job polls).
+NOT_STEPS = ("runner.state.orchestrate", "runner.state.event", "runner.event.send", "saltutil.find_job",
+             "saltutil.running")
 
 
 def _kwargs(args: Any) -> dict[str, Any]:
@@ -337,6 +339,12 @@ def format_step(step: dict[str, Any]) -> str:
     return f"  {verdict:6} {step['id']:32} {step['seconds']:6.1f} s  {step['comment'][:110]}"
 
 
+def is_result(tag: str, data: dict[str, Any], mods: str = "anycastlb.orch.deploy") -> bool:
+    """Whether an event is the return of ``state.orchestrate MODS`` (not its start)."""
+    return (tag.startswith("salt/run/") and tag.endswith("/ret") and data.get("fun") == "runner.state.orchestrate"
+            and mods in json.dumps(data.get("fun_args")))
+
+
 class OrchestrationWatch:
     """Follows the master's event bus for the reactor's ``anycastlb.orch.deploy`` run (start it before the push).
 
@@ -378,7 +386,7 @@ class OrchestrationWatch:
                 step = progress.feed(tag, data, time.monotonic()) if self.on_step else None
                 if step is not None and self.on_step:
                     self.on_step(step)
-                if data.get("fun") == "runner.state.orchestrate" and self.mods in json.dumps(data.get("fun_args")):
+                if is_result(tag, data, self.mods):
                     return data
         finally:
             sel.close()
@@ -502,7 +510,7 @@ def deploy(lab: "Lab", catalog: str | Path, message: str = "", timeout: float = 
 
 __all__ = ["EVENT_TAG", "Deployment", "OpsError", "OrchestrationWatch", "bootstrap", "deploy", "failed_steps",
            "format_step", "orchestration_steps", "forget_minion", "make_catalog_repo", "orchestrate", "prepare",
-           "push_catalog", "replace_catalog", "salt_cmd", "salt_run", "start_sshd", "Progress"]
+           "push_catalog", "replace_catalog", "salt_cmd", "salt_run", "start_sshd", "Progress", "is_result"]
 
 
 def restart_minions(lab: "Lab", nodes: list[str] | None = None, wait: float = 120.0) -> float:

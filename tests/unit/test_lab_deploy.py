@@ -87,6 +87,14 @@ def test_progress_turns_runner_and_job_events_into_steps():
     assert step is not None and step["id"] == "anycastlb.announced lb2" and step["result"] is False
 
 
+def test_the_orchestrations_result_is_its_return_event_not_its_start():
+    args = {"fun": "runner.state.orchestrate", "fun_args": [{"mods": "anycastlb.orch.deploy"}]}
+    assert not ops.is_result("salt/run/20261201104302000001/new", args)
+    assert ops.is_result("salt/run/20261201104302000001/ret", dict(args, success=True, **{"return": {}}))
+    assert not ops.is_result("salt/run/20261201104302000002/ret", {"fun": "runner.event.send", "fun_args": []})
+    assert not ops.is_result("salt/run/20261201104302000001/ret", args, mods="site.other")
+
+
 def _orch_ret(states, success):
     return {"fun": "runner.state.orchestrate", "success": success, "return": {"data": {"salt_master": states}}}
 
