@@ -289,10 +289,12 @@ def _detail(value: Any) -> str:
 class Progress:
     """The deploy's steps as they finish, from the master's runner and job events: each runner the
     orchestration calls (``anycastlb.drain`` ...) and each function it runs on a minion
-    (``state.sls anycastlb``, ``anycastlb.verify``) is a step, ``{"id", "result", "comment", "seconds"}``."""
+    (``state.sls anycastlb``, ``anycastlb.verify``) is a step, ``{"id", "result", "comment", "seconds",
+    "nested"}``; ``nested``: a function a runner ran (printed indented; it finishes before its runner)."""
 
     def __init__(self) -> None:
         self.started: dict[str, tuple[str, float]] = {}
+        self.nested: set[str] = set()  # jobs a runner started (``anycastlb.drain`` asks the node): shown indented
 
     def feed(self, tag: str, data: dict[str, Any], now: float) -> dict[str, Any] | None:
         """The step an event finishes (None: it starts one, or is none)."""
@@ -311,11 +313,14 @@ class Progress:
             else:
                 pos = [a for a in args or [] if isinstance(a, str) and "=" not in a][:1]
                 label = " ".join([fun, *pos]) + f" on {data.get('tgt')}"
-            self.started[jid] = (label, now)
+            if parts[1] == "job" and any(k.startswith("run:") for k in self.started):  # a runner is running
+                self.nested.add(jid)
+            self.started[("run:" if parts[1] == "run" else "") + jid] = (label, now)
             return None
-        if kind != "ret" or jid not in self.started:
+        key = ("run:" if parts[1] == "run" else "") + jid
+        if kind != "ret" or key not in self.started:
             return None
-        label, t0 = self.started[jid]
+        label, t0 = self.started[key] if parts[1] == "job" else self.started.pop(key)
         if parts[1] == "job":
             minion = str(data.get("id") or (parts[4] if len(parts) > 4 else ""))
             label = label.rsplit(" on ", 1)[0] + f" on {minion}"
@@ -330,13 +335,15 @@ class Progress:
             comment = "; ".join(bad) if bad else f"{len(states)} states, {sum(bool(v.get('changes')) for v in states)} changed"
         else:
             comment = _detail(ret)
-        return {"id": label, "result": ok, "comment": comment, "seconds": round(now - t0, 1)}
+        return {"id": label, "result": ok, "comment": comment, "seconds": round(now - t0, 1),
+                "nested": jid in self.nested}
 
 
 def format_step(step: dict[str, Any]) -> str:
     """A step as ``lab deploy`` prints it: verdict, what ran, seconds, what it said (one line)."""
     verdict = "ok" if step["result"] else "FAILED"
-    return f"  {verdict:6} {step['id']:32} {step['seconds']:6.1f} s  {step['comment'][:110]}"
+    what = ("  · " if step.get("nested") else "") + step["id"]
+    return f"  {verdict:6} {what:36} {step['seconds']:6.1f} s  {step['comment'][:100]}"
 
 
 def is_result(tag: str, data: dict[str, Any], mods: str = "anycastlb.orch.deploy") -> bool:

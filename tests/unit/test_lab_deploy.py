@@ -61,11 +61,17 @@ def test_progress_turns_runner_and_job_events_into_steps():
     assert p.feed("salt/run/20261201101500000001/new", {"fun": "runner.state.orchestrate", "fun_args": []}, 0) is None
     assert p.feed("salt/run/20261201101500000002/new",
                   {"fun": "runner.anycastlb.drain", "fun_args": [{"node": "lb1", "timeout": 30}]}, 1.0) is None
+    # what the runner asks a minion while it runs is a step of its own, nested
+    p.feed("salt/job/20261201101500000009/new", {"fun": "anycastlb.drain", "arg": [], "tgt": "lb1"}, 1.5)
+    inner = p.feed("salt/job/20261201101500000009/ret/lb1", {"fun": "anycastlb.drain", "id": "lb1", "success": True,
+                                                               "retcode": 0, "return": {"comment": "drained"}}, 2.0)
+    assert inner is not None and inner["nested"] and inner["id"] == "anycastlb.drain on lb1"
+    assert ops.format_step(inner).startswith("  ok       · anycastlb.drain on lb1")
     step = p.feed("salt/run/20261201101500000002/ret",
                   {"fun": "runner.anycastlb.drain", "success": True,
                    "return": {"result": True, "comment": "lb1 drained:\n every path withdrawn"}}, 3.5)
     assert step == {"id": "anycastlb.drain lb1", "result": True, "comment": "lb1 drained: every path withdrawn",
-                    "seconds": 2.5}
+                    "seconds": 2.5, "nested": False}
     assert p.feed("salt/job/20261201101500000003/new",
                   {"fun": "state.sls", "arg": ["anycastlb", "exclude=[]"], "tgt": "lb1"}, 4.0) is None
     assert p.feed("salt/job/20261201101500000004/new", {"fun": "saltutil.find_job", "arg": ["x"], "tgt": "lb1"}, 5) \
