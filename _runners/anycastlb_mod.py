@@ -108,7 +108,7 @@ def lint() -> dict[str, Any]:
     return _done(_master().lint().as_dict())
 
 
-def plan(runtime: bool = True, drain: str = "auto", save: bool = True) -> dict[str, Any]:
+def plan(runtime: bool = True, drain: str = "auto", save: bool = True, changed_only: bool = False) -> dict[str, Any]:
     """
     The rolling deploy's order: every node once, with its actions (drain, apply,
     verify, undrain). A refused catalog gives no steps and ``result`` False.
@@ -122,6 +122,8 @@ def plan(runtime: bool = True, drain: str = "auto", save: bool = True) -> dict[s
     ``mark_applied``); one without a record with the catalog deployed last. Nodes that
     stop speaking BGP are drained first (phase ``leaving``), nodes the catalog no longer
     names are decommissioned there. ``save=False`` writes nothing (a dry run).
+    ``changed_only=True`` leaves out the nodes whose model is the one they run (the
+    reactor's deploys on a catalog push: a push touches only what it changes).
 
     CLI Example:
 
@@ -129,8 +131,9 @@ def plan(runtime: bool = True, drain: str = "auto", save: bool = True) -> dict[s
 
         salt-run anycastlb.plan
         salt-run anycastlb.plan runtime=False drain=always
+        salt-run anycastlb.plan changed_only=True
     """
-    return _done(_master().plan(runtime=runtime, drain=drain, save=bool(save)))
+    return _done(_master().plan(runtime=runtime, drain=drain, save=bool(save), changed_only=bool(changed_only)))
 
 
 def mark_applied(node: str, hash: str = "") -> dict[str, Any]:  # pylint: disable=redefined-builtin

@@ -170,7 +170,8 @@ class Master:
     def _planned_models(self) -> str:
         return os.path.join(self._dir("deploy"), "planned-models.json")
 
-    def plan(self, runtime: bool = True, drain: str = "auto", save: bool = True) -> dict[str, Any]:
+    def plan(self, runtime: bool = True, drain: str = "auto", save: bool = True,
+             changed_only: bool = False) -> dict[str, Any]:
         """The rolling deploy's steps, each node compared with what it runs (:meth:`applied`, else the
         catalog deployed last); keeps the planned catalog and models for :meth:`mark_deployed` and
         :meth:`mark_applied` (not with ``save=False``: a dry run writes nothing)."""
@@ -195,7 +196,9 @@ class Master:
                      + (f"; the others with the catalog deployed last)" if deployed is not None else ")"))
         if drain == "always":
             basis += "; drain=always: every node with another announcer is drained"
-        steps = plan(fleet, drained, deployed, drain, applied=applied)
+        steps = plan(fleet, drained, deployed, drain, applied=applied, changed_only=changed_only)
+        if changed_only:
+            basis += f"; changed_only: the {len(steps)} step(s) of the nodes whose model changed"
         out = out_at_once(steps, fleet)
         ret = {"result": True, "catalog": res.catalog, "comment": f"{res.summary}; {basis}",
                "steps": [s.as_dict() for s in steps], "out_at_once": out}

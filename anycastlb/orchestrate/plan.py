@@ -127,7 +127,8 @@ def _cluster_order(clusters: dict[str, list[str]], nodes: Mapping[str, Any],
 
 
 def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), deployed: Fleet | None = None,
-         drain: str = "auto", applied: Mapping[str, Mapping[str, Any]] | None = None) -> list[Step]:
+         drain: str = "auto", applied: Mapping[str, Mapping[str, Any]] | None = None,
+         changed_only: bool = False) -> list[Step]:
     """Every node of the fleet once, in deploy order (see the module docstring).
 
     ``runtime_drained``: nodes whose drain file an operator wrote (node → reason); they
@@ -140,6 +141,10 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
     anycast service) is drained first, before the route reflectors drop its sessions
     (phase ``leaving``); a node the catalog no longer names is decommissioned there
     (``salt-run anycastlb.decommission``).
+
+    ``changed_only``: leave out the nodes whose model is the one they run (``applied``, else
+    ``deployed``), so a catalog push touches only the nodes it changes. Not after an
+    upgrade of anycastlb or a change of the secrets alone: the models stay, the files do not.
     """
     if drain not in DRAIN_MODES:
         raise ValueError(f"drain must be one of {', '.join(DRAIN_MODES)}, not {drain!r}")
@@ -224,6 +229,8 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
         if s.node in leaving and s.phase != "leaving":
             note = (note + "; " if note else "") + "drained before (phase leaving): what it no longer runs is retired"
         steps[i] = Step(**{**s.__dict__, "note": note, "hash": model_hash(nodes[s.node])})
+    if changed_only:
+        steps = [s for s in steps if s.node not in nodes or s.node in leaving or before.get(s.node) != nodes[s.node]]
     return steps
 
 

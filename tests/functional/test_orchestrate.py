@@ -122,6 +122,21 @@ def test_a_change_that_stays_off_the_routers_drains_nothing(tmp_path, campus_cat
         "without a deployed catalog every node is drained"
 
 
+def test_changed_only_leaves_out_the_nodes_a_push_does_not_change(tmp_path, campus_catalog):
+    """A backend's weight changes HAProxy on the cluster's nodes and nothing else."""
+    def edit(d):
+        d["services"]["intranet"]["backends"]["web1"]["weight"] = 80
+    deployed, new = _change(tmp_path, campus_catalog, edit)
+    steps = orch.plan(new, deployed=deployed, changed_only=True)
+    assert [s.node for s in steps] == ["lb1", "lb2", "lb3"]
+    assert steps == [s for s in orch.plan(new, deployed=deployed) if s.node in ("lb1", "lb2", "lb3")], \
+        "the same steps, fewer nodes"
+    assert orch.plan(new, changed_only=True) == orch.plan(new), "nothing to compare with: every node"
+    applied = {"web1": {**deployed.nodes["web1"], "address": "198.51.100.99"}}   # web1 runs something else
+    assert [s.node for s in orch.plan(new, deployed=deployed, applied=applied, changed_only=True)] == [
+        "lb1", "lb2", "lb3", "web1"]
+
+
 @pytest.mark.parametrize("edit,node,why", [
     (lambda d: d["bgp"].update(bfd={"interval": "200ms", "multiplier": 3}), "lb1", "its BGP bfd changes"),
     (lambda d: d["services"].pop("imap"), "lb1", "it stops announcing 192.0.2.20/32"),

@@ -81,4 +81,4 @@ def test_reactor_passes_a_hostile_rev_as_data_never_as_yaml(tmp_path, make_minio
         loaders.reset_state()
     args = out["anycastlb-catalog-changed"]["runner.state.orchestrate"][0]["args"]
     assert args[0] == {"mods": "anycastlb.orch.deploy"}
-    assert args[1] == {"pillar": {"anycastlb_deploy": {"rev": hostile}}}
+    assert args[1] == {"pillar": {"anycastlb_deploy": {"rev": hostile, "changed_only": True}}}

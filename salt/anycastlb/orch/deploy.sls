@@ -13,6 +13,8 @@
                            # (against what each node last applied); always: every node
         exclude: []        # state ids (or sls) left out of every node's apply
         nodes: []          # deploy only these nodes (still in plan order)
+        changed_only: false  # only the nodes whose model differs from the one they run
+                           # (the reactor sets it: a push touches only what it changes)
         rev: <commit>      # first stage this commit of the catalog repository, lint it
                            # there, and only then switch the catalog the pillar reads
                            # (the reactor passes the pushed commit; "" = the branch head)
@@ -57,7 +59,8 @@ catalog checkout:
     - failhard: True
 {%- endif %}
 {%- if staged %}
-{%- set plan = salt['saltutil.runner']('anycastlb.plan', drain=cfg.get('drain', 'auto'), save=not dry) %}
+{%- set plan = salt['saltutil.runner']('anycastlb.plan', drain=cfg.get('drain', 'auto'), save=not dry,
+                                      changed_only=cfg.get('changed_only', False) is sameas true) %}
 
 lint catalog:
   salt.runner:

@@ -10,4 +10,4 @@ anycastlb-catalog-changed:
   runner.state.orchestrate:
     - args:
       - mods: anycastlb.orch.deploy
-      - pillar: {{ {'anycastlb_deploy': {'rev': rev | string}} | json }}
+      - pillar: {{ {'anycastlb_deploy': {'rev': rev | string, 'changed_only': true}} | json }}
