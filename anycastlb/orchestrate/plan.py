@@ -178,35 +178,47 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
     for n in order:
         if "route-reflector" in nodes[n]["roles"]:
             add(Step(n, "route-reflectors", "route reflectors", ("apply", "verify")))
-    # 2. HAProxy clusters, in the order they first appear (a cluster taking over a VIP first)
-    found: dict[str, list[str]] = {}
-    for n in order:
-        hap = nodes[n]["haproxy"]
-        for c in hap["clusters"] if hap else []:
-            found.setdefault(c, []).append(n)
-    clusters = {c: found[c] for c in _cluster_order(found, nodes, before)}
-    managed_later = {n for n in order if {"backend", "apache"} & set(nodes[n]["roles"])}
-    for cname, members in clusters.items():
-        active = [m for m in members if _active(nodes[m]) and m not in rd]
-        for n in sorted(members, key=lambda m: _joining(m, cname, before or None)):
-            if n in placed:
-                continue
+    def clusters_phase() -> None:
+        # 2. HAProxy clusters, in the order they first appear (a cluster taking over a VIP first)
+        found: dict[str, list[str]] = {}
+        for n in order:
             hap = nodes[n]["haproxy"]
-            assert hap is not None  # a cluster member runs HAProxy
-            pending = tuple(sorted(
-                b["name"] for b in hap["backends"]
-                if b["servers"] and all(s["managed"] and s["name"] in managed_later for s in b["servers"])))
-            add(_rolling(n, nodes[n], "clusters", f"cluster {cname}", active, rd, pending, before.get(n), drain))
-    # 3. anycast backends: the other announcers are the nodes sharing one of its VIPs (new ones last)
-    for n in sorted(order, key=lambda m: _joining(m, "anycast", before or None)):
-        if n in placed or "anycast" not in nodes[n]["roles"]:
-            continue
-        bgp = nodes[n]["bgp"]
-        mine = set(bgp["announce"]) if bgp and _speaker(nodes[n]) else set()
-        svc = sorted(s for s in nodes[n]["services"] if fleet.services.get(s, {}).get("mode") == "anycast")
-        sharing = [m for m in order if _active(nodes[m]) and m not in rd and "anycast" in nodes[m]["roles"]
-                   and (set((nodes[m]["bgp"] or {"announce": []})["announce"]) & mine or m == n)]
-        add(_rolling(n, nodes[n], "anycast", "anycast " + ",".join(svc), sharing, rd, (), before.get(n), drain))
+            for c in hap["clusters"] if hap else []:
+                found.setdefault(c, []).append(n)
+        clusters = {c: found[c] for c in _cluster_order(found, nodes, before)}
+        managed_later = {n for n in order if {"backend", "apache"} & set(nodes[n]["roles"])}
+        for cname, members in clusters.items():
+            active = [m for m in members if _active(nodes[m]) and m not in rd]
+            for n in sorted(members, key=lambda m: _joining(m, cname, before or None)):
+                if n in placed:
+                    continue
+                hap = nodes[n]["haproxy"]
+                assert hap is not None  # a cluster member runs HAProxy
+                pending = tuple(sorted(
+                    b["name"] for b in hap["backends"]
+                    if b["servers"] and all(s["managed"] and s["name"] in managed_later for s in b["servers"])))
+                add(_rolling(n, nodes[n], "clusters", f"cluster {cname}", active, rd, pending, before.get(n), drain))
+
+    def anycast_phase() -> None:
+        # 3. anycast backends: the other announcers are the nodes sharing one of its VIPs (new ones last)
+        for n in sorted(order, key=lambda m: _joining(m, "anycast", before or None)):
+            if n in placed or "anycast" not in nodes[n]["roles"]:
+                continue
+            bgp = nodes[n]["bgp"]
+            mine = set(bgp["announce"]) if bgp and _speaker(nodes[n]) else set()
+            svc = sorted(s for s in nodes[n]["services"] if fleet.services.get(s, {}).get("mode") == "anycast")
+            sharing = [m for m in order if _active(nodes[m]) and m not in rd and "anycast" in nodes[m]["roles"]
+                       and (set((nodes[m]["bgp"] or {"announce": []})["announce"]) & mine or m == n)]
+            add(_rolling(n, nodes[n], "anycast", "anycast " + ",".join(svc), sharing, rd, (), before.get(n), drain))
+
+    # 2 and 3, the other way round when anycast backends take over what a cluster gives up (a service
+    # that became anycast): its VIP is announced by them before the cluster withdraws it
+    anycast_gain = {p for n, m in nodes.items() if "anycast" in m["roles"]
+                    for p in _announce(m) - _announce(before.get(n))}
+    cluster_loss = {p for n, m in before.items() if m and m.get("haproxy")
+                    for p in _announce(m) - _announce(nodes.get(n))}
+    for phase in (anycast_phase, clusters_phase) if anycast_gain & cluster_loss else (clusters_phase, anycast_phase):
+        phase()
     # 4. backends (apache vhosts, HAProxy servers)
     for n in order:
         if n not in placed and {"backend", "apache"} & set(nodes[n]["roles"]):

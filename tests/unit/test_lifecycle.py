@@ -289,6 +289,23 @@ def test_a_service_moving_cluster_is_announced_before_it_is_withdrawn(tmp_path, 
     assert by["lb1"].actions[0] == "drain" and "192.0.2.20" in by["lb1"].note
 
 
+def test_a_service_that_becomes_anycast_is_announced_by_its_backends_before_the_cluster_withdraws(
+        tmp_path, campus_catalog):
+    def old(d: dict[str, Any]) -> None:
+        d["services"]["dns"] = {"mode": "tcp", "vip": "192.0.2.53", "cluster": "edge", "ports": [53],
+                                "check": {"tcp": {}}, "backends": {"ns1": {"address": "203.0.113.53"}}}
+
+    def new(d: dict[str, Any]) -> None:
+        d["services"]["dns"] = {"mode": "anycast", "vip": "192.0.2.53", "ports": ["53/udp", "53/tcp"],
+                                "check": {"tcp": {"port": 53}}, "backends": ["kdc1", "kdc2"]}
+    before = _fleet(tmp_path, campus_catalog, old, name="old.yaml")
+    after = _fleet(tmp_path, campus_catalog, new)
+    order = [s.node for s in orch.plan(after, deployed=before)]
+    assert order.index("kdc2") < order.index("lb1"), order
+    same = [s.node for s in orch.plan(before, deployed=before)]
+    assert same.index("lb1") < same.index("kdc1"), "without the move, the clusters come first"
+
+
 def test_the_plan_compares_each_node_with_what_it_last_applied(tmp_path, campus_catalog):
     """After a deploy that stopped half-way: lb1 runs the new catalog, lb2 the old one."""
     def edit(d: dict[str, Any]) -> None:
