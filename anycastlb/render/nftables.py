@@ -37,7 +37,9 @@ COPY_HOPS = 1
 # whole; the probe exits 0 while our table is loaded.
 SERVICE = Service(name="nftables", unit="", command=("nft", "-f", PATH), paths=(PATH,), pidfile="",
                   oneshot=True, probe=("nft", "list", "table", "inet", TABLE),
-                  unload=("nft", "delete", "table", "inet", TABLE))
+                  # every table of ours, each made first so that deleting one that is not there cannot fail
+                  unload=("nft", "; ".join(f"table {t} {{}}; delete table {t}" for t in
+                                           (f"inet {TABLE}", f"ip {STEER_TABLE}", f"ip6 {STEER_TABLE}"))))
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 

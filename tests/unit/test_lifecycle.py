@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import json
 import subprocess
 from pathlib import Path
@@ -327,3 +328,23 @@ def test_programs_stay_only_configs_and_state_are_retired(tmp_path, campus_catal
     web1 = _fleet(tmp_path, campus_catalog).nodes["web1"]
     ret = minion.retire(web1, ctl, str(tmp_path))
     assert ret["changes"] == {} and (plugins / "check_anycastlb_haproxy").exists(), ret
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loads a ruleset in a network namespace of its own")
+def test_unloading_the_firewall_takes_every_table_of_ours_and_no_other(tmp_path, campus_catalog):
+    import shlex
+
+    from anycastlb.service import services
+
+    lb1 = _fleet(tmp_path, campus_catalog).nodes["lb1"]
+    (f,) = daemon("nftables").render(lb1, {"certificates": {}, "bgp_passwords": {}}, "/")
+    (tmp_path / "lb1.nft").write_text(f.content)
+    unload = shlex.join(services()["nftables"].unload)
+    script = (f"nft add table inet site && nft -f {tmp_path / 'lb1.nft'} && nft list tables && echo -- && "
+              f"{unload} && nft list tables && echo -- && {unload} && echo again ok")
+    out = subprocess.run(["unshare", "--net", "--", "sh", "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    loaded, after, again = out.stdout.split("--\n")
+    assert {"table inet anycastlb", "table ip anycastlb_steer", "table inet site"} <= set(loaded.splitlines())
+    assert after.split() == ["table", "inet", "site"], "the site's own table stays"
+    assert again.strip() == "again ok", "nothing of ours loaded: unloading still succeeds"
