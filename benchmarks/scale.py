@@ -356,10 +356,18 @@ def main() -> int:
     res: dict[int, dict[str, float | str]] = {}
     for f in a.earlier:
         res.update({int(k): v for k, v in json.loads(Path(f).read_text()).items()})
-    res.update({n: measure(n, a.window, a.sample) for n in (int(x) for x in a.sizes.split(","))})
+    failed = []
+    for n in (int(x) for x in a.sizes.split(",")):
+        try:
+            res[n] = measure(n, a.window, a.sample)
+        except Exception as exc:  # noqa: BLE001 (a size that fails is reported; the others still count)
+            print(f"{n} services: FAILED: {exc}", flush=True)
+            failed.append(n)
+        if a.json:   # after each size: a long run that stops later keeps what it measured
+            Path(a.json).write_text(json.dumps({str(k): v for k, v in sorted(res.items())}, indent=1))
+    if not res:
+        return 1
     sizes = sorted(res)
-    if a.json:
-        Path(a.json).write_text(json.dumps({str(k): v for k, v in sorted(res.items())}, indent=1))
     print(f"\n{machine()}\n")
     keys = list(res[sizes[0]])
     print("| figure | " + " | ".join(f"{n} services" for n in sizes) + " | growth |")
@@ -374,7 +382,9 @@ def main() -> int:
     print("\n" + "\n".join(lines))
     missed = [x for x in lines if x.endswith("NOT met")]
     print(f"\n{len(lines) - len(missed)} of {len(lines)} targets met" + (f"; NOT met: {len(missed)}" if missed else ""))
-    return 1 if missed else 0
+    if failed:
+        print(f"NOT measured (failed): {', '.join(map(str, failed))} services")
+    return 1 if missed or failed else 0
 
 
 if __name__ == "__main__":
