@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..model import Announcement, HealthModel, NodeModel
 from .index import Index
 
@@ -15,13 +17,16 @@ class HealthBuilder(Index):
         bgp = model["bgp"]
         if bgp is None or bgp["role"] != "speaker":
             return {"announcements": []}
-        frontends = (model["haproxy"] or {"frontends": []})["frontends"]
+        by_bind: dict[str, list[dict[str, Any]]] = {}   # bind address → frontends, in model order (one pass, not VIPs × frontends)
+        for f in (model["haproxy"] or {"frontends": []})["frontends"]:
+            for addr in dict.fromkeys(f["binds"]):
+                by_bind.setdefault(addr, []).append(f)
         for v in bgp["vips"]:
             if v["prefix"] not in bgp["announce"]:
                 continue
             lb_svcs = [s for s in v["services"] if self.services[s].model.mode != "anycast"]
             if lb_svcs:
-                fes = [f for f in frontends if set(f["services"]) & set(lb_svcs) and v["address"] in f["binds"]]
+                fes = [f for f in by_bind.get(v["address"], []) if set(f["services"]) & set(lb_svcs)]
                 anns.append({"prefix": v["prefix"], "services": lb_svcs,
                              "watch": {"type": "haproxy", "frontends": sorted(f["name"] for f in fes),
                                        "backends": sorted({b for f in fes for b in f["backends"]})}})

@@ -25,6 +25,7 @@ import ipaddress
 import json
 import os
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,7 @@ def objects(model: dict[str, Any]) -> dict[str, Any]:
             addr = check["prefix"].split("/")[0]
             if addr not in vips[host]["addresses"]:
                 vips[host]["addresses"].append(addr)
-    names = [s["name"] for s in services]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(s["name"] for s in services).items() if k > 1)
     if dup:
         raise RenderError(f"two checks share a name: {', '.join(dup)}")
     speakers = [f"{h['name']}=" + ",".join(a for a in (h["address"], h.get("address6")) if a)
