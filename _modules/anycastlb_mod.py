@@ -359,6 +359,28 @@ def _model_for(expect: str) -> dict[str, Any]:
     return dict(fresh)
 
 
+def wait_sessions(deadline: Any = None) -> dict[str, Any]:
+    """
+    Graceful drain's wait: until this node's HAProxy frontends hold no session, or
+    ``deadline`` seconds pass (default: the catalog's ``drain_deadline`` of its
+    clusters). ``open`` says how many were left; the exit code is 1 if any.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb1 anycastlb.wait_sessions
+        salt lb1 anycastlb.wait_sessions deadline=10
+    """
+    model, _ = _node()
+    try:
+        ret = _minion.wait_sessions(model, None if deadline in (None, "") else float(deadline))
+    except _minion.NodeError as exc:
+        raise CommandExecutionError(str(exc)) from None
+    _fail_retcode(not ret["result"])
+    return ret
+
+
 def verify(pending: Any = None, timeout: float = 20, expect: str = "") -> dict[str, Any]:
     """
     Is this node healthy after an apply? Every daemon it runs is running, HAProxy's

@@ -220,22 +220,26 @@ def remember(node: str) -> dict[str, Any]:
     return _done(_master().remember(node))
 
 
-def drain(node: str, timeout: float = 30, reason: str = "") -> dict[str, Any]:
+def drain(node: str, timeout: float = 30, reason: str = "", deadline: Any = None) -> dict[str, Any]:
     """
     Drain ``node`` in order: the node withdraws every announcement (drain file,
     anycastlb-healthd confirms), then every route reflector is waited on until it
     carries no path via the node, then the node's BGP sessions on the route
     reflectors are checked to be still Established. Remembers what the node announced,
-    so :py:func:`undrain` can wait for it to come back.
+    so :py:func:`undrain` can wait for it to come back. Then it waits until the node's
+    HAProxy frontends hold no session, or ``deadline`` seconds pass (default: the
+    catalog's ``drain_deadline``, 60 s; 0: no wait), and reports how many were
+    still open (``open_sessions``).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run anycastlb.drain node=lb1
-        salt-run anycastlb.drain node=lb1 reason="kernel update"
+        salt-run anycastlb.drain node=lb1 reason="kernel update" deadline=300
     """
-    return _done(_master().drain(node, timeout=float(timeout), reason=str(reason or "")))
+    return _done(_master().drain(node, timeout=float(timeout), reason=str(reason or ""),
+                                 deadline=None if deadline in (None, "") else float(deadline)))
 
 
 def announced(node: str, timeout: float = 30) -> dict[str, Any]:

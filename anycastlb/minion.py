@@ -463,6 +463,43 @@ def _verify_once(model: NodeModel, ctl: Any, pending: list[str]) -> tuple[list[s
     return problems, notes
 
 
+def open_sessions(model: NodeModel) -> dict[str, int]:
+    """Frontend → its current sessions (``scur``), for the node's own frontends (not stats)."""
+    from .plugins.check_anycastlb_haproxy import parse_show_stat
+    from .render.haproxy import ADMIN_SOCKET
+    from .service import unix_query
+
+    hap = model["haproxy"]
+    if not hap:
+        return {}
+    try:
+        rows = parse_show_stat(unix_query(ADMIN_SOCKET, "show stat -1 1 -1"), ("scur",))
+    except (OSError, ValueError) as exc:
+        raise NodeError(f"haproxy stats socket: {exc}") from None
+    return {f["name"]: int(rows.get((f["name"], "FRONTEND"), {}).get("scur") or 0) for f in hap["frontends"]}
+
+
+def wait_sessions(model: NodeModel, deadline: float | None = None, every: float = 0.2) -> dict[str, Any]:
+    """Graceful drain's wait: until the node's frontends hold no session, or ``deadline``
+    seconds pass (default: the catalog's ``drain_deadline``). ``open`` is what was left."""
+    hap = model["haproxy"]
+    if not hap:
+        return {"result": True, "open": 0, "frontends": {}, "waited_ms": 0, "comment": "no HAProxy on this node"}
+    limit = hap["drain_deadline_ms"] / 1000 if deadline is None else float(deadline)
+    t0 = time.monotonic()
+    now = open_sessions(model)
+    while sum(now.values()) and time.monotonic() - t0 < limit:
+        time.sleep(every)
+        now = open_sessions(model)
+    left = sum(now.values())
+    ms = round((time.monotonic() - t0) * 1000)
+    busy = {k: v for k, v in now.items() if v}
+    return {"result": left == 0, "open": left, "frontends": busy, "waited_ms": ms, "deadline_s": limit,
+            "comment": (f"no session left after {ms} ms" if not left else
+                        f"{left} session(s) still open at the {limit:g} s deadline: "
+                        + ", ".join(f"{k} {v}" for k, v in sorted(busy.items())))}
+
+
 def _http_ok(address: str, port: int, host: str, path: str) -> list[str]:
     import http.client
 

@@ -81,6 +81,7 @@ class HaproxyModel(TypedDict):
     """HAProxy on an LB node (frontends, backends and their servers: docs/model.md)."""
 
     clusters: list[str]
+    drain_deadline_ms: int    # how long a drain waits for the frontends' sessions to end (the longest of its clusters)
     stats: dict[str, Any]
     frontends: list[dict[str, Any]]
     backends: list[dict[str, Any]]

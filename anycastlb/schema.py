@@ -505,6 +505,9 @@ class Cluster(Strict):
     steering: bool | None = Field(
         None, description="hand the packets of tcp flows a node does not own to the cluster's other nodes "
                           "(docs/steering.md); default: on when the cluster has more than one node")
+    drain_deadline: Annotated[int, BeforeValidator(_unit_duration(0, 3_600_000, "60s")),
+                              WithJsonSchema(_DURATION_SCHEMA)] = Field(
+        60_000, description="how long salt-run anycastlb.drain waits, once the node is withdrawn, for its HAProxy sessions to end (0s: not at all)")
 
 
 #: An ACME External Account Binding key id (base64url characters, as CAs hand them out).

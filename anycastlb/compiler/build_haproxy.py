@@ -44,6 +44,7 @@ class HaproxyBuilder(Index):
                                        "port": sport, "check": self.check_model(svc, None),
                                        "servers": servers, **backend_settings(sname, m)}
         return {"clusters": self.node_clusters[nid],
+                "drain_deadline_ms": max(self.clusters[c].drain_deadline for c in self.node_clusters[nid]),
                 "stats": {"address": n.address, "port": HAPROXY_STATS_PORT},
                 "frontends": [frontends[k] for k in sorted(frontends)],
                 "backends": [backends[k] for k in sorted(backends)],

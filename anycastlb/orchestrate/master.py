@@ -254,9 +254,13 @@ class Master:
         ret.update(result=True, announced=announced, comment=f"{node} announces {len(announced)} prefix(es)")
         return ret
 
-    def drain(self, node: str, timeout: float = 30, reason: str = "") -> dict[str, Any]:
+    def drain(self, node: str, timeout: float = 30, reason: str = "", deadline: float | None = None) -> dict[str, Any]:
         """The node withdraws (healthd confirms), every route reflector carries no path via it,
-        its BGP sessions on the route reflectors stay Established; what it announced is kept."""
+        its BGP sessions on the route reflectors stay Established; what it announced is kept.
+        Then (graceful drain) it waits until the node's HAProxy frontends hold no session or
+        ``deadline`` s pass (None: the catalog's ``drain_deadline``; 0: no wait) and reports
+        how many were left. A rolling deploy's drain (``reason`` orchestrate) of a node that
+        steers flows does not wait: its reload keeps every session, steering keeps them reachable."""
         ret: dict[str, Any] = {"node": node, "result": False}
         fleet = self._node_fleet(node, ret)
         if fleet is None:
@@ -283,13 +287,26 @@ class Master:
                          if st != "Established"]
             if (fleet.nodes[node].get("bgp") or {}).get("role") and not with_node[rr]:
                 problems.append(f"{rr}: no BGP session with {node}")
+        withdrawn_ms = round((time.monotonic() - t0) * 1000)
+        model = fleet.nodes[node]
+        if deadline is None and reason == ORCHESTRATE and model.get("steering"):
+            deadline = 0
+        left = ""
+        if model.get("haproxy") and not problems and (deadline is None or deadline > 0):
+            wait = (model["haproxy"]["drain_deadline_ms"] / 1000) if deadline is None else deadline
+            got_s = self.cmd([node], "anycastlb.wait_sessions", {"deadline": wait}, wait + 30).get(node)
+            if got_s is None or not isinstance(got_s[1], dict):
+                problems.append(f"{node}: sessions: {_silent(got_s)}")
+            else:
+                ret["open_sessions"], ret["sessions_waited_ms"] = got_s[1]["open"], got_s[1]["waited_ms"]
+                left = f"; {got_s[1]['comment']}"
         ms = round((time.monotonic() - t0) * 1000)
         ret.update(step="drain", announced_before=announced, node_drain=got[1], sessions=with_node,
                    withdrawn_ms={rr: _waited(waits, rr) for rr in rrs}, seconds=round(ms / 1000, 2))
         if problems:
             return {**ret, "comment": f"{node}: drained, but: " + "; ".join(problems)}
-        ret.update(result=True, comment=(f"{node}: drained in {ms} ms; route reflectors {', '.join(rrs)} carry no "
-                                         f"path via it; its BGP sessions stay Established"))
+        ret.update(result=True, comment=(f"{node}: drained in {withdrawn_ms} ms; route reflectors {', '.join(rrs)} "
+                                         f"carry no path via it; its BGP sessions stay Established{left}"))
         return ret
 
     def undrain(self, node: str, timeout: float = 30, in_place: bool = False) -> dict[str, Any]:

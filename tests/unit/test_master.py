@@ -47,14 +47,17 @@ SESSIONS_UP = (0, {"clie_lb1_4": {"state": "Established", "neighbor": "198.51.10
                    "clie_lb1_6": {"state": "Established", "neighbor": "2001:db8:100::21"}})
 
 
+WAITED = (0, {"result": True, "open": 0, "waited_ms": 800, "comment": "no session left after 800 ms"})
+
+
 def test_drain_in_order_and_the_sessions_must_stay_up(master) -> None:
     m, minions = master({"anycastlb.status": status(["192.0.2.10/32"]), "anycastlb.drain": (0, {"result": True}),
                          "anycastlb.wait_routes": (0, {"result": True, "waited_ms": 12}),
-                         "anycastlb.sessions": SESSIONS_UP})
+                         "anycastlb.sessions": SESSIONS_UP, "anycastlb.wait_sessions": WAITED})
     ret = m.drain("lb1", timeout=5)
     assert ret["result"] is True, ret
     assert [c[1] for c in minions.calls] == ["anycastlb.status", "anycastlb.drain", "anycastlb.wait_routes",
-                                             "anycastlb.sessions"]
+                                             "anycastlb.sessions", "anycastlb.wait_sessions"]
     assert minions.calls[2][0] == ("rr1", "rr2") and set(minions.calls[2][2]["via"]) == {"198.51.100.21",
                                                                                        "2001:db8:100::21"}
     assert ret["sessions"]["rr1"] == {"clie_lb1_4": "Established", "clie_lb1_6": "Established"}
@@ -69,7 +72,7 @@ def test_drain_in_order_and_the_sessions_must_stay_up(master) -> None:
 def test_undrain_waits_for_what_it_announced_before(master) -> None:
     m, minions = master({"anycastlb.status": status(["192.0.2.10/32", "2001:db8:1::10/128"]),
                          "anycastlb.drain": (0, {}), "anycastlb.wait_routes": (0, {"waited_ms": 3}),
-                         "anycastlb.sessions": SESSIONS_UP,
+                         "anycastlb.sessions": SESSIONS_UP, "anycastlb.wait_sessions": WAITED,
                          "anycastlb.undrain": (0, {"prefixes": {"192.0.2.10/32": True}})})
     assert m.drain("lb1")["result"]
     ret = m.undrain("lb1")
@@ -225,3 +228,24 @@ def test_work_tree_checkout_is_linted_in_staging_first(tmp_path, repo, campus_ca
     ret = m.checkout(rev=fixed)
     assert ret["result"] is True and ret["rev"] == fixed, ret
     assert "weight: 60" in (checkout / "campus.yaml").read_text()
+
+
+def test_graceful_drain_waits_for_the_sessions_and_reports_what_was_left(master) -> None:
+    left = (1, {"result": False, "open": 7, "waited_ms": 60000,
+                "comment": "7 session(s) still open at the 60 s deadline: www-443 7"})
+    answers = {"anycastlb.status": status(["192.0.2.10/32"]), "anycastlb.drain": (0, {"result": True}),
+               "anycastlb.wait_routes": (0, {}), "anycastlb.sessions": SESSIONS_UP, "anycastlb.wait_sessions": left}
+    m, minions = master(answers)
+    ret = m.drain("lb1", timeout=5)
+    # the catalog's drain_deadline (60 s by default); sessions left are reported, not a failure
+    assert minions.calls[-1][1:] == ("anycastlb.wait_sessions", {"deadline": 60.0})
+    assert ret["result"] is True and ret["open_sessions"] == 7
+    assert ret["comment"].endswith("7 session(s) still open at the 60 s deadline: www-443 7"), ret["comment"]
+    m, minions = master(answers)
+    m.drain("lb1", timeout=5, deadline=5)
+    assert minions.calls[-1][1:] == ("anycastlb.wait_sessions", {"deadline": 5})
+    for kwargs in ({"deadline": 0}, {"reason": "orchestrate"}):
+        # no wait when told so, nor in a rolling deploy of a node that steers (its reload keeps the sessions)
+        m, minions = master(answers)
+        assert m.drain("lb1", timeout=5, **kwargs)["result"] is True
+        assert "anycastlb.wait_sessions" not in [c[1] for c in minions.calls], kwargs

@@ -116,3 +116,26 @@ def test_show_names_the_peers(campus_catalog):
                          capture_output=True, text=True, check=True).stdout
     assert ("steering (cluster edge): tcp 80,143,443,993 to 192.0.2.10, 192.0.2.11, 192.0.2.20, 2001:db8:1::10: "
             "flows not ours go to lb1 198.51.100.21 2001:db8:100::21, lb3 198.51.100.23 2001:db8:100::23") in out
+
+
+def test_wait_sessions_until_none_is_left_or_the_deadline(monkeypatch, campus_catalog):
+    from anycastlb import minion
+    model = compile_catalog(campus_catalog).nodes["lb1"]
+    assert model["haproxy"]["drain_deadline_ms"] == 60000
+    seen = iter([{"www-443": 3, "imap-143": 1}, {"www-443": 1, "imap-143": 0}, {"www-443": 0, "imap-143": 0}])
+    monkeypatch.setattr(minion, "open_sessions", lambda m: next(seen))
+    ret = minion.wait_sessions(model, every=0.01)
+    assert (ret["result"], ret["open"]) == (True, 0) and ret["comment"].startswith("no session left after")
+    monkeypatch.setattr(minion, "open_sessions", lambda m: {"www-443": 2, "imap-143": 0})
+    ret = minion.wait_sessions(model, deadline=0.05, every=0.01)
+    assert (ret["result"], ret["open"], ret["frontends"]) == (False, 2, {"www-443": 2})
+    assert ret["comment"] == "2 session(s) still open at the 0.05 s deadline: www-443 2"
+
+
+def test_drain_deadline_is_a_cluster_key(tmp_path, campus_catalog):
+    nodes = variant(tmp_path, campus_catalog, "edge: {nodes: [lb1, lb2, lb3]}",
+                    "edge: {nodes: [lb1, lb2, lb3], drain_deadline: 5m}")
+    assert nodes["lb2"]["haproxy"]["drain_deadline_ms"] == 300000
+    with pytest.raises(CatalogRefused):
+        variant(tmp_path, campus_catalog, "edge: {nodes: [lb1, lb2, lb3]}",
+                "edge: {nodes: [lb1, lb2, lb3], drain_deadline: 2h}")
