@@ -64,9 +64,11 @@ def _bfd_timers(cat: LabCatalog, knobs: dict[str, object] | None) -> tuple[int, 
     return duration_ms(cat.bfd.get("interval"), 100), int(cat.bfd.get("multiplier", 3))
 
 
-def render(cat: LabCatalog, peer: str, log: Path | None = None, knobs: dict[str, object] | None = None) -> str:
+def render(cat: LabCatalog, peer: str, log: Path | None = None, knobs: dict[str, object] | None = None,
+           table: int | None = None) -> str:
     """The BIRD 2 configuration of peer router ``peer`` (``knobs``: :func:`session_knobs`; default: a
-    direct session with the fleet's BFD timers)."""
+    direct session with the fleet's BFD timers; ``table``: the kernel protocols export there instead
+    of ``main``, for the resilient mode's syncer, :mod:`anycastlb.lab.resilient`)."""
     me = cat.peers[peer]
     if cat.asn is None or me.asn is None:
         raise ValueError("the lab's peers need bgp.asn and an asn on every peer")
@@ -94,10 +96,12 @@ def render(cat: LabCatalog, peer: str, log: Path | None = None, knobs: dict[str,
         "protocol device { scan time 10; }",
         "",
         "protocol kernel kernel4 {",
+        *([f"  kernel table {table};"] if table else []),
         "  ipv4 { import none; export all; };",
         "  merge paths on;",
         "}",
         "protocol kernel kernel6 {",
+        *([f"  kernel table {table};"] if table else []),
         "  ipv6 { import none; export all; };",
         "  merge paths on;",
         "}",
@@ -303,6 +307,44 @@ def start_peer(lab: "Lab", peer: str, cat: LabCatalog | None = None, wait: float
                   and "ready" in birdc(lab, peer, "show", "status"), timeout=wait, interval=0.1).done:
         return pid
     raise RuntimeError(f"peer {peer}: BIRD did not answer within {wait}s (see {d / 'bird.log'})")
+
+
+PEER_MODES = ("plain", "resilient")
+
+
+def set_mode(lab: "Lab", peer: str, mode: str, wait: float = 10.0) -> None:
+    """Switch ``peer``'s BIRD between ``plain`` (ECMP routes in ``main``, as BIRD writes them) and
+    ``resilient`` (BIRD exports to table :data:`~anycastlb.lab.resilient.TABLE`, the syncer mirrors
+    it into ``main`` through resilient nexthop groups). BIRD restarts its kernel protocols, so
+    the routes are missing for a moment: switch between measurements, not during one."""
+    from . import resilient
+    from .salt import PYTHON
+
+    if mode not in PEER_MODES:
+        raise ValueError(f"unknown peer mode {mode!r} ({', '.join(PEER_MODES)})")
+    d = peer_dir(lab, peer)
+    conf = d / "bird.conf"
+    table = resilient.TABLE if mode == "resilient" else None
+    conf.write_text(render(load(lab.catalog), peer, d / "bird.log", session_knobs(lab.catalog, peer), table))
+    if mode == "resilient":
+        lab.spawn(peer, [PYTHON, "-m", "anycastlb.lab.resilient", str(resilient.TABLE)], "resilient",
+                  cwd=str(lab.repo))
+    else:
+        lab.stop(peer, "resilient")
+    out = birdc(lab, peer, "configure")
+    if "Reconfigur" not in out:
+        raise RuntimeError(f"peer {peer}: birdc configure: {out.strip()}")
+    if mode == "plain":   # the syncer's routes and groups go; BIRD's own come back into main
+        lab.exec(peer, ["ip", "nexthop", "flush"])
+    lab.meta.setdefault("peer_modes", {})[peer] = mode
+    lab.save()
+
+    def routed() -> bool:
+        r = lab.exec(peer, ["ip", "-j", "route", "show", "table", "main"]).stdout
+        return any(("nhid" in x) == (mode == "resilient") for x in json.loads(r or "[]") if x.get("protocol") != "kernel"
+                   and x.get("dst", "").startswith("192.0.2."))
+    if not poll_until(routed, timeout=wait, interval=0.1).done:
+        raise RuntimeError(f"peer {peer}: the routes did not come back in {mode} mode within {wait} s")
 
 
 PEER_KINDS = ("bird", "frr")
