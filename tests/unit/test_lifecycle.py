@@ -82,6 +82,23 @@ def test_a_removed_part_of_a_service_leaves_no_object_on_any_node(tmp_path, camp
                 assert word not in doc, (n, word)
 
 
+def test_a_removed_haproxy_backend_loses_its_vhost_its_server_line_and_its_firewall_hole(tmp_path, campus_catalog,
+                                                                                         campus_secrets):
+    def edit(d: dict[str, Any]) -> None:
+        d["services"]["intranet"]["backends"] = {"web1": {"weight": 100}}
+    store = load_secrets(campus_secrets)
+    fleet = _fleet(tmp_path, campus_catalog, edit)
+    web2 = _texts(fleet, store)["web2"]
+    assert "/etc/apache2/sites-enabled/anycastlb-intranet.conf" not in web2
+    assert "/etc/apache2/sites-enabled/anycastlb-www.conf" in web2, "its other service stays"
+    assert not [r for r in fleet.nodes["web2"]["firewall"]["rules"] if "intranet" in r["comment"]]
+    for lb in ("lb1", "lb2", "lb3"):
+        servers = {b["name"]: [s["name"] for s in b["servers"]] for b in fleet.nodes[lb]["haproxy"]["backends"]}
+        assert servers["intranet-8080"] == ["web1"] and servers["www-8080"] == ["web1", "web2"], servers
+    names = [c["name"] for c in fleet.nodes["mon1"]["monitoring"]["checks"]]
+    assert "backend intranet web1:8080" in names and "backend intranet web2:8080" not in names, "no Icinga object"
+
+
 def test_a_removed_anycast_backend_gets_nothing_and_the_others_keep_announcing(tmp_path, campus_catalog):
     fleet = _fleet(tmp_path, campus_catalog, _drop_backend)
     kdc2 = fleet.nodes["kdc2"]
