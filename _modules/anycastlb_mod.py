@@ -161,13 +161,15 @@ def retire(test: bool = False) -> dict[str, Any]:
     return ret
 
 
-def decommission(force: bool = False, test: bool = False) -> dict[str, Any]:
+def decommission(force: bool = False, test: bool = False, wait: float = 0, frontends: Any = None) -> dict[str, Any]:
     """
     Take everything anycastlb put on this node away: every daemon of anycastlb stopped and
     disabled (the health agent first: it withdraws), its configs removed, its VIPs off ``lo``,
     the firewall table unloaded. For a node the catalog no longer names; refused while it does
     (its pillar names it) unless ``force=True``. ``salt-run anycastlb.decommission node=X``
-    drains it and waits for the route reflectors first.
+    drains it and waits for the route reflectors first. ``wait``: seconds to wait, before
+    HAProxy stops, until its ``frontends`` hold no session (graceful drain; the runner passes
+    the node's last model's).
 
     CLI Example:
 
@@ -180,7 +182,18 @@ def decommission(force: bool = False, test: bool = False) -> dict[str, Any]:
     if data.get("node") and not force:
         raise CommandExecutionError(f"the catalog still names this node ({data['node']}): remove it from the "
                                     "catalog first (or force=True)")
+    sessions: dict[str, Any] | None = None
+    if not test and float(wait or 0) > 0 and _list(frontends):
+        gone = {"haproxy": {"frontends": [{"name": f} for f in _list(frontends)],
+                            "drain_deadline_ms": float(wait) * 1000}}
+        try:
+            sessions = _minion.wait_sessions(gone, float(wait))  # type: ignore[arg-type]
+        except _minion.NodeError as exc:
+            sessions = {"result": False, "comment": str(exc)}
     ret = _minion.retire(None, None if test else _minion.control(data), test=bool(test))
+    if sessions is not None:
+        ret["sessions"] = sessions
+        ret["comment"] += f"; before HAProxy stopped: {sessions['comment']}"
     _fail_retcode(ret["result"] is False)
     return ret
 

@@ -355,9 +355,10 @@ class Master:
         return ret
 
     def decommission(self, node: str, timeout: float = 30, force: bool = False) -> dict[str, Any]:
-        """A node the catalog no longer names: drained (the route reflectors carry no path via it), then
-        everything anycastlb put on it taken away (daemons stopped and disabled, configs, VIPs, the
-        firewall table) while it can be reached. An unreachable node only has to be gone from the
+        """A node the catalog no longer names: drained (the route reflectors carry no path via it, then
+        its HAProxy frontends hold no session or its ``drain_deadline`` passed), then everything
+        anycastlb put on it taken away (daemons stopped and disabled, configs, VIPs, the firewall
+        table) while it can be reached. An unreachable node only has to be gone from the
         routes: its record is kept, so the next deploy tries again."""
         ret: dict[str, Any] = {"node": node, "result": False, "step": "decommission"}
         fleet = self._fleet(ret)
@@ -379,7 +380,10 @@ class Master:
             problems = [f"{rr}: {_silent(waits.get(rr))}" for rr in rrs if waits.get(rr, (1,))[0] != 0]
         if problems:
             return {**ret, "drain": _silent(drained), "comment": f"{node}: still carried: " + "; ".join(problems)}
-        done = self.cmd([node], "anycastlb.decommission", {"force": force}, timeout + 60).get(node)
+        hap = (old or {}).get("haproxy") or {}
+        wait = float(hap.get("drain_deadline_ms") or 0) / 1000 if hap.get("frontends") else 0.0
+        kwarg = {"force": force, "wait": wait, "frontends": [f["name"] for f in hap.get("frontends") or []]}
+        done = self.cmd([node], "anycastlb.decommission", kwarg, timeout + 60 + wait).get(node)
         ms = round((time.monotonic() - t0) * 1000)
         ret.update(seconds=round(ms / 1000, 2), drain=_silent(drained) if drained else "did not answer")
         if done is None:

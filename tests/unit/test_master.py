@@ -162,6 +162,8 @@ def test_decommission_drains_waits_for_the_route_reflectors_then_takes_the_node_
     assert ret["result"] is True, ret
     assert [c[1] for c in minions.calls] == ["anycastlb.drain", "anycastlb.wait_routes", "anycastlb.decommission"]
     assert set(minions.calls[1][2]["via"]) == {"198.51.100.22", "2001:db8:100::22"}, "its old addresses"
+    kwarg = minions.calls[2][2]
+    assert kwarg["wait"] > 0 and "www-443" in kwarg["frontends"], "its sessions may end before HAProxy stops"
     assert "lb2" not in m2.applied(), "decommissioned: its record goes"
     assert m2.decommission("lb1")["result"] is False, "still in the catalog"
 
