@@ -184,10 +184,8 @@ def decommission(force: bool = False, test: bool = False, wait: float = 0, front
                                     "catalog first (or force=True)")
     sessions: dict[str, Any] | None = None
     if not test and float(wait or 0) > 0 and _list(frontends):
-        gone = {"haproxy": {"frontends": [{"name": f} for f in _list(frontends)],
-                            "drain_deadline_ms": float(wait) * 1000}}
         try:
-            sessions = _minion.wait_sessions(gone, float(wait))  # type: ignore[arg-type]
+            sessions = _minion.wait_sessions(_gone(frontends, float(wait)), float(wait))  # type: ignore[arg-type]
         except _minion.NodeError as exc:
             sessions = {"result": False, "comment": str(exc)}
     ret = _minion.retire(None, None if test else _minion.control(data), test=bool(test))
@@ -372,7 +370,12 @@ def _model_for(expect: str) -> dict[str, Any]:
     return dict(fresh)
 
 
-def wait_sessions(deadline: Any = None) -> dict[str, Any]:
+def _gone(frontends: Any, wait: float) -> dict[str, Any]:
+    """The HAProxy part of a model this node no longer has (its frontends, from the master's record)."""
+    return {"haproxy": {"frontends": [{"name": f} for f in _list(frontends)], "drain_deadline_ms": wait * 1000}}
+
+
+def wait_sessions(deadline: Any = None, frontends: Any = None) -> dict[str, Any]:
     """
     Graceful drain's wait: until this node's HAProxy frontends hold no session, or
     ``deadline`` seconds pass (default: the catalog's ``drain_deadline`` of its
@@ -384,8 +387,13 @@ def wait_sessions(deadline: Any = None) -> dict[str, Any]:
 
         salt lb1 anycastlb.wait_sessions
         salt lb1 anycastlb.wait_sessions deadline=10
+
+    ``frontends``: wait for these (a node leaving its cluster: the model it ran, no longer
+    its pillar's), ``deadline`` then required.
     """
     model, _ = _node()
+    if _list(frontends):
+        model = _gone(frontends, float(deadline or 0))  # type: ignore[assignment]
     try:
         ret = _minion.wait_sessions(model, None if deadline in (None, "") else float(deadline))
     except _minion.NodeError as exc:

@@ -288,13 +288,18 @@ class Master:
             if (fleet.nodes[node].get("bgp") or {}).get("role") and not with_node[rr]:
                 problems.append(f"{rr}: no BGP session with {node}")
         withdrawn_ms = round((time.monotonic() - t0) * 1000)
-        model = fleet.nodes[node]
-        if deadline is None and reason == ORCHESTRATE and model.get("steering"):
+        model: Any = fleet.nodes[node]
+        kwarg: dict[str, Any] = {}
+        old = self.last_model(node) if not model.get("haproxy") else None
+        if old and old.get("haproxy"):  # it leaves its cluster: its HAProxy stops at its apply
+            model = old
+            kwarg["frontends"] = [f["name"] for f in old["haproxy"]["frontends"]]
+        elif deadline is None and reason == ORCHESTRATE and model.get("steering"):
             deadline = 0
         left = ""
         if model.get("haproxy") and not problems and (deadline is None or deadline > 0):
             wait = (model["haproxy"]["drain_deadline_ms"] / 1000) if deadline is None else deadline
-            got_s = self.cmd([node], "anycastlb.wait_sessions", {"deadline": wait}, wait + 30).get(node)
+            got_s = self.cmd([node], "anycastlb.wait_sessions", {"deadline": wait, **kwarg}, wait + 30).get(node)
             if got_s is None or not isinstance(got_s[1], dict):
                 problems.append(f"{node}: sessions: {_silent(got_s)}")
             else:
@@ -354,6 +359,14 @@ class Master:
                                         f"route reflectors {', '.join(rrs)} carry {len(expect)} prefix(es) via it")
         return ret
 
+    def last_model(self, node: str) -> dict[str, Any] | None:
+        """The model ``node`` last applied (its record), else its model in the catalog deployed last."""
+        rec = self.applied().get(node)
+        if rec:
+            return dict(rec["model"])
+        deployed, _ = self.deployed_fleet()
+        return dict(deployed.nodes[node]) if deployed is not None and node in deployed.nodes else None
+
     def decommission(self, node: str, timeout: float = 30, force: bool = False) -> dict[str, Any]:
         """A node the catalog no longer names: drained (the route reflectors carry no path via it, then
         its HAProxy frontends hold no session or its ``drain_deadline`` passed), then everything
@@ -367,8 +380,7 @@ class Master:
         if node in fleet.nodes and not force:
             return {**ret, "comment": f"{node} is still in the catalog: remove it there first (the deploy then "
                                       f"decommissions it), or force=True"}
-        deployed, _ = self.deployed_fleet()
-        old = (self.applied().get(node) or {}).get("model") or (deployed.nodes.get(node) if deployed else None)
+        old = self.last_model(node)
         addrs = node_addresses(old) if old else []
         t0 = time.monotonic()
         got = self.cmd([node], "anycastlb.drain", {"timeout": timeout, "reason": "decommission"}, timeout + 30)

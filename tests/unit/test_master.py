@@ -251,3 +251,19 @@ def test_graceful_drain_waits_for_the_sessions_and_reports_what_was_left(master)
         m, minions = master(answers)
         assert m.drain("lb1", timeout=5, **kwargs)["result"] is True
         assert "anycastlb.wait_sessions" not in [c[1] for c in minions.calls], kwargs
+
+
+def test_a_node_leaving_its_cluster_is_drained_gracefully_with_the_frontends_it_ran(tmp_path, campus_catalog):
+    old = _catalog(tmp_path, campus_catalog, name="old.yaml")
+    new = _catalog(tmp_path, campus_catalog, lambda d: d["clusters"]["edge"].update(nodes=["lb2", "lb3"]))
+    m, _ = _master(tmp_path, old, {})
+    m.mark_applied("lb1", next(s for s in m.plan(runtime=False)["steps"] if s["node"] == "lb1")["hash"])
+    m, minions = _master(tmp_path, new, {
+        "anycastlb.status": status(["192.0.2.10/32"]), "anycastlb.drain": (0, {"result": True}),
+        "anycastlb.wait_routes": (0, {"result": True}), "anycastlb.sessions": SESSIONS_UP,
+        "anycastlb.wait_sessions": (0, {"result": True, "open": 0, "waited_ms": 5, "comment": "no session left"})})
+    assert next(s for s in m.plan(runtime=False)["steps"] if s["node"] == "lb1")["actions"] == ["drain"]
+    ret = m.drain("lb1", timeout=5, reason="orchestrate")
+    assert ret["result"] is True and ret["open_sessions"] == 0, ret
+    (call,) = [c for c in minions.calls if c[1] == "anycastlb.wait_sessions"]
+    assert "www-443" in call[2]["frontends"] and call[2]["deadline"] > 0, "the frontends it ran, its deadline"
