@@ -43,7 +43,7 @@ from common import lab as campus_lab, machine, need_root  # noqa: E402
 from anycastlb.compiler import compile_catalog  # noqa: E402
 from anycastlb.lab import faults, ops  # noqa: E402
 from anycastlb.lab import fleet as fl  # noqa: E402
-from anycastlb.lab.longlived import Holder, counters, edit_catalog, set_steering, tally  # noqa: E402
+from anycastlb.lab.longlived import Holder, campus_targets, counters, edit_catalog, set_steering, tally  # noqa: E402
 from anycastlb.lab.peer import set_mode  # noqa: E402
 
 LB = ("lb1", "lb2", "lb3")   # the campus cluster edge
@@ -107,7 +107,7 @@ def phase(lab, targets: list[dict], per: int, mode: str, steering: bool) -> dict
     """Every step with the connections held; per-step tallies."""
     set_steering(lab, "edge", steering)
     before = counters(lab, LB)
-    holder = Holder(lab, "client", targets, per_target=per, duration=600, tag=f"ll-{mode}-{steering}").start()
+    holder = Holder(lab, "client", targets, per_target=per, duration=600).start()
     time.sleep(QUIET)
     marks = []
     try:
@@ -143,12 +143,7 @@ def main() -> int:
     print(machine(), flush=True)
     results = []
     with campus_lab(tag="longlived") as lab:
-        cafile = str(sorted((lab.statedir / "pki").glob("*.crt"))[0])
-        targets = [{"kind": "tcp", "address": "192.0.2.20", "port": 143, "name": "imap tcp v4"},
-                   {"kind": "https", "address": "192.0.2.10", "port": 443, "host": "www.example.org",
-                    "cafile": cafile, "name": "www https v4"},
-                   {"kind": "https", "address": "2001:db8:1::10", "port": 443, "host": "www.example.org",
-                    "cafile": cafile, "name": "www https v6"}]
+        targets = campus_targets(lab)
         per = max(1, args.n // len(targets))
 
         def short_deadline(d: dict) -> None:    # the graceful drain of a phase without steering waits 5 s, not 60

@@ -1,6 +1,6 @@
 """Long-lived connections held through fleet changes: what breaks, what stalls, what is closed.
 
-``python -m anycastlb.lab.longlived SPEC.json`` (inside a lab namespace, usually the client)
+``python -m anycastlb.lab.longlived SPEC.json|-`` (inside a lab namespace, usually the client)
 opens ``per_target`` connections to each target and keeps each one busy: a request every
 ``interval`` seconds and its answer, on the same connection, until ``stop_file`` appears or
 ``duration`` passes (bounded: at most 400 connections, 15 minutes). Targets:
@@ -29,7 +29,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import yaml
+
+from .program import LabProgram, read_spec
 
 if TYPE_CHECKING:
     from .core import Lab
@@ -263,66 +264,44 @@ class Holder:
     per_target: int = 10
     interval: float = 0.5
     duration: float = 300.0
-    tag: str = "longlived"
     result: dict[str, Any] = field(default_factory=dict)
-    _proc: subprocess.Popen | None = None
-
-    def _files(self) -> tuple[Path, Path]:
-        return self.lab.statedir / f"{self.tag}-{id(self)}.stop", self.lab.statedir / f"{self.tag}-{id(self)}.ready"
+    _prog: LabProgram | None = None
 
     def start(self, wait: float = 60.0) -> "Holder":
         """Open every connection; return once all are open and answered once (the ready file)."""
-        from .salt import PYTHON
-        stop, ready = self._files()
-        stop.unlink(missing_ok=True)
-        ready.unlink(missing_ok=True)
-        spec = {"targets": self.targets, "per_target": self.per_target, "interval": self.interval,
-                "duration": self.duration, "stop_file": str(stop), "ready_file": str(ready)}
-        path = self.lab.statedir / f"{self.tag}-{id(self)}.json"
-        path.write_text(json.dumps(spec))
-        self._proc = subprocess.Popen(
-            self.lab.argv(self.source, [PYTHON, "-m", "anycastlb.lab.longlived", str(path)], cwd=str(self.lab.repo)),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + wait
-        while not ready.exists():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self._proc.kill()
-                err = self._proc.stderr.read() if self._proc.stderr else ""
-                raise RuntimeError(f"the holder in {self.source} did not start: {err[-500:]}")
-            time.sleep(0.05)
+        self._prog = LabProgram(self.lab, self.source, "anycastlb.lab.longlived", "holder")
+        self._prog.start({"targets": self.targets, "per_target": self.per_target, "interval": self.interval,
+                          "duration": self.duration}, wait)
         return self
 
     def stop(self) -> dict[str, Any]:
         """Close every connection; the result (opened, requests, events)."""
-        stop, ready = self._files()
-        assert self._proc is not None, "start() first"
-        stop.touch()
-        try:
-            out, err = self._proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            out, err = self._proc.communicate()
-        finally:
-            stop.unlink(missing_ok=True)
-            ready.unlink(missing_ok=True)
-        if self._proc.returncode != 0:
-            raise RuntimeError(f"the holder in {self.source} failed ({self._proc.returncode}): {err[-1000:]}")
-        self.result = json.loads(out)
+        assert self._prog is not None, "start() first"
+        self.result = self._prog.stop(60)
         return self.result
 
     def __enter__(self) -> "Holder":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.returncode is None:
+        if self._prog is not None and self._prog.running:
             self.stop()
 
 
+def campus_targets(lab: "Lab") -> list[dict[str, Any]]:
+    """The campus catalog's long-lived targets: raw tcp through imap, HTTP keep-alive over TLS to
+    www on IPv4 and IPv6 (the lab CA's certificate verified for www.example.org)."""
+    cafile = str(sorted((lab.statedir / "pki").glob("*.crt"))[0])
+    return [{"kind": "tcp", "address": "192.0.2.20", "port": 143, "name": "imap tcp v4"},
+            {"kind": "https", "address": "192.0.2.10", "port": 443, "host": "www.example.org",
+             "cafile": cafile, "name": "www https v4"},
+            {"kind": "https", "address": "2001:db8:1::10", "port": 443, "host": "www.example.org",
+             "cafile": cafile, "name": "www https v6"}]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    with open(args[0], encoding="utf-8") as fh:
-        spec = json.load(fh)
-    print(json.dumps(run(spec)))
+    """``python -m anycastlb.lab.longlived SPEC.json|-``: hold, then print the result as JSON."""
+    print(json.dumps(run(read_spec(sys.argv[1:] if argv is None else argv))))
     return 0
 
 

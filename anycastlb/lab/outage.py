@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .probe import probe
+from .program import LabProgram, read_spec
 from .salt import PYTHON
 
 if TYPE_CHECKING:
@@ -103,67 +104,33 @@ class Prober:
     interval: float = 0.02
     timeout: float = 0.2
     duration: float = 120.0
-    _proc: subprocess.Popen | None = None
+    _prog: LabProgram | None = None
     timeline: list[Sample] | None = None
-
-    def _files(self) -> tuple[Path, Path]:
-        tag = f"outage-{id(self)}"
-        return self.lab.statedir / f"{tag}.stop", self.lab.statedir / f"{tag}.ready"
 
     def start(self, wait: float = 20.0) -> "Prober":
         """Start probing; return once the prober runs (its ready file exists)."""
-        stop, ready = self._files()
-        stop.unlink(missing_ok=True)
-        ready.unlink(missing_ok=True)
-        spec = {"target": self.target, "interval": self.interval, "timeout": self.timeout,
-                "duration": self.duration, "stop_file": str(stop), "ready_file": str(ready)}
-        self._proc = subprocess.Popen(
-            self.lab.argv(self.source, [PYTHON, "-m", "anycastlb.lab.outage", "-"], cwd=str(self.lab.repo)),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(spec))
-        self._proc.stdin.close()
-        self._proc.stdin = None  # communicate() must not flush it again
-        deadline = time.monotonic() + wait
-        while not ready.exists():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self._proc.kill()
-                err = self._proc.stderr.read() if self._proc.stderr else ""
-                raise RuntimeError(f"the prober in {self.source} did not start: {err[-500:]}")
-            time.sleep(0.01)
+        self._prog = LabProgram(self.lab, self.source, "anycastlb.lab.outage", "prober")
+        self._prog.start({"target": self.target, "interval": self.interval, "timeout": self.timeout,
+                          "duration": self.duration}, wait)
         return self
 
     def stop(self) -> list[Sample]:
         """Stop probing and return the timeline."""
-        stop, ready = self._files()
-        assert self._proc is not None, "start() first"
-        stop.touch()
-        try:
-            out, err = self._proc.communicate(timeout=self.timeout + 30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            out, err = self._proc.communicate()
-        finally:
-            stop.unlink(missing_ok=True)
-            ready.unlink(missing_ok=True)
-        if self._proc.returncode != 0:
-            raise RuntimeError(f"the prober in {self.source} failed ({self._proc.returncode}): {err[-1000:]}")
-        self.timeline = [tuple(s) for s in json.loads(out)]  # type: ignore[misc]
+        assert self._prog is not None, "start() first"
+        self.timeline = [tuple(s) for s in self._prog.stop(self.timeout + 30)]  # type: ignore[misc]
         return self.timeline
 
     def __enter__(self) -> "Prober":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.returncode is None:
+        if self._prog is not None and self._prog.running:
             self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m anycastlb.lab.outage SPEC.json|-``: probe, then print the timeline as JSON."""
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(open(argv[0]).read() if argv and argv[0] != "-" else sys.stdin.read())
-    print(json.dumps(run(spec)))
+    print(json.dumps(run(read_spec(sys.argv[1:] if argv is None else argv))))
     return 0
 
 

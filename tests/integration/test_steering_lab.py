@@ -19,11 +19,11 @@ pytestmark = [
 ]
 
 
-def drain_and_undrain(lab, holder_targets, tag):
+def drain_and_undrain(lab, holder_targets):
     from anycastlb.lab import ops
     from anycastlb.lab.longlived import Holder, tally
 
-    holder = Holder(lab, "client", holder_targets, per_target=10, duration=120, tag=tag).start()
+    holder = Holder(lab, "client", holder_targets, per_target=10, duration=120).start()
     try:
         time.sleep(2)
         t0 = time.monotonic()
@@ -40,18 +40,13 @@ def drain_and_undrain(lab, holder_targets, tag):
 
 
 def test_drain_and_undrain_reset_nothing_with_steering_and_connections_without(campus_lab_factory):
-    from anycastlb.lab.longlived import counters, set_steering
+    from anycastlb.lab.longlived import campus_targets, counters, set_steering
 
     with campus_lab_factory("steer", restart_minions=True) as lab:
-        cafile = str(sorted((lab.statedir / "pki").glob("*.crt"))[0])
-        targets = [{"kind": "tcp", "address": "192.0.2.20", "port": 143, "name": "imap"},
-                   {"kind": "https", "address": "192.0.2.10", "port": 443, "host": "www.example.org",
-                    "cafile": cafile, "name": "www v4"},
-                   {"kind": "https", "address": "2001:db8:1::10", "port": 443, "host": "www.example.org",
-                    "cafile": cafile, "name": "www v6"}]
+        targets = campus_targets(lab)
         lbs = ("lb1", "lb2", "lb3")
         before = counters(lab, lbs)
-        on, examples = drain_and_undrain(lab, targets, "steer-on")
+        on, examples = drain_and_undrain(lab, targets)
         steered = counters(lab, lbs)
         assert on == {"broken": 0, "closed": 0, "stall": 0}, (on, examples)
         # the moved flows really went through the steering rules: copies out, and the
@@ -59,7 +54,7 @@ def test_drain_and_undrain_reset_nothing_with_steering_and_connections_without(c
         assert steered["steered"] > before["steered"] and steered["copies_dropped"] > before["copies_dropped"]
 
         set_steering(lab, "edge", False)              # the catalog's switch, applied to the LB nodes
-        off, examples = drain_and_undrain(lab, targets, "steer-off")
+        off, examples = drain_and_undrain(lab, targets)
         assert off["broken"] > 0, (off, examples)     # lb1's connections were reset at the drain
         print(f"\ndrain + undrain of lb1, 30 long-lived connections: steering on {on}, off {off}; "
               f"steered {steered['steered'] - before['steered']} packets, "
