@@ -225,7 +225,8 @@ def set_steering(lab: "Lab", cluster: str, on: bool) -> None:
         d["clusters"][cluster]["steering"] = on
     edit_catalog(lab, change)
     nodes = yaml.safe_load(Path(lab.catalog).read_text())["clusters"][cluster]["nodes"]
-    apply(lab, ",".join(nodes), extra=("-L",))
+    for n in nodes:
+        apply(lab, n)
     for n in nodes:
         have = lab.exec(n, ["nft", "list", "table", "ip", "anycastlb_steer"]).returncode == 0
         if have != on:
