@@ -66,13 +66,16 @@ def catalog(lab, tmp_path_factory):
     return Catalog(tmp_path_factory.mktemp("lifecycle") / "catalog")
 
 
-def targets(lab, services: list[str]) -> list[dict[str, Any]]:
-    """Every VIP and port of ``services`` the client may reach (IPv4 and IPv6), as probe specs."""
+def targets(lab, catalog: Catalog, services: list[str]) -> list[dict[str, Any]]:
+    """Every VIP and port of ``services`` the client may reach (IPv4 and IPv6) in both the deployed
+    catalog and the working copy (what stays), as probe specs."""
     from anycastlb.compiler import compile_catalog
     from anycastlb.lab import fleet as fl
 
-    fleet = compile_catalog(lab.catalog)
-    specs = [s for s in fl.probe_specs(lab, fleet, "client", None) if s["allowed"] and s["service"] in services]
+    old = {(s["address"], s["port"]) for s in fl.probe_specs(lab, compile_catalog(lab.catalog), "client", None)}
+    fleet = compile_catalog(catalog.root)
+    specs = [s for s in fl.probe_specs(lab, fleet, "client", None)
+             if s["allowed"] and s["service"] in services and (s["address"], s["port"]) in old]
     assert {s["service"] for s in specs} == set(services), specs
     return [dict(s, timeout=2.0) for s in specs]
 
@@ -107,7 +110,7 @@ def deploy(lab, catalog: Catalog, stays: list[str], tag: str):
     from anycastlb.lab import ops
 
     out = io.StringIO()
-    with under_load(lab, targets(lab, stays), tag) as load:
+    with under_load(lab, targets(lab, catalog, stays), tag) as load:
         done = ops.deploy(lab, catalog.root, message=f"lifecycle: {tag}", timeout=400, out=out)
         time.sleep(2)  # what stays keeps serving after the end too
     print(f"\n{tag}:\n{out.getvalue()}load on {', '.join(stays)}: {load['requests']} requests, "
