@@ -888,8 +888,8 @@ class Tenant(Strict):
     files: Annotated[StrList, Field(min_length=1, description="globs relative to the catalog directory")]
     vip_prefixes: Annotated[StrList, AfterValidator(_prefix_list)] = Field(
         [], description="every VIP of the tenant's services lies in one of these")
-    hostnames: list[Hostname] = Field([], description="suffixes: server_name, aliases and check hosts are one "
-                                                      "of these or below one")
+    hostnames: list[Hostname] = Field([], description="suffixes: server_name, aliases, check hosts and route "
+                                                      "hosts are one of these or below one")
     clusters: list[Name] = Field([], description="the clusters its services may use")
     nodes: list[Name] = Field([], description="the managed nodes its services may use as backends")
     backend_prefixes: Annotated[StrList, AfterValidator(_prefix_list)] | None = Field(
