@@ -173,6 +173,10 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
     if m.check.unit is not None and m.mode != "anycast":
         err("check.unit", "only an anycast service is watched by its unit (HAProxy watches the others)")
         ok = False
+    if m.steering is not None and m.mode != "anycast":
+        err("steering", f"a {m.mode} service is steered with its cluster: set steering on the cluster "
+                        f"{m.cluster!r} (docs/steering.md)")
+        ok = False
     if m.check.http is not None and m.check.tcp is not None:
         err("check", "check has both http and tcp: set the one you do not want to null")
         ok = False

@@ -139,3 +139,11 @@ def test_drain_deadline_is_a_cluster_key(tmp_path, campus_catalog):
     with pytest.raises(CatalogRefused):
         variant(tmp_path, campus_catalog, "edge: {nodes: [lb1, lb2, lb3]}",
                 "edge: {nodes: [lb1, lb2, lb3], drain_deadline: 2h}")
+
+
+def test_steering_on_an_haproxy_service_is_refused_with_where_it_belongs(tmp_path, campus_catalog):
+    with pytest.raises(CatalogRefused) as exc:
+        variant(tmp_path, campus_catalog, "    cluster: edge\n    backends: [web1, web2]\n    apache: {server_name: www",
+                "    cluster: edge\n    steering: false\n    backends: [web1, web2]\n    apache: {server_name: www")
+    msgs = [str(e) for e in exc.value.errors]
+    assert any("service 'www', key 'steering'" in m and "set steering on the cluster 'edge'" in m for m in msgs), msgs
