@@ -82,3 +82,16 @@ def test_reactor_passes_a_hostile_rev_as_data_never_as_yaml(tmp_path, make_minio
     args = out["anycastlb-catalog-changed"]["runner.state.orchestrate"][0]["args"]
     assert args[0] == {"mods": "anycastlb.orch.deploy"}
     assert args[1] == {"pillar": {"anycastlb_deploy": {"rev": hostile, "changed_only": True}}}
+
+
+def test_the_retired_state_reports_what_goes_and_changes_nothing_under_test(salt_node, monkeypatch):
+    """The state is wired to anycastlb.retire: under test=True it reports (here, on a node that
+    runs only nftables, what this machine holds of the other daemons: normally nothing)."""
+    loaders, _ = salt_node
+    seen = []
+    monkeypatch.setattr(minion, "retire", lambda model, ctl, root="/", test=False: seen.append(
+        (model["node"], ctl, test)) or {"result": None, "changes": {"haproxy": {"would stop": True}},
+                                         "comment": "would retire haproxy"})
+    ret = loaders.states.anycastlb.retired(name="daemons this node no longer runs", test=True)
+    assert ret.result is None and ret.changes == {"haproxy": {"would stop": True}}, ret
+    assert seen == [("salt", None, True)], "no service control under test: nothing can be stopped"
