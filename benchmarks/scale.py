@@ -9,8 +9,10 @@ service). For each size, one lab (built, measured, torn down), and in it:
 * the first round: seconds from the forced round to no check PENDING, and how many
   checks were not OK then (target: settled within 60 s, all OK);
 * HAProxy on lb1: ``haproxy -c`` of the live config, and a reload as anycastlb does it
-  (``ServiceControl.reload_or_start``: checker, state dump, SIGUSR2, the new worker
-  confirmed), timed inside the node (target: 250 ms);
+  (``ServiceControl.reload_or_start``: state dump, SIGUSR2, the new worker confirmed),
+  timed inside the node; check plus reload is their sum (under systemd the unit's
+  ExecReload runs the checker before the signal; the lab's direct control does not)
+  (target: 250 ms);
 * resident memory of HAProxy (lb1, master and workers), BIRD (lb1 and mon1's listener,
   which holds every path), healthd (lb1) and Icinga2 (mon1, every icinga2 process);
 * the pillar slice: :func:`anycastlb.pillar.node_pillar` of lb1 and of mon1 (the two
@@ -280,8 +282,10 @@ def measure(n: int, window: float, sample: int) -> dict[str, float | str]:
             if first.get("not_ok"):
                 print(f"{n}: not OK in the first round: {sorted(first['not_ok'].items())[:20]}", flush=True)
             out["haproxy -c ms"] = statistics.median(float(in_node(lab, "lb1", TIMED_CHECK)) for _ in range(5))
-            out["haproxy check+reload ms"] = statistics.median(float(in_node(lab, "lb1", TIMED_RELOAD))
-                                                               for _ in range(5))
+            out["haproxy reload ms"] = statistics.median(float(in_node(lab, "lb1", TIMED_RELOAD)) for _ in range(5))
+            # production (systemd): ExecReload runs the checker, then SIGUSR2; the lab's direct control
+            # sends the signal alone, so the two are added
+            out["haproxy check+reload ms"] = round(out["haproxy -c ms"] + out["haproxy reload ms"], 1)
             time.sleep(2)
             hap = faults.daemon_pid(lab, "lb1", "haproxy")
             out["haproxy RSS MiB"] = rss_mib(faults.descendants(hap)) if hap else 0.0
