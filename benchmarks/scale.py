@@ -346,16 +346,62 @@ def verdicts(res: dict[int, dict[str, float | str]]) -> list[str]:
     return lines
 
 
+#: Certificates for rendering offline (the renderers check that both parts are there, not the PEM).
+FAKE_SECRETS = {"certificates": {"campus-wildcard": {"cert": "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+                                                     "key": "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n"}}}
+
+
+def offline(n: int) -> dict[str, float | str]:
+    """The pure-Python costs at ``n`` services (no lab): libyaml's C loader on the same text
+    (the baseline, this process), compile, every node's model, every renderer over every
+    node, and the warm pillar slice of lb1 and mon1. Best of 3, in milliseconds."""
+    from anycastlb.compiler import compile_catalog
+    from anycastlb.render import RenderError, daemons
+
+    work = Path(tempfile.mkdtemp(prefix=f"aclb-scale-offline{n}-"))
+    try:
+        cat = work / "campus.yaml"
+        cat.write_text(yaml.safe_dump(scale_catalog(n), sort_keys=False))
+        text = cat.read_text()
+        best = lambda fn: round(min(_timed(fn) for _ in range(3)) * 1000, 1)  # noqa: E731
+        out: dict[str, float | str] = {"services": float(n),
+                                       "baseline: CSafeLoader ms": best(lambda: yaml.load(text, yaml.CSafeLoader))}
+        out["compile ms"] = best(lambda: compile_catalog(cat))
+        fleets = [compile_catalog(cat) for _ in range(3)]   # node models are built on first use
+        out["every node model ms"] = round(min(_timed(lambda: [f.nodes[k] for k in f.nodes]) for f in fleets) * 1000, 1)
+        models = {k: fleets[0].nodes[k] for k in fleets[0].nodes}
+        for spec in daemons():
+            name = spec.name
+            mine = [m for m in models.values() if spec.wanted(m)]
+
+            def render_all() -> None:
+                for m in mine:
+                    try:
+                        spec.render(m, FAKE_SECRETS, "/")
+                    except RenderError:
+                        pass
+            out[f"render {name} ms"] = best(render_all)
+        out["pillar slice ms"] = slice_ms(str(cat))
+        out["compile / baseline"] = round(out["compile ms"] / out["baseline: CSafeLoader ms"], 2)
+        print(f"{n} services offline: {out}", flush=True)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,300,1000")
     ap.add_argument("--window", type=float, default=120.0, help="seconds of steady-state monitoring CPU")
     ap.add_argument("--sample", type=int, default=60, help="old plugins run per check type for the baseline")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--offline", action="store_true",
+                    help="only the pure-Python costs (compile, models, renderers, pillar slice): no lab, no root")
     ap.add_argument("--with", dest="earlier", action="append", default=[],
                     help="figures of other sizes from an earlier run's --json, for the table and the growth")
     a = ap.parse_args()
-    need_root()
+    if not a.offline:
+        need_root()
     print(machine(), flush=True)
     res: dict[int, dict[str, float | str]] = {}
     for f in a.earlier:
@@ -363,7 +409,7 @@ def main() -> int:
     failed = []
     for n in (int(x) for x in a.sizes.split(",")):
         try:
-            res[n] = measure(n, a.window, a.sample)
+            res[n] = offline(n) if a.offline else measure(n, a.window, a.sample)
         except Exception as exc:  # noqa: BLE001 (a size that fails is reported; the others still count)
             print(f"{n} services: FAILED: {exc}", flush=True)
             failed.append(n)
