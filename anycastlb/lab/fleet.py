@@ -264,10 +264,11 @@ def _icinga_command(lab: "Lab", mon: str, commands: list[str]) -> None:
 
 def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str, Any]:
     """The first full check round: wait for HAProxy's own first verdicts on every backend
-    server, then have Icinga2 run every check it schedules itself now (the poller among
-    them, which hands in the passive ones) and wait until no check is PENDING.
+    server and for the monitoring node's BIRD to carry every expected announcement, then
+    have Icinga2 run every check it schedules itself now (the poller among them, which
+    hands in the passive ones) and wait until no check is PENDING.
 
-    Returns ``haproxy_s`` (the wait for HAProxy), ``round_s`` (from the forced round to no
+    Returns ``haproxy_s`` (the wait for HAProxy and the monitoring node's routes), ``round_s`` (from the forced round to no
     check PENDING) and ``not_ok`` (``host!service`` → state of what was not OK then).
     """
     from ..render import icinga2 as ic
@@ -278,6 +279,12 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
     settled = poll_until(lambda: haproxy_unsettled(lab, fleet), lambda u: not u, 60.0, 0.5)
     if not settled.done:
         print(f"HAProxy had no first verdict after 60 s on: {settled.value}", file=sys.stderr)
+    # the monitoring node's BIRD (the listener the announcer checks read, and its routes to the VIPs)
+    # learns every path after the route reflectors: at 1,000 services it lagged them
+    want = expected_announcers(fleet)
+    heard = poll_until(lambda: announcers(lab, fleet, mons[0]), lambda got: got == want, 60.0, 0.5)
+    if not heard.done:
+        print(f"{mons[0]}'s BIRD did not carry every expected announcement after 60 s", file=sys.stderr)
     waited = round(time.monotonic() - t0, 1)
     query = "GET services\nColumns: host_name description active_checks_enabled\nOutputFormat: json\n\n"
 
