@@ -140,9 +140,9 @@ def unwanted(model: NodeModel | None) -> list[str]:
     return sorted(names, key=lambda n: RETIRE_ORDER.index(n) if n in RETIRE_ORDER else len(RETIRE_ORDER))
 
 
-#: Where a retired daemon's files are removed: configs and state. Programs (the Icinga plugins
-#: under /usr/local) stay, as the daemons' packages do.
-RETIRE_UNDER = ("/etc/", "/var/")
+#: Where a retired daemon's files are removed: configs and state (and the health agent's runtime
+#: files). Programs (the Icinga plugins under /usr/local) stay, as the daemons' packages do.
+RETIRE_UNDER = ("/etc/", "/var/", "/run/anycastlb/")
 
 
 def leftovers(spec: Any, root: str = "/") -> list[str]:

@@ -110,6 +110,6 @@ def wanted(model: dict[str, Any]) -> bool:
 
 #: What the health agent leaves on a node besides its config: its drain and state files and the
 #: systemd unit anycastlb ships for it (anycastlb.units); removed when the node stops running it.
-LEAVES = (CONFIG, DRAIN_FILE, STATE_FILE, "/etc/systemd/system/anycastlb-healthd.service")
+LEAVES = (CONFIG, DRAIN_FILE, STATE_FILE, PIDFILE, "/etc/systemd/system/anycastlb-healthd.service")
 
 SPEC = DaemonSpec(name="healthd", wanted=wanted, render=render, check=check, leaves=LEAVES)

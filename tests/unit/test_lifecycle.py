@@ -200,6 +200,8 @@ def lb1_leaves_edge(tmp_path, campus_catalog, campus_secrets):
     _install(root, old, secrets)
     (root / "var/lib/anycastlb").mkdir(parents=True, exist_ok=True)
     (root / "var/lib/anycastlb/drain").write_text("drained\nreason: orchestrate\n")
+    (root / "run/anycastlb").mkdir(parents=True, exist_ok=True)
+    (root / "run/anycastlb/healthd.state.json").write_text("{}")
     vips = sorted(f"{v['address']}/{32 if ':' not in v['address'] else 128}" for v in old["bgp"]["vips"])
     ctl = Recorder({"healthd", "haproxy", "bird", "nftables"}, {"healthd", "haproxy", "bird"},
                    ["127.0.0.1/8", *vips])
@@ -218,7 +220,7 @@ def test_a_node_that_loses_its_role_stops_disables_and_removes_it(lb1_leaves_edg
     assert ctl.lo == ["127.0.0.1/8"], "its VIPs left lo"
     assert ret["changes"]["healthd"]["vips removed from lo"] == vips
     for path in ("etc/haproxy/haproxy.cfg", "etc/bird/bird.conf", "etc/anycastlb/healthd.json",
-                 "var/lib/anycastlb/drain"):
+                 "var/lib/anycastlb/drain", "run/anycastlb/healthd.state.json"):
         assert not (root / path).exists(), path
     assert not list((root / "etc/haproxy/certs").glob("anycastlb-*.pem")) if (root / "etc/haproxy/certs").exists() \
         else True
