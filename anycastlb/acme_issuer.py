@@ -167,7 +167,7 @@ def _client(acme: dict[str, Any], store: Path, eab_hmac: str | None, verify: str
 def issue(acme: dict[str, Any], domains: list[str], store: Path, tokens: TokenServer,
           eab_hmac: str | None = None, verify: str | bool = True, timeout: float = 90.0) -> str:
     """A new bundle (full chain, then a fresh key) for ``domains``; raises :class:`IssueError`."""
-    from acme import challenges, crypto_util
+    from acme import challenges, crypto_util, messages
     from acme import errors as acme_errors
     try:
         acme_client, account_key = _client(acme, store, eab_hmac, verify)
@@ -176,6 +176,8 @@ def issue(acme: dict[str, Any], domains: list[str], store: Path, tokens: TokenSe
         order = acme_client.new_order(csr)
         answers = []
         for authz in order.authorizations:
+            if authz.body.status == messages.STATUS_VALID:
+                continue   # the CA reuses a recent validation of this name (Let's Encrypt: 30 days)
             http01 = [c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)]
             if not http01:
                 raise IssueError(f"the CA offers no HTTP-01 challenge for {authz.body.identifier.value}")

@@ -115,7 +115,8 @@ def start(lab: "Lab", fleet: "Fleet", addr: str, timeout: float = 20.0) -> dict[
     lab.save()
     start_dns(lab)
     lab.spawn(HOST, ["pebble", "-config", str(d / "pebble.json"), "-dnsserver", f"{addr}:53"], "pebble",
-              env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"})
+              # no reuse of earlier validations: every issuance asks the fleet's challenge route again
+              env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"})
     deadline = time.monotonic() + timeout
     root = ""
     while not root.startswith("-----BEGIN CERTIFICATE-----"):

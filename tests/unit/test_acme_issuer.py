@@ -104,3 +104,36 @@ def test_a_refused_renewal_pass_is_reported_to_the_monitoring_nodes_and_fails(tm
     report = [c for c in calls if c[1] == "anycastlb.acme_report"]
     assert report == [(["master"], "anycastlb.acme_report", {"outcomes": ret["outcomes"], "issuer": "master"})]
     assert ret["reported"] == {"master": "reported"}
+
+
+def test_an_authorization_the_ca_still_holds_as_valid_is_not_answered_again(tmp_path: Path, monkeypatch) -> None:
+    """CAs reuse recent validations (Let's Encrypt for 30 days): answering a valid challenge again is
+    refused ("Cannot update challenge with status valid"), so a forced renewal skips those names."""
+    from types import SimpleNamespace
+
+    from acme import challenges, messages
+
+    from anycastlb import acme_issuer
+    leaf = LabCA(tmp_path / "ca").issue(["www.example.org", "example.org"], days=30)
+    chall = challenges.HTTP01(token=b"x" * 32)
+    body = SimpleNamespace(chall=chall, response_and_validation=lambda key: ("response", "validation"))
+    authz = {name: SimpleNamespace(body=SimpleNamespace(status=status, identifier=SimpleNamespace(value=name),
+                                                        challenges=[body]))
+             for name, status in (("www.example.org", messages.STATUS_VALID), ("example.org", messages.STATUS_PENDING))}
+    answered: list[str] = []
+
+    class Client:
+        def new_order(self, csr: bytes) -> SimpleNamespace:
+            return SimpleNamespace(authorizations=list(authz.values()))
+
+        def answer_challenge(self, chall: object, response: object) -> None:
+            answered.append(response)  # type: ignore[arg-type]
+
+        def poll_and_finalize(self, order: object, deadline: object) -> SimpleNamespace:
+            return SimpleNamespace(fullchain_pem=leaf.cert)
+
+    monkeypatch.setattr(acme_issuer, "_client", lambda *a: (Client(), SimpleNamespace()))
+    tokens = SimpleNamespace(tokens={})
+    bundle = acme_issuer.issue({}, ["www.example.org", "example.org"], tmp_path, tokens)  # type: ignore[arg-type]
+    assert answered == ["response"] and len(tokens.tokens) == 1
+    assert bundle.startswith(leaf.cert.strip()) and "PRIVATE KEY" in bundle
