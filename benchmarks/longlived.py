@@ -7,8 +7,9 @@ are held, the fleet goes through these steps (each followed by 3 s of quiet):
 
 - ``salt-run anycastlb.drain`` and ``undrain`` of lb1, then of lb2 (graceful drain with a
   1 s deadline: the open sessions it reports are printed);
-- lb3 joins: the catalog's ``state: drain`` becomes ``active``, ``salt lb3 state.apply``;
-- lb3 leaves: back to ``state: drain``, ``salt lb3 state.apply``;
+- lb3 joins: the catalog's ``state: drain`` becomes ``active``, deployed (``anycastlb.orch.deploy``
+  of the LB nodes: lb3 is drained, applied, undrained; the others applied in place);
+- lb3 leaves: back to ``state: drain``, deployed the same way;
 - BIRD restarted on lb1, then on route reflector rr1 (stop, start: the sessions close at once);
 - a rolling deploy of the LB nodes with ``drain: always`` (``anycastlb.orch.deploy``; the
   cluster's ``drain_deadline`` is 5 s here, so its graceful drain without steering is short).
@@ -54,9 +55,11 @@ def lb3_state(lab, state: str) -> Any:
     def change(d: dict) -> None:
         d["nodes"]["lb3"]["state"] = state
     edit_catalog(lab, change)
-    fl.apply(lab, "lb3")
+    rc, data, raw = ops.orchestrate(lab, pillar={"anycastlb_deploy": {"nodes": list(LB)}})
+    if rc != 0:
+        raise RuntimeError(f"deploy of lb3 {state}: {raw[-2000:]}")
     fl.wait_converged(lab, compile_catalog(lab.catalog))   # the route reflectors carry lb3 (or not) as the catalog says
-    return ""
+    return ", ".join(n for n in ops.orchestration_steps({"return": data}) if "lb3" in n)
 
 
 def drain(lab, node: str) -> str:
@@ -95,8 +98,8 @@ STEPS: list[tuple[str, Callable[[Any], str]]] = [
     ("undrain lb1", lambda lab: undrain(lab, "lb1")),
     ("drain lb2", lambda lab: drain(lab, "lb2")),
     ("undrain lb2", lambda lab: undrain(lab, "lb2")),
-    ("lb3 joins (state active, applied)", lambda lab: lb3_state(lab, "active")),
-    ("lb3 leaves (state drain, applied)", lambda lab: lb3_state(lab, "drain")),
+    ("lb3 joins (state active, deployed)", lambda lab: lb3_state(lab, "active")),
+    ("lb3 leaves (state drain, deployed)", lambda lab: lb3_state(lab, "drain")),
     ("BIRD restart on lb1", lambda lab: bird_restart(lab, "lb1")),
     ("BIRD restart on rr1", lambda lab: bird_restart(lab, "rr1")),
     ("rolling deploy, drain: always", rolling_deploy),
