@@ -266,10 +266,10 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
     """The first full check round: wait for HAProxy's own first verdicts on every backend
     server and for the monitoring node's BIRD to carry every expected announcement, then
     have Icinga2 run every check it schedules itself now (the poller among them, which
-    hands in the passive ones) and wait until no check is PENDING.
+    hands in the passive ones) and wait until every check has a result from this round.
 
-    Returns ``haproxy_s`` (the wait for HAProxy and the monitoring node's routes), ``round_s`` (from the forced round to no
-    check PENDING) and ``not_ok`` (``host!service`` → state of what was not OK then).
+    Returns ``haproxy_s`` (the wait for HAProxy and the monitoring node's routes), ``round_s`` (from the
+    forced round to every check's result from it) and ``not_ok`` (``host!service`` → state of what was not OK then).
     """
     from ..render import icinga2 as ic
     mons = [n for n, m in fleet.nodes.items() if "monitoring" in m["roles"]]
@@ -300,11 +300,22 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
     now = int(time.time())
     _icinga_command(lab, mons[0], [f"[{now}] SCHEDULE_FORCED_SVC_CHECK;{h};{d};{now}\n"
                                    for h, d, enabled in rows if enabled])
-    states = poll_until(lambda: icinga_states(lab, fleet) or {},
-                        lambda st: st and all(v["state"] != "PENDING" for v in st.values()),
-                        max(timeout - (time.monotonic() - t1), 0.0), 1.0).value
+    # settled = every check has a result from this round (an earlier one, e.g. a poller run
+    # Icinga2 scheduled while the fleet was still coming up, is not PENDING but may be stale)
+    fresh = "GET services\nColumns: host_name description state last_check\nOutputFormat: json\n\n"
+
+    def rounds() -> list[list[Any]] | None:
+        r = lab.exec(mons[0], ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"], input=fresh,
+                     timeout=20)
+        try:
+            return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+        except ValueError:
+            return None
+    done = poll_until(rounds, lambda rs: bool(rs) and all(int(last) >= now for _h, _d, _s, last in rs or []),
+                      max(timeout - (time.monotonic() - t1), 0.0), 1.0).value or []
     return {"haproxy_s": waited, "round_s": round(time.monotonic() - t1, 1),
-            "not_ok": {k: v["state"] for k, v in (states or {}).items() if v["state"] != "OK"}}
+            "not_ok": {f"{h}!{d}": ic.STATES.get(int(st), "UNKNOWN") if int(last) else "PENDING"
+                       for h, d, st, last in done if int(st) != 0 or not int(last)}}
 
 
 def status(lab: "Lab", fleet: Fleet | None = None) -> dict[str, Any]:
