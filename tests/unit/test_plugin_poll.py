@@ -29,25 +29,9 @@ LINE = re.compile(r"^\[(\d+)\] PROCESS_SERVICE_CHECK_RESULT;([^;]+);([^;]+);(\d)
 
 
 @pytest.fixture
-def stats_server():
-    hits: list[str] = []
-
-    class Stats(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            hits.append(self.path)
-            body = HAPROXY_CSV.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Stats)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_port, hits
-    srv.shutdown()
+def stats_server(serve_text):
+    """HAProxy's stats CSV on a loopback port: (port, paths requested)."""
+    return serve_text(HAPROXY_CSV)
 
 
 def fake_birdc(tmp_path: Path) -> str:

@@ -459,41 +459,20 @@ def test_haproxy_garbage_is_refused():
         hap.parse("<html>not stats</html>")
 
 
-def test_haproxy_checks_of_one_node_share_one_fetch(tmp_path, capsys, monkeypatch):
+def test_haproxy_checks_of_one_node_share_one_fetch(tmp_path, capsys, monkeypatch, serve_text):
     """Many services, one endpoint: within --cache-s the checks read one parsed copy."""
-    import http.server
-    import threading
-
-    hits = []
-
-    class Stats(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            hits.append(self.path)
-            body = HAPROXY_METRICS.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Stats)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port, hits = serve_text(HAPROXY_METRICS)
     monkeypatch.setattr(hap.tempfile, "gettempdir", lambda: str(tmp_path))
-    args = ["-H", "127.0.0.1", "-p", str(srv.server_port), "--frontend", "www-80", "--backend", "www-8080"]
-    try:
-        assert hap.main(args) == hap.OK
-        assert hap.main([*args[:-4], "--frontend", "imap-143", "--backend", "imap-143"]) == hap.CRITICAL
-        assert len(hits) == 1, "the second service's check read the shared copy"
-        assert hap.main([*args, "--cache-s", "0"]) == hap.OK
-        assert len(hits) == 2
-        for f in (tmp_path / f"anycastlb-haproxy-stats-{os.getuid()}").glob("*.json"):
-            os.utime(f, (time.time() - 11, time.time() - 11))  # the window is over
-        assert hap.main(args) == hap.OK
-        assert len(hits) == 3
-    finally:
-        srv.shutdown()
+    args = ["-H", "127.0.0.1", "-p", str(port), "--frontend", "www-80", "--backend", "www-8080"]
+    assert hap.main(args) == hap.OK
+    assert hap.main([*args[:-4], "--frontend", "imap-143", "--backend", "imap-143"]) == hap.CRITICAL
+    assert len(hits) == 1, "the second service's check read the shared copy"
+    assert hap.main([*args, "--cache-s", "0"]) == hap.OK
+    assert len(hits) == 2
+    for f in (tmp_path / f"anycastlb-haproxy-stats-{os.getuid()}").glob("*.json"):
+        os.utime(f, (time.time() - 11, time.time() - 11))  # the window is over
+    assert hap.main(args) == hap.OK
+    assert len(hits) == 3
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("OK: frontend www-80 OPEN") and out[1].startswith("CRITICAL")
 
