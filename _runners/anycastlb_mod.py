@@ -308,21 +308,27 @@ def checkout(rev: str = "", remote: str = "origin") -> dict[str, Any]:
 # ----------------------------------------------------------------- one deploy at a time
 
 
-def lock(max_age: float = 4 * 3600) -> dict[str, Any]:
+def lock(max_age: float = 4 * 3600, take: bool = True) -> dict[str, Any]:
     """
     Take the deploy lock for the process running this orchestration (``anycastlb.orch.deploy``
     does it first). Refused, with the running deploy's start time and PID, while another
     deploy holds it; a lock whose process is gone, or older than ``max_age`` seconds, is free.
+    ``take=False`` (a ``test=True`` deploy) only checks: refused the same way, nothing written.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run anycastlb.lock
+        salt-run anycastlb.lock take=False
     """
     from anycastlb import deploylock
 
     try:
+        if not take:
+            deploylock.check(__opts__["cachedir"], max_age=max_age)
+            return _done({"result": True, "comment": "test=True: no other deploy runs; no lock taken, "
+                                                     "nothing written"})
         me = deploylock.acquire(__opts__["cachedir"], max_age=max_age)
     except deploylock.DeployLocked as exc:
         return _done({"result": False, "comment": str(exc)})

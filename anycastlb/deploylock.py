@@ -110,8 +110,7 @@ def acquire(cachedir: str, what: str = "anycastlb.orch.deploy", pid: int | None 
         held = _read(f)
         if held is not None and _alive(held, now, max_age) and not (held.pid == pid and (
                 held.thread in (0, threading.get_ident()) or pid != os.getpid())):
-            raise DeployLocked(f"another deploy is running: {held.describe()}; wait for it, or, if it is "
-                               f"gone, salt-run anycastlb.unlock force=True")
+            raise _locked(held)
         me = Holder(pid=pid, proc_start=_proc_start(pid), started=now, what=what,
                     thread=threading.get_ident() if pid == os.getpid() else 0)
         f.seek(0)
@@ -119,6 +118,18 @@ def acquire(cachedir: str, what: str = "anycastlb.orch.deploy", pid: int | None 
         f.write(json.dumps(asdict(me)))
         f.flush()
         return me
+
+
+def _locked(held: Holder) -> DeployLocked:
+    return DeployLocked(f"another deploy is running: {held.describe()}; wait for it, or, if it is "
+                        f"gone, salt-run anycastlb.unlock force=True")
+
+
+def check(cachedir: str, max_age: float = MAX_AGE_S) -> None:
+    """Raise :class:`DeployLocked` while another deploy holds the lock; takes nothing, writes nothing."""
+    held = holder(cachedir, max_age)
+    if held is not None and not held.is_me():
+        raise _locked(held)
 
 
 def release(cachedir: str, pid: int | None = None, force: bool = False) -> Holder | None:

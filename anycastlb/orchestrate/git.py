@@ -101,7 +101,7 @@ def git_checkout(catalog: str, rev: str = "", remote: str = "origin", staging: s
         finally:
             shutil.rmtree(dest, ignore_errors=True)
         if not verdict.ok:
-            raise StageRefused(target, verdict)
+            raise StageRefused(target, verdict, dest)
     if rev or not on_branch:
         _git(top, "checkout", "--quiet", "--detach", target)
     else:
@@ -113,9 +113,12 @@ def git_checkout(catalog: str, rev: str = "", remote: str = "origin", staging: s
 class StageRefused(GitError):
     """The staged commit's catalog was refused by lint: the live catalog stays as it is."""
 
-    def __init__(self, commit: str, verdict: "Lint") -> None:
+    def __init__(self, commit: str, verdict: "Lint", root: str = "") -> None:
         super().__init__(f"commit {commit[:12]}: {verdict.summary}; the catalog the minions get stays as it was")
         self.commit, self.verdict = commit, verdict
+        # the staged copy is gone once refused: name the files as the repository does
+        prefix = root.rstrip("/") + "/"
+        self.errors = [e.replace(prefix, "") for e in verdict.errors] if root else list(verdict.errors)
 
 
 # ----------------------------------------------------------------- staged catalogs
@@ -216,7 +219,7 @@ def stage_release(repo: str, live: str, relpath: str, gitdir: str, rev: str = ""
         verdict = check(os.path.join(release, relpath))
         if not verdict.ok:
             shutil.rmtree(release, ignore_errors=True)
-            raise StageRefused(target, verdict)
+            raise StageRefused(target, verdict, release)
     old = os.path.realpath(live) if os.path.islink(live) else ""
     if os.path.exists(live) and not os.path.islink(live):
         raise GitError(f"{live} is not a symlink: move it away once, the deploy then manages it")

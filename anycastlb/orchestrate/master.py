@@ -448,7 +448,7 @@ class Master:
             else:
                 head, changed = git_checkout(catalog, str(rev or ""), remote, self._dir("staging"), check)
         except StageRefused as exc:
-            return {**ret, "rev": exc.commit, "comment": str(exc), "errors": exc.verdict.errors}
+            return {**ret, "rev": exc.commit, "comment": str(exc), "errors": exc.errors}
         except GitError as exc:
             return {**ret, "comment": str(exc)}
         ret.update(result=True, rev=head, changed=changed,

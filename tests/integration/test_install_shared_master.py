@@ -159,7 +159,7 @@ def test_deploy_applies_only_the_anycastlb_states(master, cli, site):
     [states] = run.data["data"].values()  # keyed by the master-minion id
     by_id = {v["__id__"]: v for v in states.values()}
     assert by_id["deploy lock"]["result"] is True
-    assert "deploy lock taken" in by_id["deploy lock"]["name"]  # the message is the state's name
+    assert "no lock taken" in by_id["deploy lock"]["name"]  # test=True: checked, not taken
     applied = by_id["apply web1"]
     node_ret = applied["changes"]["ret"]["web1"]
     ids = {v["__id__"] for v in node_ret.values()}

@@ -100,3 +100,16 @@ def test_reactor_thread_inside_an_orchestration_holds_the_lock(tmp_path):
     finally:
         release.set()
         t.join()
+
+
+def test_check_refuses_while_a_deploy_runs_and_writes_nothing(tmp_path, other_deploy):
+    """What a test=True deploy does: refused while another deploy runs; no lock file of its own."""
+    deploylock.check(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    first = deploylock.acquire(str(tmp_path), pid=other_deploy.pid)
+    with pytest.raises(deploylock.DeployLocked, match="another deploy is running"):
+        deploylock.check(str(tmp_path))
+    assert deploylock.holder(str(tmp_path)) == first
+    other_deploy.kill()
+    other_deploy.wait()
+    deploylock.check(str(tmp_path))  # its process is gone: free

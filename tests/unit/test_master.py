@@ -205,7 +205,7 @@ def test_staged_release_switches_only_after_lint(tmp_path, repo, campus_catalog)
     bad = repo.push(_bad(campus_catalog), "bad")
     ret = m.checkout(rev=bad)
     assert ret["result"] is False and ret["rev"] == bad, ret
-    assert any("nosuch" in e for e in ret["errors"])
+    assert any("nosuch" in e and e.startswith("campus.yaml:") for e in ret["errors"]), ret["errors"]  # repo path
     assert os.readlink(live) == good_target, "the pillar still reads the good commit"
     assert not (tmp_path / "live.releases" / bad).exists(), "the refused release is removed"
     text = campus_catalog.read_text().replace("weight: 50", "weight: 60")

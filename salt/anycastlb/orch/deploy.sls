@@ -19,8 +19,9 @@
                            # there, and only then switch the catalog the pillar reads
                            # (the reactor passes the pushed commit; "" = the branch head)
 
-    `test=True` changes nothing anywhere: no lock, no checkout, no plan file; the plan of
-    the catalog the pillar reads now is laid out and every state reports what it would do.
+    `test=True` changes nothing anywhere: no lock taken (only checked: refused while another
+    deploy runs), no checkout, no plan file; the plan of the catalog the pillar reads now is
+    laid out and every state reports what it would do.
 #}
 {%- set cfg = salt['pillar.get']('anycastlb_deploy', {}) %}
 {%- set dry = opts.get('test', False) %}
@@ -31,11 +32,7 @@
 {#- One deploy at a time: the lock is taken while this file renders (before the checkout
     and the plan) by the process that runs the orchestration, and given back by the last
     state. A deploy that stops on a failure frees it when its process ends. #}
-{%- if dry %}
-{%- set lock = {'result': True, 'comment': 'test=True: no lock taken, nothing written'} %}
-{%- else %}
-{%- set lock = salt['saltutil.runner']('anycastlb.lock') %}
-{%- endif %}
+{%- set lock = salt['saltutil.runner']('anycastlb.lock', take=not dry) %}
 {%- set locked = lock is mapping and lock.get('result') %}
 
 deploy lock:
@@ -55,7 +52,8 @@ deploy lock:
 
 catalog checkout:
   test.{{ 'succeed' if staged else 'fail' }}_without_changes:
-    - name: {{ (checkout.get('comment') if checkout is mapping else checkout) | string | json }}
+    - name: {{ ((checkout.get('comment') ~ ((': ' ~ checkout.get('errors') | join('; ')) if checkout.get('errors') else ''))
+                if checkout is mapping else checkout) | string | json }}
     - failhard: True
 {%- endif %}
 {%- if staged %}
