@@ -265,6 +265,13 @@ class Bgp(Strict):
 RULE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9 _.:/()+,-]{0,63}$"
 
 
+def _distinct_ports(v: list[int]) -> list[int]:
+    """A list of ports in which none appears twice."""
+    if len(set(v)) != len(v):
+        raise ValueError("a port is listed twice")
+    return v
+
+
 def _prefix_or_any(v: list[str]) -> list[str]:
     if not v:
         raise ValueError("sources may not be empty: write [any] to accept everyone")
@@ -294,9 +301,7 @@ class AcceptRule(Strict):
     @field_validator("ports")
     @classmethod
     def _ports(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("a port is listed twice")
-        return v
+        return _distinct_ports(v)
 
     @model_validator(mode="after")
     def _ports_fit_protocol(self) -> "AcceptRule":
@@ -739,9 +744,7 @@ class Tls(Strict):
     @field_validator("ports")
     @classmethod
     def _distinct(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("a port is listed twice")
-        return v
+        return _distinct_ports(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> "Tls":

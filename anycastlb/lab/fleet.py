@@ -217,14 +217,28 @@ def haproxy_states(lab: "Lab", node: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def _livestatus(lab: "Lab", node: str, query: str) -> Any:
+    """One Livestatus query on ``node``'s Icinga2 (the completed process)."""
+    from ..render import icinga2 as ic
+    return lab.exec(node, ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"], input=query, timeout=20)
+
+
+def _livestatus_rows(lab: "Lab", node: str, query: str) -> list[list[Any]] | None:
+    """The JSON rows of a Livestatus query (``OutputFormat: json``), or None when it gave none."""
+    r = _livestatus(lab, node, query)
+    try:
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+    except ValueError:
+        return None
+
+
 def icinga_states(lab: "Lab", fleet: Fleet) -> dict[str, dict[str, str]] | None:
     """``host!service`` → state and output, from the monitoring node's Icinga2 (Livestatus)."""
     from ..render import icinga2 as ic
     mons = [n for n, m in fleet.nodes.items() if "monitoring" in m["roles"]]
     if not mons:
         return None
-    r = lab.exec(mons[0], ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"],
-                 input=ic.LIVESTATUS_QUERY, timeout=20)
+    r = _livestatus(lab, mons[0], ic.LIVESTATUS_QUERY)
     if r.returncode != 0:
         return {"livestatus": {"state": "UNKNOWN", "output": (r.stderr or r.stdout).strip()[:200]}}
     return ic.parse_livestatus(r.stdout)
@@ -287,15 +301,7 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
         print(f"{mons[0]}'s BIRD did not carry every expected announcement after 60 s", file=sys.stderr)
     waited = round(time.monotonic() - t0, 1)
     query = "GET services\nColumns: host_name description active_checks_enabled\nOutputFormat: json\n\n"
-
-    def active() -> list[list[Any]] | None:
-        r = lab.exec(mons[0], ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"], input=query,
-                     timeout=20)
-        try:
-            return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
-        except ValueError:
-            return None
-    rows = poll_until(active, bool, timeout, 1.0).value or []
+    rows = poll_until(lambda: _livestatus_rows(lab, mons[0], query), bool, timeout, 1.0).value or []
     t1 = time.monotonic()
     now = int(time.time())
     _icinga_command(lab, mons[0], [f"[{now}] SCHEDULE_FORCED_SVC_CHECK;{h};{d};{now}\n"
@@ -303,15 +309,7 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
     # settled = every check has a result from this round (an earlier one, e.g. a poller run
     # Icinga2 scheduled while the fleet was still coming up, is not PENDING but may be stale)
     fresh = "GET services\nColumns: host_name description state last_check\nOutputFormat: json\n\n"
-
-    def rounds() -> list[list[Any]] | None:
-        r = lab.exec(mons[0], ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ic.LIVESTATUS_SOCKET}"], input=fresh,
-                     timeout=20)
-        try:
-            return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
-        except ValueError:
-            return None
-    done = poll_until(rounds, lambda rs: bool(rs) and all(int(last) >= now for _h, _d, _s, last in rs or []),
+    done = poll_until(lambda: _livestatus_rows(lab, mons[0], fresh), lambda rs: bool(rs) and all(int(last) >= now for _h, _d, _s, last in rs or []),
                       max(timeout - (time.monotonic() - t1), 0.0), 1.0).value or []
     return {"haproxy_s": waited, "round_s": round(time.monotonic() - t1, 1),
             "not_ok": {f"{h}!{d}": ic.STATES.get(int(st), "UNKNOWN") if int(last) else "PENDING"
