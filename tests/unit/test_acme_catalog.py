@@ -167,7 +167,10 @@ def test_the_eab_secret_must_be_in_the_store_at_deploy_time(tmp_path: Path) -> N
 
 def test_the_monitoring_checks_each_acme_name_on_each_vip_and_warns_before_renewal_is_late(tmp_path: Path) -> None:
     """The rendered Icinga service, run as Icinga runs it (check_http from monitoring-plugins), against a
-    local TLS server whose certificate has 7 days left: WARNING (renew_before 20d → warn below 19 days)."""
+    local TLS server whose certificate has 12 days left: WARNING (renew_before 20d → warn below 19 days,
+    critical at 6). check_http floors the days left, so a certificate issued for exactly the critical
+    figure + 1 (7 days) reads 6 = CRITICAL as soon as one second passes between issuing and checking:
+    the days sit mid-band."""
     import shutil
     import socket
     import ssl
@@ -187,16 +190,19 @@ def test_the_monitoring_checks_each_acme_name_on_each_vip_and_warns_before_renew
     v = services["acme www www.example.org 192.0.2.10 certificate"]["vars"]
     assert (v["http_address"], v["http_port"], v["http_vhost"], v["http_certificate"]) == (
         "192.0.2.10", 443, "www.example.org", "19,6")
-    leaf = LabCA(tmp_path / "ca").issue(["www.example.org", "example.org"], days=7)
+    leaf = LabCA(tmp_path / "ca").issue(["www.example.org", "example.org"], days=12)
     (tmp_path / "b.pem").write_text(leaf.bundle)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(tmp_path / "b.pem")
     srv = socket.create_server(("127.0.0.1", 0))
     port = srv.getsockname()[1]
 
-    def serve() -> None:
-        for _ in range(2):
-            conn, _ = srv.accept()
+    def serve() -> None:   # the socket listens already; serve until it is shut down
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
             try:
                 with ctx.wrap_socket(conn, server_side=True) as tls:
                     tls.recv(4096)
@@ -208,7 +214,9 @@ def test_the_monitoring_checks_each_acme_name_on_each_vip_and_warns_before_renew
     argv = [plugin, "-I", "127.0.0.1", "-p", str(port), "-H", v["http_vhost"], "-u", v["http_uri"], "-S", "--sni",
             "-C", v["http_certificate"]]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    srv.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept (close alone would not)
     srv.close()
+    t.join(5)
     assert p.returncode == 1 and "WARNING" in p.stdout, p.stdout + p.stderr
 
 
