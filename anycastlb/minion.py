@@ -463,41 +463,87 @@ def _verify_once(model: NodeModel, ctl: Any, pending: list[str]) -> tuple[list[s
     return problems, notes
 
 
-def open_sessions(model: NodeModel) -> dict[str, int]:
-    """Frontend → its current sessions (``scur``), for the node's own frontends (not stats)."""
-    from .plugins.check_anycastlb_haproxy import parse_show_stat
+#: One HAProxy process's frontends (``show stat`` with type mask 1).
+FRONTEND_STAT = "show stat -1 1 -1"
+
+
+def haproxy_master_socket() -> str | None:
+    """The HAProxy master CLI of this host (systemd's or the direct mode's path), None if there is none."""
+    from .paths import MODES
+
+    for path in dict.fromkeys(m.haproxy_master_socket for m in MODES.values()):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def process_sessions(model: NodeModel) -> list[dict[str, Any]]:
+    """Per HAProxy process, its frontends' current sessions: ``{"pid", "old", "frontends"}``.
+
+    A reload leaves the old workers holding their connections until they end (or
+    ``hard-stop-after``); the stats socket reaches only the current worker, so the master
+    CLI is asked: ``show proc``, then ``@!<pid> show stat`` for every worker, old ones
+    included. An old worker that exited in between is left out. Without a master CLI
+    (HAProxy run without ``-S``), the stats socket: the current worker only (pid 0)."""
+    from .answers.haproxy import frontend_sessions, parse_show_stat
     from .render.haproxy import ADMIN_SOCKET
-    from .service import unix_query
+    from .service import parse_show_proc, unix_query
 
     hap = model["haproxy"]
     if not hap:
-        return {}
+        return []
+    names = [f["name"] for f in hap["frontends"]]
+    master = haproxy_master_socket()
     try:
-        rows = parse_show_stat(unix_query(ADMIN_SOCKET, "show stat -1 1 -1"), ("scur",))
+        if master is None:
+            rows = parse_show_stat(unix_query(ADMIN_SOCKET, FRONTEND_STAT), ("scur",))
+            return [{"pid": 0, "old": False, "frontends": frontend_sessions(rows, names)}]
+        proc = parse_show_proc(unix_query(master, "show proc"))
+        out: list[dict[str, Any]] = []
+        for pid, old in [(w, False) for w, _ in proc.workers] + [(w, True) for w in proc.old_workers]:
+            text = unix_query(master, f"@!{pid} {FRONTEND_STAT}")
+            if old and text.startswith("Can't find the target PID"):
+                continue
+            out.append({"pid": pid, "old": old,
+                        "frontends": frontend_sessions(parse_show_stat(text, ("scur",)), names)})
     except (OSError, ValueError) as exc:
-        raise NodeError(f"haproxy stats socket: {exc}") from None
-    return {f["name"]: int(rows.get((f["name"], "FRONTEND"), {}).get("scur") or 0) for f in hap["frontends"]}
+        raise NodeError(f"haproxy {'master CLI' if master else 'stats socket'}: {exc}") from None
+    return out
+
+
+def _by_frontend(procs: list[dict[str, Any]], old_only: bool = False) -> dict[str, int]:
+    """Frontend → sessions summed over the processes of :func:`process_sessions` (old workers only)."""
+    out: dict[str, int] = {}
+    for p in procs:
+        for name, n in p["frontends"].items():
+            if p["old"] or not old_only:
+                out[name] = out.get(name, 0) + n
+    return out
 
 
 def wait_sessions(model: NodeModel, deadline: float | None = None, every: float = 0.2) -> dict[str, Any]:
-    """Graceful drain's wait: until the node's frontends hold no session, or ``deadline``
-    seconds pass (default: the catalog's ``drain_deadline``). ``open`` is what was left."""
+    """Graceful drain's wait: until the node's frontends hold no session in any HAProxy process
+    (old workers of a reload included), or ``deadline`` seconds pass (default: the catalog's
+    ``drain_deadline``). ``open`` is what was left, ``old_workers`` the part old workers held."""
     hap = model["haproxy"]
     if not hap:
         return {"result": True, "open": 0, "frontends": {}, "waited_ms": 0, "comment": "no HAProxy on this node"}
     limit = hap["drain_deadline_ms"] / 1000 if deadline is None else float(deadline)
     t0 = time.monotonic()
-    now = open_sessions(model)
-    while sum(now.values()) and time.monotonic() - t0 < limit:
+    procs = process_sessions(model)
+    while sum(_by_frontend(procs).values()) and time.monotonic() - t0 < limit:
         time.sleep(every)
-        now = open_sessions(model)
-    left = sum(now.values())
+        procs = process_sessions(model)
+    now = _by_frontend(procs)
+    left, old = sum(now.values()), sum(_by_frontend(procs, old_only=True).values())
     ms = round((time.monotonic() - t0) * 1000)
     busy = {k: v for k, v in now.items() if v}
-    return {"result": left == 0, "open": left, "frontends": busy, "waited_ms": ms, "deadline_s": limit,
+    return {"result": left == 0, "open": left, "old_workers": old, "frontends": busy, "waited_ms": ms,
+            "deadline_s": limit, "processes": len(procs),
             "comment": (f"no session left after {ms} ms" if not left else
                         f"{left} session(s) still open at the {limit:g} s deadline: "
-                        + ", ".join(f"{k} {v}" for k, v in sorted(busy.items())))}
+                        + ", ".join(f"{k} {v}" for k, v in sorted(busy.items()))
+                        + (f" ({old} in old HAProxy workers of a reload)" if old else ""))}
 
 
 def _http_ok(address: str, port: int, host: str, path: str) -> list[str]:

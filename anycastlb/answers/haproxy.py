@@ -1,4 +1,5 @@
-"""What the core asks of HAProxy's ``show stat``: is a node's HAProxy serving after an apply.
+"""What the core asks of HAProxy's ``show stat``: is a node's HAProxy serving after an apply,
+and how many sessions do its frontends still hold (graceful drain).
 
 Parsing is :func:`parse_show_stat` (re-exported from the HAProxy monitoring plugin, the
 one parser of the format); the verdict per frontend/backend is the health agent's
@@ -13,7 +14,7 @@ from typing import Iterable, Mapping
 from ..healthd import STAT_COMMAND, haproxy_verdict
 from ..plugins.check_anycastlb_haproxy import parse_show_stat
 
-__all__ = ["STAT_COMMAND", "parse_show_stat", "haproxy_verdict", "verify_haproxy"]
+__all__ = ["STAT_COMMAND", "parse_show_stat", "haproxy_verdict", "verify_haproxy", "frontend_sessions"]
 
 
 def verify_haproxy(rows: Mapping[tuple[str, str], Mapping[str, str]], frontends: Iterable[str],
@@ -35,3 +36,9 @@ def verify_haproxy(rows: Mapping[tuple[str, str], Mapping[str, str]], frontends:
         if not ok:
             (notes if b in pend else problems).append(why + (" (its servers are deployed later)" if b in pend else ""))
     return problems, notes
+
+
+def frontend_sessions(rows: Mapping[tuple[str, str], Mapping[str, str]], frontends: Iterable[str]) -> dict[str, int]:
+    """Frontend → its current sessions (``scur``) in one HAProxy process; 0 for a frontend it
+    does not list. ``rows`` is :func:`parse_show_stat`."""
+    return {f: int(rows.get((f, "FRONTEND"), {}).get("scur") or 0) for f in frontends}

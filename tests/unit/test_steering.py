@@ -118,15 +118,80 @@ def test_show_names_the_peers(campus_catalog):
             "flows not ours go to lb1 198.51.100.21 2001:db8:100::21, lb3 198.51.100.23 2001:db8:100::23") in out
 
 
+HELD = Path(__file__).resolve().parent / "data" / "haproxy" / "reload_held"
+
+
+def fake_master(monkeypatch, answers: dict[str, list[str]]) -> list[str]:
+    """The master CLI answers each command with the next recorded file of ``answers[command]``
+    (the last one repeats); returns the commands asked."""
+    from anycastlb import minion, service
+    asked: list[str] = []
+
+    def query(path: str, command: str, timeout: float = 2.0) -> str:
+        assert path == "/run/haproxy-master.sock"
+        asked.append(command)
+        files = answers[command]
+        return (HELD / (files.pop(0) if len(files) > 1 else files[0])).read_text()
+    monkeypatch.setattr(minion, "haproxy_master_socket", lambda: "/run/haproxy-master.sock")
+    monkeypatch.setattr(service, "unix_query", query)
+    return asked
+
+
+def test_the_drain_counts_the_sessions_of_old_haproxy_workers_too(monkeypatch, campus_catalog):
+    """After a reload the old worker keeps its connections (recorded: it holds 3 on www-443 and 1 on
+    imap-143, the new worker 2): the stats socket reaches only the new worker, the master CLI both."""
+    from anycastlb import minion
+    model = compile_catalog(campus_catalog).nodes["lb1"]
+    asked = fake_master(monkeypatch, {"show proc": ["show_proc.txt"],
+                                      "@!13829 show stat -1 1 -1": ["worker_13829_show_stat_fe.csv"],
+                                      "@!13655 show stat -1 1 -1": ["old_worker_13655_show_stat_fe.csv"]})
+    procs = minion.process_sessions(model)
+    assert asked == ["show proc", "@!13829 show stat -1 1 -1", "@!13655 show stat -1 1 -1"]
+    assert [(p["pid"], p["old"], {k: v for k, v in p["frontends"].items() if v}) for p in procs] == [
+        (13829, False, {"www-443": 2}), (13655, True, {"www-443": 3, "imap-143": 1})]
+    ret = minion.wait_sessions(model, deadline=0.05, every=0.01)
+    assert (ret["result"], ret["open"], ret["old_workers"], ret["frontends"]) == (
+        False, 6, 4, {"www-443": 5, "imap-143": 1})
+    assert ret["comment"] == ("6 session(s) still open at the 0.05 s deadline: imap-143 1, www-443 5 "
+                              "(4 in old HAProxy workers of a reload)")
+
+
+def test_an_old_worker_that_exits_meanwhile_is_left_out(monkeypatch, campus_catalog):
+    from anycastlb import minion
+    model = compile_catalog(campus_catalog).nodes["lb1"]
+    fake_master(monkeypatch, {"show proc": ["show_proc.txt"],
+                              "@!13829 show stat -1 1 -1": ["worker_13829_show_stat_fe.csv"],
+                              "@!13655 show stat -1 1 -1": ["gone_pid.txt"]})
+    assert [p["pid"] for p in minion.process_sessions(model)] == [13829]
+    fake_master(monkeypatch, {"show proc": ["show_proc.txt"], "@!13829 show stat -1 1 -1": ["gone_pid.txt"]})
+    with pytest.raises(minion.NodeError, match="haproxy master CLI: not a show stat answer"):
+        minion.process_sessions(model)   # the current worker must answer
+
+
+def test_without_a_master_cli_the_stats_socket_counts_the_current_worker(monkeypatch, campus_catalog):
+    from anycastlb import minion, service
+    model = compile_catalog(campus_catalog).nodes["lb1"]
+    monkeypatch.setattr(minion, "haproxy_master_socket", lambda: None)
+    monkeypatch.setattr(service, "unix_query", lambda path, command, timeout=2.0: (
+        (HELD / "worker_13829_show_stat_fe.csv").read_text() if (path, command) == (
+            "/run/haproxy/admin.sock", "show stat -1 1 -1") else ""))
+    [p] = minion.process_sessions(model)
+    assert (p["pid"], p["old"], p["frontends"]["www-443"]) == (0, False, 2)
+
+
 def test_wait_sessions_until_none_is_left_or_the_deadline(monkeypatch, campus_catalog):
     from anycastlb import minion
     model = compile_catalog(campus_catalog).nodes["lb1"]
     assert model["haproxy"]["drain_deadline_ms"] == 60000
-    seen = iter([{"www-443": 3, "imap-143": 1}, {"www-443": 1, "imap-143": 0}, {"www-443": 0, "imap-143": 0}])
-    monkeypatch.setattr(minion, "open_sessions", lambda m: next(seen))
+
+    def procs(new: dict[str, int], old: dict[str, int] | None = None) -> list[dict]:
+        return [{"pid": 2, "old": False, "frontends": new}] + ([{"pid": 1, "old": True, "frontends": old}] if old else [])
+    seen = iter([procs({"www-443": 3, "imap-143": 1}), procs({"www-443": 0}, {"www-443": 1}), procs({"www-443": 0})])
+    monkeypatch.setattr(minion, "process_sessions", lambda m: next(seen))
     ret = minion.wait_sessions(model, every=0.01)
     assert (ret["result"], ret["open"]) == (True, 0) and ret["comment"].startswith("no session left after")
-    monkeypatch.setattr(minion, "open_sessions", lambda m: {"www-443": 2, "imap-143": 0})
+    assert next(seen, None) is None   # it waited while only the old worker held a session
+    monkeypatch.setattr(minion, "process_sessions", lambda m: procs({"www-443": 2, "imap-143": 0}))
     ret = minion.wait_sessions(model, deadline=0.05, every=0.01)
     assert (ret["result"], ret["open"], ret["frontends"]) == (False, 2, {"www-443": 2})
     assert ret["comment"] == "2 session(s) still open at the 0.05 s deadline: www-443 2"
