@@ -67,8 +67,9 @@ def test_header_and_master_worker(lb1_cfg: str) -> None:
 def test_www_tls_frontend_binds_both_vips_with_the_bundle(lb1_cfg: str) -> None:
     fe = section(lb1_cfg, "frontend www-443")
     pem = "/etc/haproxy/certs/anycastlb-campus-wildcard.pem"
-    assert f'bind 192.0.2.10:443 transparent ssl crt "{pem}" alpn h2,http/1.1' in fe
-    assert f'bind [2001:db8:1::10]:443 transparent ssl crt "{pem}" alpn h2,http/1.1' in fe
+    # one bind line for both VIPs: one TLS context per frontend, not one per address
+    assert f'bind 192.0.2.10:443,[2001:db8:1::10]:443 transparent ssl crt "{pem}" alpn h2,http/1.1' in fe
+    assert len([x for x in fe if x.startswith("bind ")]) == 1
     assert "option forwardfor" in fe
     assert "default_backend www-8080" in fe
 
@@ -76,7 +77,7 @@ def test_www_tls_frontend_binds_both_vips_with_the_bundle(lb1_cfg: str) -> None:
 def test_www_port_80_redirects_to_https(lb1_cfg: str) -> None:
     fe = section(lb1_cfg, "frontend www-80")
     assert "http-request redirect scheme https code 301" in fe
-    assert "bind 192.0.2.10:80 transparent" in fe
+    assert "bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent" in fe
     assert not any("redirect" in line for line in section(lb1_cfg, "frontend intranet-80"))
 
 

@@ -64,8 +64,9 @@ def test_one_frontend_routes_by_host_then_longest_path(fleet: Any) -> None:
     assert fe["backend"] is None and fe["backends"] == ["api-8083", "cart-8082", "shop-8082"]
     lines = frontend(haproxy_cfg(fleet.nodes["lb1"]), "shared-443-192.0.2.82")
     binds = [x for x in lines if x.startswith("bind ")]
-    assert len(binds) == 2 and all('crt "/etc/haproxy/certs/anycastlb-api-example-org.pem" crt '
-                                   '"/etc/haproxy/certs/anycastlb-shop-example-org.pem"' in b for b in binds)
+    assert binds == ['bind 192.0.2.82:443,[2001:db8:5::82]:443 transparent ssl crt '
+                     '"/etc/haproxy/certs/anycastlb-api-example-org.pem" crt '
+                     '"/etc/haproxy/certs/anycastlb-shop-example-org.pem" alpn h2,http/1.1']
     assert 'acl h1 req.hdr(host),field(1,:),lower -m str "shop.example.org"' in lines
     assert 'acl p0 path "/cart"' in lines and 'acl p0 path_beg "/cart/"' in lines
     rules = [x for x in lines if x.startswith("use_backend")]
@@ -78,7 +79,8 @@ def test_one_frontend_routes_by_host_then_longest_path(fleet: Any) -> None:
 
 def test_tls_on_another_port_is_the_service_own_frontend(fleet: Any) -> None:
     lines = frontend(haproxy_cfg(fleet.nodes["lb1"]), "api-8443")
-    assert 'bind 192.0.2.82:8443 transparent ssl crt "/etc/haproxy/certs/anycastlb-api-example-org.pem" ' \
+    assert 'bind 192.0.2.82:8443,[2001:db8:5::82]:8443 transparent ssl crt ' \
+           '"/etc/haproxy/certs/anycastlb-api-example-org.pem" ' \
            'alpn h2,http/1.1' in lines
     assert "default_backend api-8083" in lines and "http-request set-header X-Forwarded-Proto https" in lines
     assert fleet.services["api"]["tls_ports"] == [443, 8443]
