@@ -97,9 +97,6 @@ class DirectControl(ServiceControl):
             raise ServiceError(f"{daemon} (pid {pid}) exited after {svc.reload}" + self._log_tail(daemon))
         return f"{daemon} reloaded ({svc.reload} to pid {pid})"
 
-    def _trigger_haproxy_reload(self, master_pid: int) -> None:
-        os.kill(master_pid, signal.SIGUSR2)
-
     def stop(self, daemon: str) -> str:
         """Stop the daemon (SIGTERM to the pid in its pidfile) and wait for it."""
         if self._service(daemon).oneshot:

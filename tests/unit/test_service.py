@@ -185,14 +185,40 @@ def test_birdc_refusal_raises_even_with_exit_0(tmp_path: Path) -> None:
 
 
 def test_preflight_finds_a_foreign_listener_on_a_bind() -> None:
-    binds = bind_addresses("    bind 192.0.2.10:80 transparent\n    bind [2001:db8:1::10]:443 transparent ssl\n"
-                           "    bind 192.0.2.10:8443 transparent\n")
-    assert binds == {("192.0.2.10", 80), ("2001:db8:1::10", 443), ("192.0.2.10", 8443)}
+    binds = bind_addresses("    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n"
+                           "    bind [2001:db8:1::10]:443 transparent ssl\n    bind 192.0.2.10:8443 transparent\n")
+    assert binds == {("192.0.2.10", 80), ("2001:db8:1::10", 80), ("2001:db8:1::10", 443), ("192.0.2.10", 8443)}
     ss = ('LISTEN 0 5 192.0.2.10:8443 0.0.0.0:* users:(("python3",pid=7,fd=3))\n'
           'LISTEN 0 4096 192.0.2.10:80 0.0.0.0:* users:(("haproxy",pid=8,fd=5))\n'
           'LISTEN 0 4096 [::]:443 [::]:* users:(("nginx",pid=9,fd=6))\n')
     found = foreign_listeners(ss, binds)
     assert sorted((a, p) for a, p, _ in found) == [("192.0.2.10", 8443), ("2001:db8:1::10", 443)]
+
+
+def test_preflight_looks_up_only_binds_the_running_master_does_not_hold(tmp_path: Path) -> None:
+    (tmp_path / "etc/haproxy").mkdir(parents=True)
+    (tmp_path / "run/haproxy").mkdir(parents=True)
+    (tmp_path / "etc/haproxy/haproxy.cfg").write_text("    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n"
+                                                      "    bind 192.0.2.10:8443 transparent\n")
+    ss = 'LISTEN 0 5 0.0.0.0:8443 0.0.0.0:* users:(("python3",pid=7,fd=3))\n'
+    run = FakeRun({"ss -Htlnp": (0, ss)})
+    ctl = ServiceControl("direct", root=str(tmp_path), run=run)
+    running = parse_show_proc(SHOW_PROC_OK)
+    with pytest.raises(ServiceError, match="192.0.2.10:8443 is already in use by"):   # nothing on record
+        ctl._haproxy_preflight(running)
+    # this master's generation loaded :80 and :8443 (anycastlb's last confirmed reload): nothing is looked up
+    ctl._record_binds(running, {("192.0.2.10", 80), ("2001:db8:1::10", 80), ("192.0.2.10", 8443)})
+    run.calls.clear()
+    assert len(ctl._haproxy_preflight(running)) == 3 and run.calls == []
+    # another generation (a reload or restart by someone else): the record is void
+    other = parse_show_proc(SHOW_PROC_FAILED)
+    with pytest.raises(ServiceError, match="8443"):
+        ctl._haproxy_preflight(other)
+    # only a new bind is looked up: a listener on a bind the master holds is not the reload's concern
+    ctl._record_binds(running, {("192.0.2.10", 8443), ("2001:db8:1::10", 80)})
+    run.answers["ss -Htlnp"] = (0, ss + 'LISTEN 0 5 [::]:80 [::]:* users:(("nginx",pid=9,fd=6))\n')
+    with pytest.raises(ServiceError, match=r"192\.0\.2\.10:80 is already in use by .*nginx"):
+        ctl._haproxy_preflight(running)
 
 
 # ------------------------------------------------------------------ VIPs on lo
