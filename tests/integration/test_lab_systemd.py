@@ -3,7 +3,7 @@
 ONE lab for the module. The campus tests run again against it (traffic through every VIP,
 the drained node and backend, the firewall seen from the client, HAProxy backend states,
 Icinga all OK, a catalog change applied under load with 0 failed requests: validation,
-then ``systemctl reload``), then what only a systemd host has: Debian's units and ours
+then the reload), then what only a systemd host has: Debian's units and ours
 enabled by the Salt states, HAProxy killed by ``systemctl kill`` and brought back by
 systemd's Restart=, a node rebooted. Timings are measured by benchmarks/systemd.py, not here.
 """
