@@ -102,6 +102,22 @@ def test_lint_reads_the_secrets_store_of_the_ext_pillar(tmp_path, campus_catalog
     assert res.ok, res.errors
 
 
+def test_the_steps_of_one_deploy_compile_the_catalog_once_until_it_changes(tmp_path, campus_catalog) -> None:
+    from anycastlb.orchestrate.lint import CACHE
+
+    cat = tmp_path / "campus.yaml"
+    cat.write_text(campus_catalog.read_text())
+    m = Master(config_of([{"anycastlb": {"catalog": str(cat)}}]), str(tmp_path / "cache"),
+               Minions({"anycastlb.status": status(["192.0.2.10/32"])}))
+    before = CACHE.compilations
+    assert m.plan(runtime=False)["result"] and m.remember("lb1")["result"] and m.lint().ok
+    assert CACHE.compilations == before + 1  # plan, remember and lint: one compilation
+    cat.write_text(cat.read_text() + "# edited\n")
+    assert m.lint().ok and CACHE.compilations == before + 2  # an edited file is compiled again
+    cat.write_text("services: {x: {mode: bogus}}\n")
+    assert not m.lint().ok and not m.plan(runtime=False)["result"]  # and a refused one refuses every step
+
+
 # ----------------------------------------------------------------- issue 13: per-node records, decommission, staging
 
 
