@@ -142,6 +142,22 @@ def apply(daemon: str, test: bool = False, root: str = "/") -> dict[str, Any]:
     return ret
 
 
+def sysctl(name: str, value: Any, test: bool = False) -> dict[str, Any]:
+    """
+    Set the kernel setting ``name`` to ``value`` through ``/proc/sys`` (nothing is run when it is
+    already set); a state-shaped result (``test=True``: what would change).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb1 anycastlb.sysctl net.netfilter.nf_conntrack_tcp_be_liberal 1
+    """
+    ret = _minion.sysctl(str(name), str(value), test=bool(test))
+    _fail_retcode(ret["result"] is False)
+    return ret
+
+
 def retire(test: bool = False) -> dict[str, Any]:
     """
     Take away the daemons anycastlb manages that this node no longer runs (a role it lost):

@@ -72,3 +72,19 @@ def retired(name: str) -> dict[str, Any]:
         any (a label)
     """
     return _call(name, "anycastlb.retire", test=bool(__opts__["test"]))
+
+
+def sysctl(name: str, value: Any) -> dict[str, Any]:
+    """
+    The kernel setting ``name`` is ``value`` (read and written through ``/proc/sys``; a missing
+    ``net.netfilter.nf_conntrack_*`` key loads ``nf_conntrack`` first). Unlike ``cmd.run`` with
+    ``unless``, it makes Salt load no other state module: a requisite check like ``unless`` looks
+    for ``cmd.mod_run_check`` and, missing it, loads every state module there is (about 1 s on an
+    idle node, more under load, in every ``state.apply``).
+
+    name
+        the key, ``net.netfilter.nf_conntrack_tcp_be_liberal``
+    value
+        its value
+    """
+    return _call(name, "anycastlb.sysctl", name=name, value=value, test=bool(__opts__["test"]))

@@ -125,6 +125,40 @@ def apply(name: str, model: NodeModel, secrets: dict[str, Any], ctl: Any = None,
         return ApplyResult(name, False, f"{name}: {type(exc).__name__}: {exc}")
 
 
+# ----------------------------------------------------------------- kernel settings
+
+
+def sysctl(name: str, value: str, test: bool = False, proc: str = "/proc/sys",
+           load: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """The kernel setting ``name`` (``net.netfilter.nf_conntrack_tcp_be_liberal``) is ``value``, read and
+    written under ``proc`` (no subprocess when it already is). A ``net.netfilter.nf_conntrack_*`` key
+    that is missing loads the ``nf_conntrack`` module first (``load``, default ``modprobe``). A
+    state-shaped result; ``test``: what would change, nothing written."""
+    path = os.path.join(proc, *name.split("."))
+    want = str(value).strip()
+    if not os.path.exists(path) and name.startswith("net.netfilter.nf_conntrack_") and not test:
+        import subprocess
+
+        (load or (lambda mod: subprocess.run(["modprobe", mod], capture_output=True, check=False)))("nf_conntrack")
+    try:
+        with open(path, encoding="ascii") as fh:
+            now: str | None = fh.read().strip()
+    except OSError:
+        now = None
+    if now is None:
+        return {"result": False, "changes": {}, "comment": f"{name}: no such kernel setting ({path} cannot be read)"}
+    if now == want:
+        return {"result": True, "changes": {}, "comment": f"{name} is {want}"}
+    if test:
+        return {"result": None, "changes": {name: {"old": now, "new": want}}, "comment": f"{name} would be set to {want}"}
+    try:
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write(want + "\n")
+    except OSError as exc:
+        return {"result": False, "changes": {}, "comment": f"{name}: cannot set it to {want}: {exc}"}
+    return {"result": True, "changes": {name: {"old": now, "new": want}}, "comment": f"{name} set to {want}"}
+
+
 # ----------------------------------------------------------------- retire: what a node stops running
 
 #: The order daemons are retired in: the health agent first (stopping it withdraws every

@@ -4,7 +4,8 @@
 
 {#- Connections that exist when the firewall is first loaded (Salt's own, an admin's SSH) are
     picked up by conntrack mid-stream, without their TCP window scaling: strict window tracking
-    would call their packets invalid and drop them. Liberal tracking keeps them alive. #}
+    would call their packets invalid and drop them. Liberal tracking keeps them alive.
+    (anycastlb.sysctl, not cmd.run with unless: a requisite check makes Salt load every state module.) #}
 anycastlb-conntrack-liberal-persist:
   file.managed:
     - name: /etc/sysctl.d/60-anycastlb.conf
@@ -13,8 +14,8 @@ anycastlb-conntrack-liberal-persist:
         net.netfilter.nf_conntrack_tcp_be_liberal = 1
 
 anycastlb-conntrack-liberal:
-  cmd.run:
-    - name: (modprobe nf_conntrack 2>/dev/null || true) && sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=1
-    - unless: test "$(cat /proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal 2>/dev/null)" = 1
+  anycastlb.sysctl:
+    - name: net.netfilter.nf_conntrack_tcp_be_liberal
+    - value: 1
     - require:
       - file: anycastlb-conntrack-liberal-persist

@@ -36,8 +36,7 @@ def test_lb1_gets_packages_then_daemons_in_registry_order(make_minion_opts, tmp_
         ("anycastlb-packages-common", "pkg.installed", "anycastlb-packages-common"),
         # liberal conntrack before the first firewall load keeps pre-existing connections alive
         ("anycastlb-conntrack-liberal-persist", "file.managed", "/etc/sysctl.d/60-anycastlb.conf"),
-        ("anycastlb-conntrack-liberal", "cmd.run",
-         "(modprobe nf_conntrack 2>/dev/null || true) && sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=1"),
+        ("anycastlb-conntrack-liberal", "anycastlb.sysctl", "net.netfilter.nf_conntrack_tcp_be_liberal"),
         ("anycastlb-packages-bird", "pkg.installed", "anycastlb-packages-bird"),
         ("anycastlb-packages-haproxy", "pkg.installed", "anycastlb-packages-haproxy"),
         # what the node no longer runs goes first (a role it lost)
