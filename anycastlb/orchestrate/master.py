@@ -143,8 +143,8 @@ class Master:
         from ..model import model_hash
 
         try:
-            with open(self._planned_models(), encoding="utf-8") as fh:
-                model = (json.load(fh).get("models") or {}).get(node)
+            with open(os.path.join(self._planned_models(), f"{node}.json"), encoding="utf-8") as fh:
+                model = json.load(fh).get("model")
         except (OSError, ValueError):
             model = None
         if not isinstance(model, dict):
@@ -168,7 +168,8 @@ class Master:
         return True
 
     def _planned_models(self) -> str:
-        return os.path.join(self._dir("deploy"), "planned-models.json")
+        """The last plan's models, one file per node: :meth:`mark_applied` reads one node's, not the fleet's."""
+        return os.path.join(self._dir("deploy"), "planned-models")
 
     def plan(self, runtime: bool = True, drain: str = "auto", save: bool = True,
              changed_only: bool = False) -> dict[str, Any]:
@@ -207,10 +208,19 @@ class Master:
             return {**ret, "result": False, "comment": f"the plan takes more than one node of {', '.join(over)} out"}
         if save:
             snapshot(res.catalog, self._deploy_dir("planned"))
-            tmp = self._planned_models() + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump({"catalog": res.catalog, "at": time.time(), "models": dict(fleet.nodes.items())}, fh)
-            os.replace(tmp, self._planned_models())
+            final = self._planned_models()
+            tmp, old = final + ".tmp", final + ".old"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            now = time.time()
+            for node, model in fleet.nodes.items():
+                with open(os.path.join(tmp, f"{node}.json"), "w", encoding="utf-8") as fh:
+                    json.dump({"catalog": res.catalog, "at": now, "model": model}, fh)
+            shutil.rmtree(old, ignore_errors=True)
+            if os.path.isdir(final):
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
         return ret
 
     def mark_deployed(self, from_plan: bool = False) -> dict[str, Any]:
