@@ -142,9 +142,9 @@ def apply(daemon: str, test: bool = False, root: str = "/") -> dict[str, Any]:
     return ret
 
 
-def sysctl(name: str, value: Any, test: bool = False) -> dict[str, Any]:
+def sysctl(key: str, value: Any, test: bool = False) -> dict[str, Any]:
     """
-    Set the kernel setting ``name`` to ``value`` through ``/proc/sys`` (nothing is run when it is
+    Set the kernel setting ``key`` to ``value`` through ``/proc/sys`` (nothing is run when it is
     already set); a state-shaped result (``test=True``: what would change).
 
     CLI Example:
@@ -153,7 +153,7 @@ def sysctl(name: str, value: Any, test: bool = False) -> dict[str, Any]:
 
         salt lb1 anycastlb.sysctl net.netfilter.nf_conntrack_tcp_be_liberal 1
     """
-    ret = _minion.sysctl(str(name), str(value), test=bool(test))
+    ret = _minion.sysctl(str(key), str(value), test=bool(test))
     _fail_retcode(ret["result"] is False)
     return ret
 

@@ -87,4 +87,4 @@ def sysctl(name: str, value: Any) -> dict[str, Any]:
     value
         its value
     """
-    return _call(name, "anycastlb.sysctl", name=name, value=value, test=bool(__opts__["test"]))
+    return _call(name, "anycastlb.sysctl", key=name, value=value, test=bool(__opts__["test"]))

@@ -177,3 +177,9 @@ def test_real_bird_config_through_the_state(loaders, tmp_path):
     assert ret.result is True, ret.comment
     assert "router id 198.51.100.21" in (tmp_path / "etc/bird/bird.conf").read_text()
     assert reloads() == [("reload_or_start", "bird")]
+
+
+def test_sysctl_state_goes_through_the_execution_module(loaders):
+    ret = loaders.states.anycastlb.sysctl(name="net.anycastlb_test.no_such_key", value=1, test=True)
+    assert ret.result is False and ret.changes == {}
+    assert "net.anycastlb_test.no_such_key: no such kernel setting" in ret.comment
