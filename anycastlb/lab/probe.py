@@ -1,10 +1,12 @@
 """Bounded client probes run inside a lab namespace: ``python -m anycastlb.lab.probe SPEC.json``.
 
-Each probe makes at most one connection (or one datagram) with a short timeout
-and stops by itself; results are printed as JSON. A probe succeeds only on an answer:
-an HTTP status, a datagram, or for tcp the server's first line (a bare connect is not
-enough: HAProxy accepts on a tcp frontend whose backends are all down). Used by ``lab status`` (from
-the client and from a campus host) and by the integration tests.
+Each probe makes at most one connection (or one datagram) with a short timeout and
+stops by itself; at most :data:`PARALLEL` run at once (3,200 probes one after another
+took 45 s at 1,000 services); results are printed as JSON, in the order given. A probe
+succeeds only on an answer: an HTTP status, a datagram, or for tcp the server's first
+line (a bare connect is not enough: HAProxy accepts on a tcp frontend whose backends
+are all down). Used by ``lab status`` (from the client and from a campus host) and by
+the integration tests.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import socket
 import ssl
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+#: Probes in flight at once (each one connection or datagram with its own timeout).
+PARALLEL = 16
 
 
 def probe(spec: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     elif mode == "load":
         print(json.dumps(load(spec)))
     else:
-        print(json.dumps([{**s, **probe(s)} for s in spec]))
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            print(json.dumps([{**s, **r} for s, r in zip(spec, pool.map(probe, spec))]))
     return 0
 
 
