@@ -44,6 +44,10 @@ def test_speaker_exports_its_healthy_vips_only(fleet: dict[str, Any]) -> None:
     assert "define ANNOUNCE6 = [ 2001:db8:1::10/128 ];" in text
     # The health agent's table is learned (the healthd contract).
     assert "kernel table 4242;" in text and "import where krt_source = 252;" in text
+    # ... and a burst of healthd's changes is neither dropped by netlink nor left for a minute
+    for name in ("healthd4", "healthd6"):
+        body = re.search(rf"^protocol kernel {name} {{.*?^}}", text, re.S | re.M)
+        assert body and "netlink rx buffer 8388608;" in body.group(0) and "scan time 10;" in body.group(0)
     s4 = protocol(text, "rout_rr1_4")
     assert "local 198.51.100.21 as 64512;" in s4
     assert "neighbor 198.51.100.11 as 64512;" in s4
