@@ -334,14 +334,14 @@ def renew_fleet(config: dict[str, Any], cmd: Cmd, service: str | None = None, fo
     lab's) and ``acme_ca`` (a CA file to trust for it). ``cmd`` runs an execution function on minions
     (the runner's LocalClient adapter).
     """
-    from .compiler import compile_catalog
-    from .errors import CatalogRefused
-    from .secrets import load_secrets
-    try:
-        secrets = load_secrets(config["secrets"]) if config.get("secrets") else None
-        fleet = compile_catalog(config["catalog"], secrets=secrets)
-    except (CatalogRefused, KeyError) as exc:
-        return {"result": False, "comment": f"the catalog cannot be compiled: {exc}"}
+    from .orchestrate.lint import CACHE  # the deploy's own compilation when it runs at its end
+
+    if not config.get("catalog"):
+        return {"result": False, "comment": "the catalog cannot be compiled: no catalog configured"}
+    compiled = CACHE.get(config["catalog"], config.get("secrets") or None)
+    if compiled.refused is not None or compiled.fleet is None:
+        return {"result": False, "comment": f"the catalog cannot be compiled: {compiled.refused}"}
+    fleet, secrets = compiled.fleet, compiled.store
     issuer = next((nid for nid in fleet.nodes if fleet.nodes[nid].get("acme")), None)
     if issuer is None:
         return {"result": True, "comment": "no service asks for an ACME certificate", "outcomes": []}
