@@ -421,6 +421,16 @@ class ProbeWatcher:
 #: connection), and a socket that stays silent longer than this is a failure.
 STATS_GRACE_S = 3.0
 
+#: At most this share of the time goes into asking HAProxy for its stats. With a few dozen
+#: services an answer takes a millisecond and the watch's interval rules; at 1,000 services
+#: ``show stat`` is about 600 KB and 30–70 ms of HAProxy's and healthd's CPU, and a poll every
+#: 100 ms on each LB node would take a small machine's every core (measured: answers later than
+#: the timeout, every VIP withdrawn and announced again and again).
+STATS_DUTY = 0.1
+
+#: The stats timeout grows with the last answer's duration (four times it), up to this.
+STATS_TIMEOUT_MAX_S = 5.0
+
 
 class HaproxyWatcher:
     """All haproxy watches that share one stats socket and pidfile."""
@@ -435,6 +445,18 @@ class HaproxyWatcher:
         self.pid = PidTracker(first.pidfile, "haproxy", self._on_exit)
         self._report: Report | None = None
         self._last_good: tuple[float, list[Result]] | None = None
+        self._took = 0.0  # how long the last answer took, s
+
+    def period(self) -> float:
+        """Seconds from one poll's start to the next: the interval, or longer when the
+        answers are slow (at most :data:`STATS_DUTY` of the time spent asking)."""
+        return max(self.interval, self._took / STATS_DUTY)
+
+    def budget(self) -> tuple[float, float]:
+        """``(timeout, grace)``: the watch's, or more when HAProxy's answers are slow (a
+        large config on a busy node), so a slow answer is not taken for a failure."""
+        timeout = min(max(self.timeout, 4 * self._took), STATS_TIMEOUT_MAX_S)
+        return timeout, max(STATS_GRACE_S, 3 * self.period())
 
     def _all(self, ok: bool, reason: str, hard: bool) -> list[Result]:
         return [(a.prefix, ok, reason, hard) for a in self.anns]
@@ -448,13 +470,16 @@ class HaproxyWatcher:
         """Check the pid and query the stats socket once."""
         if dead := self.pid.refresh():
             return self._all(False, dead, True)
+        timeout, grace = self.budget()
+        asked = time.monotonic()
         try:
-            rows = parse_show_stat(await stats_query(self.socket, self.timeout))
+            rows = parse_show_stat(await stats_query(self.socket, timeout))
+            self._took = time.monotonic() - asked
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             return self._all(False, f"stats socket {self.socket}: {exc.strerror}", True)
         except asyncio.TimeoutError:
-            slow = f"stats socket {self.socket}: no answer in {self.timeout * 1000:.0f} ms"
-            if self._last_good and time.monotonic() - self._last_good[0] < STATS_GRACE_S:
+            slow = f"stats socket {self.socket}: no answer in {timeout * 1000:.0f} ms"
+            if self._last_good and time.monotonic() - self._last_good[0] < grace:
                 return [(p, ok, f"{reason} ({slow}; last answer kept)", hard)
                         for p, ok, reason, hard in self._last_good[1]]
             return self._all(False, slow, False)
@@ -478,7 +503,7 @@ class HaproxyWatcher:
             while True:
                 start = time.monotonic()
                 report(await self.probe())
-                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - start)))
+                await asyncio.sleep(max(0.0, self.period() - (time.monotonic() - start)))
         finally:
             self._report = None
             self.pid.close()

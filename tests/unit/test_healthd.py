@@ -315,3 +315,62 @@ def test_a_slow_stats_answer_keeps_the_last_verdict_for_the_grace_only(tmp_path,
     prefix, ok, reason, hard = slow[0]
     assert ok and "no answer in 100 ms" in reason and "last answer kept" in reason
     assert silent == [("192.0.2.10/32", False, f"stats socket {sock_path}: no answer in 100 ms", False)]
+
+
+def test_slow_stats_answers_stretch_the_poll_and_the_timeout_not_the_verdict(tmp_path) -> None:
+    """At 1,000 services ``show stat`` is ~600 KB and takes tens of ms: healthd must then poll
+    less often (at most a tenth of the time asking) and wait longer than the watch's timeout
+    before calling HAProxy silent, instead of withdrawing every VIP of a busy node. A fast
+    HAProxy keeps the watch's interval. A real Unix socket serves real HAProxy output."""
+    import asyncio
+    import os
+    import socket
+    import threading
+    import time
+
+    from anycastlb import healthd_main as hm
+    from anycastlb.healthd import Announcement
+
+    sock_path = str(tmp_path / "admin.sock")
+    pidfile = tmp_path / "haproxy.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    delay = [0.0]
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                time.sleep(delay[0])
+                conn.sendall(STAT_UP.encode())
+
+    threading.Thread(target=serve, daemon=True).start()
+    watch = HaproxyWatch(pidfile=str(pidfile), stats_socket=sock_path, frontends=("www-80",),
+                         backends=("www-8080",), interval_ms=100, timeout_ms=100)
+    watcher = hm.HaproxyWatcher([Announcement("192.0.2.10/32", "www", watch)])
+
+    async def run() -> list:
+        seen = []
+        for d in (0.0, 0.06, 0.15, 0.0):
+            delay[0] = d
+            verdict = await watcher.probe()
+            seen.append((verdict[0][1], verdict[0][2], watcher.period(), watcher.budget()[0]))
+        watcher.pid.close()
+        return seen
+
+    try:
+        fast, slow, slower, fast_again = asyncio.run(run())
+    finally:
+        server.close()
+    assert fast[:2] == (True, "haproxy serves") and 0.1 <= fast[2] < 0.3 and 0.1 <= fast[3] < 0.12
+    assert slow[:2] == (True, "haproxy serves")
+    assert slow[2] >= 0.6 and slow[3] >= 0.24          # 60 ms answers: a poll every ≥ 0.6 s, ≥ 240 ms to answer
+    assert slower[:2] == (True, "haproxy serves")      # 150 ms > the watch's 100 ms: still an answer, not a withdrawal
+    assert slower[2] >= 1.5
+    assert 0.1 <= fast_again[2] < 0.3                   # back to the watch's interval (a busy test host: < 30 ms answers)
