@@ -34,12 +34,13 @@ def stats_server(serve_text):
     return serve_text(HAPROXY_CSV)
 
 
-def fake_birdc(tmp_path: Path) -> str:
-    """A birdc that answers ``show route all`` and ``show protocols all`` from the recordings."""
+def fake_birdc(tmp_path: Path, delay: float = 0.0) -> str:
+    """A birdc that answers ``show route all`` and ``show protocols all`` from the recordings
+    (after ``delay`` seconds: a large table on a busy node)."""
     (tmp_path / "routes.txt").write_text(ROUTE_ALL)
     (tmp_path / "protocols.txt").write_text(PROTOCOLS_ALL)
     script = tmp_path / "birdc"
-    script.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\ncase "$*" in\n'
+    script.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\nsleep {delay}\ncase "$*" in\n'
                       f'  *protocols*) cat {tmp_path}/protocols.txt;;\n  *) cat {tmp_path}/routes.txt;;\nesac\n')
     script.chmod(0o755)
     return str(script)
@@ -153,6 +154,22 @@ def test_poller_critical_when_icinga_does_not_read_the_pipe(tmp_path, stats_serv
     assert state == poll.CRITICAL and "results not handed to Icinga2" in line
     state, line = poll.run(spec(port), str(tmp_path / "missing.cmd"), birdc=fake_birdc(tmp_path))
     assert state == poll.CRITICAL
+
+
+def test_results_carry_the_time_their_sources_were_read(tmp_path, stats_server):
+    """A slow run (BIRD's table at 1,000 services: about 10 s) hands in results stamped when it
+    read, not when it finished: a check round forced while it ran must not take them for its own."""
+    import time
+    port, _hits = stats_server
+    out = tmp_path / "cmd.txt"
+    out.write_text("")
+    before = int(time.time())
+    state, line = poll.run(spec(port), str(out), birdc=fake_birdc(tmp_path, delay=2.2))
+    after = int(time.time())
+    assert state == poll.OK, line
+    stamps = {int(LINE.match(x).group(1)) for x in out.read_text().splitlines()}
+    assert after - before >= 2
+    assert stamps and all(before <= s <= before + 1 for s in stamps), (before, after, stamps)
 
 
 def test_a_name_the_command_syntax_cannot_carry_is_refused():
