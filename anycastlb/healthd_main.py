@@ -431,6 +431,10 @@ STATS_DUTY = 0.1
 #: The stats timeout grows with the last answer's duration (four times it), up to this.
 STATS_TIMEOUT_MAX_S = 5.0
 
+#: The longest a slow stats socket stretches the poll: with the grace of three periods, a
+#: HAProxy that lives but stays silent is withdrawn within about 15 s.
+STATS_PERIOD_MAX_S = 5.0
+
 
 class HaproxyWatcher:
     """All haproxy watches that share one stats socket and pidfile."""
@@ -450,7 +454,7 @@ class HaproxyWatcher:
     def period(self) -> float:
         """Seconds from one poll's start to the next: the interval, or longer when the
         answers are slow (at most :data:`STATS_DUTY` of the time spent asking)."""
-        return max(self.interval, self._took / STATS_DUTY)
+        return max(self.interval, min(self._took / STATS_DUTY, STATS_PERIOD_MAX_S))
 
     def budget(self) -> tuple[float, float]:
         """``(timeout, grace)``: the watch's, or more when HAProxy's answers are slow (a
@@ -478,6 +482,9 @@ class HaproxyWatcher:
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             return self._all(False, f"stats socket {self.socket}: {exc.strerror}", True)
         except asyncio.TimeoutError:
+            # at least as slow as the timeout: the next poll waits longer, and later (a node
+            # busy reloading a large config answers in seconds, and must not flap every VIP)
+            self._took = max(self._took, timeout)
             slow = f"stats socket {self.socket}: no answer in {timeout * 1000:.0f} ms"
             if self._last_good and time.monotonic() - self._last_good[0] < grace:
                 return [(p, ok, f"{reason} ({slow}; last answer kept)", hard)

@@ -300,8 +300,10 @@ def test_a_slow_stats_answer_keeps_the_last_verdict_for_the_grace_only(tmp_path,
         out = [await watcher.probe()]
         answering.clear()
         out.append(await watcher.probe())  # 0.1 s after the last answer: within the grace
-        await asyncio.sleep(0.6)
-        out.append(await watcher.probe())  # 0.8 s: beyond it
+        # that timeout stretched the poll to 1 s (0.1 s / STATS_DUTY), so the grace to 3 s
+        assert watcher.budget() == (pytest.approx(0.4), pytest.approx(3.0))
+        await asyncio.sleep(3.2)
+        out.append(await watcher.probe())  # 3.3 s: beyond it
         watcher.pid.close()
         return out
 
@@ -314,7 +316,7 @@ def test_a_slow_stats_answer_keeps_the_last_verdict_for_the_grace_only(tmp_path,
     assert first == [("192.0.2.10/32", True, "haproxy serves", False)]
     prefix, ok, reason, hard = slow[0]
     assert ok and "no answer in 100 ms" in reason and "last answer kept" in reason
-    assert silent == [("192.0.2.10/32", False, f"stats socket {sock_path}: no answer in 100 ms", False)]
+    assert silent == [("192.0.2.10/32", False, f"stats socket {sock_path}: no answer in 400 ms", False)]
 
 
 def test_slow_stats_answers_stretch_the_poll_and_the_timeout_not_the_verdict(tmp_path) -> None:
