@@ -185,8 +185,18 @@ def _cmd_down(a: argparse.Namespace) -> int:
     return 0
 
 
+def _loaded(cmd: str, a: argparse.Namespace) -> Lab | None:
+    """The lab ``a`` names, or None after saying on stderr why there is none."""
+    try:
+        return load_lab(a.prefix, a.statedir)
+    except LabError as exc:
+        print(f"anycastlb lab {cmd}: {exc}", file=sys.stderr)
+        return None
+
+
 def _cmd_status(a: argparse.Namespace) -> int:
-    lab = load_lab(a.prefix, a.statedir)
+    if (lab := _loaded("status", a)) is None:
+        return 2
     if a.hosts:
         print(lab.summary())
     st = fl.status(lab)
@@ -200,10 +210,7 @@ def _cmd_status(a: argparse.Namespace) -> int:
 def _cmd_deploy(a: argparse.Namespace) -> int:
     from .ops import OpsError, deploy
 
-    try:
-        lab = load_lab(a.prefix, a.statedir)
-    except LabError as exc:
-        print(f"anycastlb lab deploy: {exc}", file=sys.stderr)
+    if (lab := _loaded("deploy", a)) is None:
         return 2
     try:
         done = deploy(lab, a.catalog, message=a.message or "", timeout=a.timeout, out=sys.stdout)
@@ -214,14 +221,16 @@ def _cmd_deploy(a: argparse.Namespace) -> int:
 
 
 def _cmd_exec(a: argparse.Namespace) -> int:
-    lab = load_lab(a.prefix, a.statedir)
+    if (lab := _loaded("exec", a)) is None:
+        return 2
     argv = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
     r = lab.exec(a.node, argv, capture=False, timeout=None, input=None)
     return r.returncode
 
 
 def _cmd_shell(a: argparse.Namespace) -> int:
-    lab = load_lab(a.prefix, a.statedir)
+    if (lab := _loaded("shell", a)) is None:
+        return 2
     argv = lab.argv(a.node, ["bash", "-l"])
     os.execvpe(argv[0], argv, {**os.environ, "PS1": f"[lab {a.node}] \\w# "})
     return 0  # not reached

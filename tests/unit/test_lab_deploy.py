@@ -163,3 +163,13 @@ def test_lab_deploy_is_documented():
     root = Path(__file__).resolve().parents[2]
     assert "anycastlb lab deploy" in (root / "README.md").read_text()
     assert "lab deploy" in (root / "docs" / "lab.md").read_text()
+
+
+@pytest.mark.parametrize("argv", [["status"], ["exec", "mon1", "--", "true"], ["shell", "mon1"]])
+def test_lab_commands_without_a_lab_say_so_without_a_traceback(tmp_path, capsys, argv):
+    from anycastlb import cli as main_cli
+    where = tmp_path / "nolab"
+    rc = main_cli.main(["lab", argv[0], "--prefix", "aclbx", "--statedir", str(where), *argv[1:]])
+    out = capsys.readouterr()
+    assert rc == 2
+    assert out.err.startswith(f"anycastlb lab {argv[0]}: no lab in {where}") and "Traceback" not in out.err
