@@ -256,10 +256,10 @@ def test_parse_ip_routes_real_json() -> None:
 # ------------------------------------------------------------------ a slow stats socket
 
 
-def test_a_slow_stats_answer_keeps_the_last_verdict_for_the_grace_only(tmp_path, monkeypatch) -> None:
-    """One late ``show stat`` answer must not withdraw every VIP of a loaded node; a silent
-    socket still does once the grace is over. A real Unix socket serves real HAProxy output."""
-    import asyncio
+def _stats_watcher(tmp_path, answer):
+    """A HaproxyWatcher of one VIP on a real Unix stats socket whose every connection is
+    handed to ``answer(conn)`` in a thread; a live process (this one) stands in for the
+    master. Returns ``(watcher, server, socket path)``; close the server when done."""
     import os
     import socket
     import threading
@@ -269,13 +269,10 @@ def test_a_slow_stats_answer_keeps_the_last_verdict_for_the_grace_only(tmp_path,
 
     sock_path = str(tmp_path / "admin.sock")
     pidfile = tmp_path / "haproxy.pid"
-    pidfile.write_text(f"{os.getpid()}\n")  # a live process stands in for the HAProxy master
-    answering = threading.Event()
-    answering.set()
+    pidfile.write_text(f"{os.getpid()}\n")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(sock_path)
     server.listen(8)
-    held: list[socket.socket] = []
 
     def serve() -> None:
         while True:
@@ -284,16 +281,35 @@ def test_a_slow_stats_answer_keeps_the_last_verdict_for_the_grace_only(tmp_path,
             except OSError:
                 return
             conn.recv(4096)
-            if answering.is_set():
-                conn.sendall(STAT_UP.encode())
-                conn.close()
-            else:
-                held.append(conn)  # never answers
+            answer(conn)
 
     threading.Thread(target=serve, daemon=True).start()
     watch = HaproxyWatch(pidfile=str(pidfile), stats_socket=sock_path, frontends=("www-80",),
                          backends=("www-8080",), interval_ms=100, timeout_ms=100)
-    watcher = hm.HaproxyWatcher([Announcement("192.0.2.10/32", "www", watch)])
+    return hm.HaproxyWatcher([Announcement("192.0.2.10/32", "www", watch)]), server, sock_path
+
+
+def test_a_slow_stats_answer_keeps_the_last_verdict_for_the_grace_only(tmp_path, monkeypatch) -> None:
+    """One late ``show stat`` answer must not withdraw every VIP of a loaded node; a silent
+    socket still does once the grace is over. A real Unix socket serves real HAProxy output."""
+    import asyncio
+    import socket
+    import threading
+
+    from anycastlb import healthd_main as hm
+
+    answering = threading.Event()
+    answering.set()
+    held: list[socket.socket] = []
+
+    def answer(conn: socket.socket) -> None:
+        if answering.is_set():
+            conn.sendall(STAT_UP.encode())
+            conn.close()
+        else:
+            held.append(conn)  # never answers
+
+    watcher, server, sock_path = _stats_watcher(tmp_path, answer)
     monkeypatch.setattr(hm, "STATS_GRACE_S", 0.6)  # the real grace is 3 s; same logic, a shorter test
 
     async def run() -> list:
@@ -325,37 +341,17 @@ def test_slow_stats_answers_stretch_the_poll_and_the_timeout_not_the_verdict(tmp
     before calling HAProxy silent, instead of withdrawing every VIP of a busy node. A fast
     HAProxy keeps the watch's interval. A real Unix socket serves real HAProxy output."""
     import asyncio
-    import os
     import socket
-    import threading
     import time
 
-    from anycastlb import healthd_main as hm
-    from anycastlb.healthd import Announcement
-
-    sock_path = str(tmp_path / "admin.sock")
-    pidfile = tmp_path / "haproxy.pid"
-    pidfile.write_text(f"{os.getpid()}\n")
     delay = [0.0]
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(sock_path)
-    server.listen(8)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(4096)
-                time.sleep(delay[0])
-                conn.sendall(STAT_UP.encode())
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            time.sleep(delay[0])
+            conn.sendall(STAT_UP.encode())
 
-    threading.Thread(target=serve, daemon=True).start()
-    watch = HaproxyWatch(pidfile=str(pidfile), stats_socket=sock_path, frontends=("www-80",),
-                         backends=("www-8080",), interval_ms=100, timeout_ms=100)
-    watcher = hm.HaproxyWatcher([Announcement("192.0.2.10/32", "www", watch)])
+    watcher, server, _path = _stats_watcher(tmp_path, answer)
 
     async def run() -> list:
         seen = []
