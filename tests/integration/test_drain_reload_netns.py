@@ -12,14 +12,11 @@ closed them. About 15 s. Teardown kills only the PIDs started here and deletes o
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -28,8 +25,9 @@ from typing import Iterator
 import pytest
 
 from anycastlb.apply import apply_daemon
-from anycastlb.compiler import compile_catalog
-from anycastlb.service import ServiceControl, parse_show_proc, unix_query
+from anycastlb.service import parse_show_proc, unix_query
+
+from netns_node import NetnsNode
 
 pytestmark = [
     pytest.mark.slow,
@@ -80,37 +78,19 @@ WAIT_PY = textwrap.dedent("""
 """)
 
 
-def sh(*argv: str) -> None:
-    subprocess.run(list(argv), capture_output=True, text=True, check=True, timeout=30)
-
-
-class Node:
-    """Our namespace, temp root and the PIDs we started (and nothing else)."""
+class Node(NetnsNode):
+    """A HAProxy node with a backend behind its VIP, and its model as the minion reads it."""
 
     def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="aclbdr-", dir="/tmp"))
-        self.ns = f"aclbdr{secrets.token_hex(2)}"
-        self.root = str(self.base / "root")
-        self.ctl = ServiceControl("direct", root=self.root, prefix=["ip", "netns", "exec", self.ns])
-        self.procs: list[subprocess.Popen[str]] = []
-        (self.base / "catalog.yaml").write_text(CATALOG)
-        self.model = compile_catalog(self.base / "catalog.yaml").nodes["lb1"]
+        super().__init__("dr", CATALOG)
         (self.base / "model.json").write_text(json.dumps(self.model))
 
     def up(self) -> None:
-        sh("ip", "netns", "add", self.ns)
-        sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-        for addr in (VIP, BACKEND):
-            sh("ip", "-n", self.ns, "addr", "add", f"{addr}/32", "dev", "lo")
+        self.namespace(VIP, BACKEND)
         self.spawn([sys.executable, "-c", BACKEND_PY], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         res = apply_daemon("haproxy", self.model, {"certificates": {}, "bgp_passwords": {}},
                            root=self.root, control=self.ctl)
         assert res.result is True, res.comment
-
-    def spawn(self, argv: list[str], **kw: object) -> subprocess.Popen[str]:
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], text=True, **kw)  # type: ignore[call-overload]
-        self.procs.append(p)
-        return p
 
     def master(self, command: str) -> str:
         return unix_query(self.ctl.path(self.ctl.paths.haproxy_master_socket), command)
@@ -122,16 +102,6 @@ class Node:
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
              str(Path(self.root, "run")), sys.executable, WAIT_PY, str(self.base / "model.json"), str(deadline)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-
-    def down(self) -> None:
-        with contextlib.suppress(Exception):   # SIGTERM to the master: it stops every worker, old ones too
-            self.ctl.stop("haproxy")
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=5)
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 @pytest.fixture

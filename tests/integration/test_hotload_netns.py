@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -34,10 +32,11 @@ import pytest
 
 from anycastlb.apply import apply_daemon
 from anycastlb.certs import cert_info
-from anycastlb.compiler import compile_catalog
 from anycastlb.lab.direct import DirectControl
 from anycastlb.lab.pki import LabCA, Leaf
-from anycastlb.service import ServiceControl, ServiceError, parse_show_proc, unix_query
+from anycastlb.service import ServiceError, parse_show_proc, unix_query
+
+from netns_node import NetnsNode
 
 pytestmark = [
     pytest.mark.slow,
@@ -98,34 +97,20 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def sh(*argv: str) -> None:
-    subprocess.run(list(argv), capture_output=True, text=True, check=True, timeout=30)
-
-
-class Node:
-    """Our namespace, temp root, CA and the PIDs we started (and nothing else)."""
+class Node(NetnsNode):
+    """A HAProxy node with a web backend, and the CA its certificates come from."""
 
     def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="aclbhl-", dir="/tmp"))
-        self.ns = f"aclbhl{secrets.token_hex(2)}"
-        self.root = str(self.base / "root")
-        self.ctl = ServiceControl("direct", root=self.root, prefix=["ip", "netns", "exec", self.ns])
+        super().__init__("hl", CATALOG)
         self.ca = LabCA(self.base / "ca")
-        self.procs: list[subprocess.Popen[str]] = []
-        (self.base / "catalog.yaml").write_text(CATALOG)
-        self.model = compile_catalog(self.base / "catalog.yaml").nodes["lb1"]
 
     def up(self) -> None:
-        sh("ip", "netns", "add", self.ns)
-        sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-        for addr in (VIP, WEB):
-            sh("ip", "-n", self.ns, "addr", "add", f"{addr}/32", "dev", "lo")
+        self.namespace(VIP, WEB)
         www = self.base / "www"
         www.mkdir()
         (www / "index.html").write_text("ok\n")
-        self.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "http.server", "8080", "--bind", WEB,
-             "--directory", str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True))
+        self.spawn([sys.executable, "-m", "http.server", "8080", "--bind", WEB, "--directory", str(www)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def apply(self, leaf: Leaf, ctl: Any = None) -> Any:
         store = {"certificates": {"www": {"cert": leaf.cert, "key": leaf.key}}, "bgp_passwords": {}}
@@ -148,7 +133,8 @@ class Node:
     def bundle_on_disk(self) -> str:
         return Path(self.root, "etc/haproxy/certs/anycastlb-www.pem").read_text()
 
-    def down(self) -> None:
+    def stop_haproxy(self) -> None:
+        """SIGKILL to the master and every worker, old ones too (a test may have left any state)."""
         pids: list[int] = []
         try:
             info = parse_show_proc(unix_query(self.ctl.path(self.ctl.paths.haproxy_master_socket), "show proc"))
@@ -162,12 +148,6 @@ class Node:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=5)
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def wait_for(pred: Any, timeout: float, what: str) -> None:
