@@ -1,13 +1,17 @@
 #!/usr/bin/python3
 # managed by anycastlb: edit the catalog, not this file
-"""Every HAProxy frontend, announcer and route reflector check of the fleet in one process.
+"""Every passive check of the fleet in one process: HAProxy frontends, announcers, route
+reflectors and the network probes (http, https and certificates, tcp, udp).
 
 One run per check interval: HAProxy's stats CSV fetched once per LB node (concurrently),
 BIRD's ``show route all`` (and ``show protocols all`` when route reflectors are checked)
 read once on the listener, every check evaluated by the same functions the single-check
 plugins use (``check_anycastlb_haproxy``, ``check_anycastlb_bird``: same states, same
-output), and every result handed to Icinga2 as a passive check result
-(``PROCESS_SERVICE_CHECK_RESULT`` lines written to an external command pipe).
+output); the network probes run concurrently in this process (asyncio, at most
+``--concurrency`` in flight), deciding as the plugins they replace (``check_http``,
+``check_tcp``, ``check_anycastlb_udp``) with a line like theirs. Every result is handed to
+Icinga2 as a passive check result (``PROCESS_SERVICE_CHECK_RESULT`` lines written to an
+external command pipe).
 
 The checks come from a JSON spec the Icinga2 renderer writes beside the objects
 (``--spec``). The poller's own state: OK when every result was handed over, CRITICAL when
@@ -18,11 +22,14 @@ what says so), UNKNOWN when the spec is unreadable.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import calendar
 import importlib.machinery
 import importlib.util
 import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -52,6 +59,7 @@ def sibling(name: str) -> ModuleType:
 
 hap = sibling("check_anycastlb_haproxy")
 bird = sibling("check_anycastlb_bird")
+udp = sibling("check_anycastlb_udp")
 
 Result = tuple[str, str, int, str]   # host, service, state, output line
 
@@ -104,6 +112,269 @@ def bird_results(spec: dict[str, Any], birdc: str, timeout: float) -> list[Resul
     return out
 
 
+# ------------------------------------------------------------------ network probes
+# One spec entry per probe (``probes`` in the spec; render/icinga2.py:poll_spec writes them):
+# ``kind`` tcp | http | certificate | udp, ``address``, ``port``; http: ``vhost``, ``uri``,
+# ``expect`` (status codes, or none), ``tls``, ``sni``; certificate: ``vhost``, ``sni``,
+# ``days`` [warn, crit]; udp: ``send`` | ``dns`` + ``dns_type`` | ``krb``, ``timeout``.
+
+#: Probes in flight at once (sockets open at the same time). A probe that times out holds its
+#: place for the whole timeout: at 256, 660 dead VIP:ports (a tenth of 1,000 services) still
+#: finish in about 26 s; a waiting socket costs no CPU.
+CONCURRENCY = 256
+#: The probes' share of a run: what is not done by then is UNKNOWN (the CheckCommand allows 50 s).
+PROBE_DEADLINE = 40.0
+#: The most of a page an http probe reads (it counts what it read, as check_http counts its page).
+MAX_PAGE = 1 << 20
+
+
+def _tls_context() -> ssl.SSLContext:
+    """No verification, as check_http (``--ssl``, ``-C``): it checks what the server answers."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _connect_error(p: dict[str, Any], exc: OSError) -> str:
+    why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+    return f"connect to address {p['address']} and port {p['port']}: {why}"
+
+
+def _perf_time(seconds: float, timeout: float) -> str:
+    return f"time={seconds:.6f}s;;;0.000000;{timeout:.6f}"
+
+
+async def _open(p: dict[str, Any], tls: ssl.SSLContext | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sni = p.get("vhost") if tls and p.get("sni") else None
+    return await asyncio.open_connection(p["address"], p["port"], ssl=tls,
+                                         server_hostname=(sni or "") if tls else None, limit=MAX_PAGE)
+
+
+async def probe_tcp(p: dict[str, Any], timeout: float) -> tuple[int, str]:
+    """check_tcp: OK when the connection is accepted, CRITICAL when refused (or unreachable)."""
+    t0 = time.monotonic()
+    try:
+        _r, w = await _open(p, None)
+    except OSError as exc:
+        return CRITICAL, f"TCP CRITICAL - {_connect_error(p, exc)}"
+    took = time.monotonic() - t0
+    w.transport.abort()
+    return OK, (f"TCP OK - {took:.3f} second response time on {p['address']} port {p['port']}"
+                f"|{_perf_time(took, timeout)}")
+
+
+def _request(p: dict[str, Any]) -> bytes:
+    """check_http's request: ``GET`` with ``Connection: close`` and the virtual host (with the
+    port when it is not the scheme's own), HTTP/1.0 without one."""
+    uri, vhost = p.get("uri") or "/", p.get("vhost")
+    if any(c in f"{uri}{vhost or ''}" for c in "\r\n "):
+        raise ValueError(f"uri {uri!r} or vhost {vhost!r} cannot be sent")
+    lines = [f"GET {uri} HTTP/1.{1 if vhost else 0}", "User-Agent: check_anycastlb_poll", "Connection: close"]
+    if vhost:
+        default = 443 if p.get("tls") else 80
+        lines.append(f"Host: {vhost}" if p["port"] == default else f"Host: {vhost}:{p['port']}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def http_verdict(status_line: str, expect: list[int] | None, port: int) -> tuple[int, str]:
+    """check_http's decision on a status line: with ``expect`` OK only for one of those codes
+    (else CRITICAL); without, 1xx–3xx OK, 4xx WARNING, 5xx CRITICAL. ``(state, message)``, the
+    message without the size and time."""
+    parts = status_line.split(" ", 2)
+    code = int(parts[1]) if len(parts) > 1 and len(parts[1]) == 3 and parts[1].isdigit() else None
+    if expect:
+        if code not in expect:
+            where = "host" if port == 80 else f"host on port {port}"
+            return CRITICAL, f"HTTP CRITICAL - Invalid HTTP response received from {where}: {status_line}"
+        return OK, f'HTTP OK: Status line output matched "{",".join(map(str, expect))}"'
+    if not status_line.startswith("HTTP/1.") or code is None:
+        return CRITICAL, f"HTTP CRITICAL: Invalid Status Line ({status_line})"
+    if not 100 <= code < 600:
+        return CRITICAL, f"HTTP CRITICAL: Invalid Status ({status_line})"
+    state = CRITICAL if code >= 500 else WARNING if code >= 400 else OK
+    return state, f"HTTP {LABELS[state]}: {status_line}"
+
+
+async def probe_http(p: dict[str, Any], timeout: float, tls: ssl.SSLContext) -> tuple[int, str]:
+    """check_http: the request, the whole answer read, the status line decided (:func:`http_verdict`)."""
+    t0 = time.monotonic()
+    try:
+        request = _request(p)
+    except ValueError as exc:
+        return UNKNOWN, f"HTTP UNKNOWN - {exc}"
+    try:
+        r, w = await _open(p, tls if p.get("tls") else None)
+    except ssl.SSLError as exc:
+        return CRITICAL, f"HTTP CRITICAL - Cannot make SSL connection: {exc.reason or exc}"
+    except OSError as exc:
+        return CRITICAL, f"HTTP CRITICAL - {_connect_error(p, exc)}"
+    page = b""
+    try:
+        w.write(request)
+        while len(page) < MAX_PAGE:
+            chunk = await r.read(65536)
+            if not chunk:
+                break
+            page += chunk
+    except OSError:   # a reset or a TLS close without close_notify after the answer: the answer counts
+        if not page:
+            return CRITICAL, "HTTP CRITICAL - Error on receive"
+    finally:
+        w.transport.abort()
+    took = time.monotonic() - t0
+    if not page:
+        return CRITICAL, "HTTP CRITICAL - No data received from host"
+    status_line = page.split(b"\n", 1)[0].strip().decode("latin-1")
+    state, msg = http_verdict(status_line, p.get("expect"), p["port"])
+    if msg.startswith("HTTP CRITICAL - ") or msg.startswith("HTTP CRITICAL: Invalid"):
+        return state, msg
+    return state, (f"{msg} - {len(page)} bytes in {took:.3f} second response time "
+                   f"|{_perf_time(took, timeout)} size={len(page)}B;;;0")
+
+
+# DER (X.509 as far as notAfter and the subject's CN), with the TLV reader of check_anycastlb_udp
+_CN = b"\x55\x04\x03"   # 2.5.4.3
+
+
+def _der_time(tag: int, body: bytes) -> float:
+    text = body.decode("ascii")
+    if tag == 0x17:   # UTCTime YYMMDDHHMM[SS]Z: 50–99 are 19xx (RFC 5280)
+        year = int(text[:2])
+        text = str(1900 + year if year >= 50 else 2000 + year) + text[2:]
+    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMM[SS]Z
+        raise ValueError(f"not a time (tag 0x{tag:02x})")
+    digits = text.rstrip("Z")
+    secs = int(digits[12:14]) if len(digits) >= 14 else 0
+    return float(calendar.timegm((int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]),
+                                  int(digits[10:12]), secs, 0, 0, 0)))
+
+
+def cert_expiry(der: bytes) -> tuple[float, str]:
+    """``(notAfter as a Unix time, the subject's CN or "")`` of a DER certificate; ValueError when malformed."""
+    _t, cert, _ = udp._read(der)
+    _t, tbs, _ = udp._read(cert)
+    pos, fields = 0, list[tuple[int, bytes]]()
+    while pos < len(tbs) and len(fields) < 6:
+        tag, body, pos = udp._read(tbs, pos)
+        if tag != 0xA0:   # [0] version, when present
+            fields.append((tag, body))
+    if len(fields) < 5:
+        raise ValueError("truncated certificate")
+    _serial, _alg, _issuer, (_v, validity), (_s, subject) = fields[:5]
+    _nb, _nbb, pos = udp._read(validity)
+    tag, body, _ = udp._read(validity, pos)
+    not_after = _der_time(tag, body)
+    cn, pos = "", 0
+    while pos < len(subject):
+        _t, rdn, pos = udp._read(subject, pos)
+        _t, atv, _ = udp._read(rdn)
+        _t, oid, vpos = udp._read(atv)
+        if oid == _CN:
+            cn = udp._read(atv, vpos)[1].decode("utf-8", "replace")
+    return not_after, cn
+
+
+def cert_verdict(not_after: float, cn: str, warn: int, crit: int, now: float) -> tuple[int, str]:
+    """check_http ``-C warn,crit``: whole days left (floored); WARNING at or below ``warn``,
+    CRITICAL at or below ``crit``, and when less than a day is left or it has expired."""
+    left = not_after - now
+    days = int(left // 86400) if left > 0 else 0
+    stamp = time.strftime("%Y-%m-%d %H:%M +0000", time.gmtime(not_after))
+    if left < 0:
+        return CRITICAL, f"CRITICAL - Certificate '{cn}' expired on {stamp}."
+    if days > warn:
+        return OK, f"OK - Certificate '{cn}' will expire on {stamp}."
+    state = WARNING if days > crit else CRITICAL
+    if days == 0:
+        hours = int(left // 3600)
+        span = f"{hours} hours" if hours else f"{int(left // 60)} minutes"
+        return state, f"{LABELS[state]} - Certificate '{cn}' expires in {span} ({stamp})."
+    return state, f"{LABELS[state]} - Certificate '{cn}' expires in {days} day(s) ({stamp})."
+
+
+async def probe_certificate(p: dict[str, Any], tls: ssl.SSLContext) -> tuple[int, str]:
+    """check_http ``--ssl -C warn,crit``: the TLS handshake (with SNI), then the peer certificate's expiry."""
+    try:
+        _r, w = await _open(p, tls)
+    except ssl.SSLError as exc:
+        return CRITICAL, f"CRITICAL - Cannot make SSL connection: {exc.reason or exc}"
+    except OSError as exc:
+        return CRITICAL, f"CRITICAL - {_connect_error(p, exc)}"
+    try:
+        sslobj = w.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+    finally:
+        w.transport.abort()
+    if not der:
+        return CRITICAL, "CRITICAL - Cannot retrieve server certificate."
+    try:
+        not_after, cn = cert_expiry(der)
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        return CRITICAL, f"CRITICAL - Wrong time format in certificate ({exc})."
+    warn, crit = p["days"]
+    return cert_verdict(not_after, cn, warn, crit, time.time())
+
+
+def probe_udp(p: dict[str, Any]) -> tuple[int, str]:
+    """check_anycastlb_udp (its own functions): a datagram, a DNS query or an AS-REQ (blocking)."""
+    payload = (udp.dns_query(p["dns"], p.get("dns_type") or "A")[1] if p.get("dns")
+               else udp.as_req(p["krb"]) if p.get("krb") else str(p.get("send") or "").encode())
+    return udp.probe(p["address"], p["port"], payload, float(p.get("timeout") or 5),
+                     dns=bool(p.get("dns")), krb=p.get("krb"))
+
+
+async def _probe_all(probes: list[dict[str, Any]], timeout: float, concurrency: int, deadline: float
+                     ) -> list[tuple[int, str]]:
+    tls = _tls_context()
+    gate = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
+    threads = ThreadPoolExecutor(max_workers=max(1, min(concurrency, 16, sum(p["kind"] == "udp" for p in probes))))
+
+    async def one(p: dict[str, Any]) -> tuple[int, str]:
+        async with gate:
+            kind = p["kind"]
+            if kind == "udp":
+                return await loop.run_in_executor(threads, probe_udp, p)
+            coro = (probe_tcp(p, timeout) if kind == "tcp" else probe_http(p, timeout, tls) if kind == "http"
+                    else probe_certificate(p, tls) if kind == "certificate" else None)
+            if coro is None:
+                return UNKNOWN, f"UNKNOWN - unknown probe kind {kind!r}"
+            try:
+                return await asyncio.wait_for(coro, timeout)
+            except asyncio.TimeoutError:
+                return CRITICAL, f"CRITICAL - Socket timeout after {timeout:g} seconds"
+
+    tasks = [asyncio.ensure_future(one(p)) for p in probes]
+    try:
+        if tasks:
+            await asyncio.wait(tasks, timeout=deadline)
+    finally:
+        threads.shutdown(wait=False, cancel_futures=True)
+    out = []
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is None:
+            out.append(t.result())
+        elif t.done() and not t.cancelled():
+            exc = t.exception()
+            out.append((UNKNOWN, f"UNKNOWN - probe failed: {type(exc).__name__}: {exc}"))
+        else:
+            t.cancel()
+            out.append((UNKNOWN, f"UNKNOWN - not probed within the poller's {deadline:g} s "
+                                 f"({len(probes)} probes, at most {concurrency} at a time)"))
+    return out
+
+
+def probe_results(probes: list[dict[str, Any]], timeout: float = 10.0, concurrency: int = CONCURRENCY,
+                  deadline: float = PROBE_DEADLINE) -> list[Result]:
+    """Every probe of the spec, concurrently (at most ``concurrency`` in flight, ``timeout`` each,
+    ``deadline`` for all): one result per probe, in the spec's order."""
+    if not probes:
+        return []
+    verdicts = asyncio.run(_probe_all(probes, timeout, concurrency, deadline))
+    return [(p["host"], p["service"], state, line) for p, (state, line) in zip(probes, verdicts)]
+
+
 def command_lines(results: list[Result], now: int) -> str:
     """``PROCESS_SERVICE_CHECK_RESULT`` lines (Icinga2's external command syntax), one per
     result, stamped ``now`` (Icinga2 takes it as the check's time)."""
@@ -128,17 +399,20 @@ def submit(path: str, text: str) -> None:
         os.close(fd)
 
 
-def run(spec: dict[str, Any], command_file: str, birdc: str = "birdc", timeout: float = 10.0) -> tuple[int, str]:
+def run(spec: dict[str, Any], command_file: str, birdc: str = "birdc", timeout: float = 10.0,
+        concurrency: int = CONCURRENCY) -> tuple[int, str]:
     """Evaluate every check of ``spec``, hand the results over; the poller's own state and line."""
     t0 = time.monotonic()
     # Results carry the time their sources were read, not the time they were handed in: at
     # 1,000 services a run takes about 10 s, and a result stamped at its end looked newer
     # than what it had read (a round forced meanwhile took a run's stale announcers for its own).
     read_at = int(time.time())
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    probes = spec.get("probes", [])
+    with ThreadPoolExecutor(max_workers=3) as pool:
         fut_h = pool.submit(haproxy_results, spec.get("haproxy", []), timeout)
         fut_b = pool.submit(bird_results, spec.get("bird") or {}, birdc, timeout)
-        results = fut_h.result() + fut_b.result()
+        fut_p = pool.submit(probe_results, probes, timeout, concurrency)
+        results = fut_h.result() + fut_b.result() + fut_p.result()
     counts = {label: 0 for label in LABELS.values()}
     for r in results:
         counts[LABELS.get(r[2], "UNKNOWN")] += 1
@@ -149,7 +423,8 @@ def run(spec: dict[str, Any], command_file: str, birdc: str = "birdc", timeout: 
     except (OSError, ValueError) as exc:
         return CRITICAL, f"CRITICAL: {len(results)} results not handed to Icinga2 ({command_file}: {exc}) | {perf}"
     return OK, (f"OK: {len(results)} results handed to Icinga2 ({summary}); HAProxy stats of "
-                f"{len(spec.get('haproxy', []))} node(s) and BIRD read once each | {perf}")
+                f"{len(spec.get('haproxy', []))} node(s) and BIRD read once each, {len(probes)} network "
+                f"probes | {perf}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="the JSON spec the Icinga2 renderer writes")
     p.add_argument("--command-file", required=True, help="Icinga2's external command pipe")
     p.add_argument("--birdc", default="birdc")
-    p.add_argument("-t", "--timeout", type=float, default=10.0, help="per HAProxy fetch and birdc call")
+    p.add_argument("-t", "--timeout", type=float, default=10.0,
+                   help="per HAProxy fetch, birdc call and network probe (udp probes: their own, from the spec)")
+    p.add_argument("--concurrency", type=int, default=CONCURRENCY, help="network probes in flight at once")
     return p
 
 
@@ -170,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"UNKNOWN: cannot read the poll spec {args.spec}: {exc}")
         return UNKNOWN
-    state, line = run(spec, args.command_file, args.birdc, args.timeout)
+    state, line = run(spec, args.command_file, args.birdc, args.timeout, max(1, args.concurrency))
     print(line)
     return state
 

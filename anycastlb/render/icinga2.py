@@ -47,8 +47,11 @@ POLL_SPEC = f"{OURS}/poll.json"
 COMMAND_PIPE = "/run/icinga2/cmd/anycastlb.cmd"
 #: Check types whose results come from the poller (one run per interval for the whole fleet),
 #: not from a process per check: Icinga2 never schedules them itself (``enable_active_checks``
-#: false), but "check now" still runs their own plugin for one fresh answer.
-PASSIVE = frozenset({"haproxy-frontend", "announcers", "rr-sessions"})
+#: false), but "check now" still runs their own plugin (check_http, check_tcp,
+#: check_anycastlb_udp, ...) for one fresh answer.
+PASSIVE = frozenset({"haproxy-frontend", "announcers", "rr-sessions", "http", "https", "tcp", "udp"})
+#: What the udp CheckCommand gives check_anycastlb_udp (``vars.anycastlb_udp_timeout``), in seconds.
+UDP_TIMEOUT = 5
 #: Check timing when the model does not say (monitoring.intervals).
 INTERVALS = {"check_s": 60, "retry_s": 30, "attempts": 3}
 #: Certificate expiry thresholds in days (warning, critical).
@@ -196,8 +199,32 @@ def objects(model: dict[str, Any]) -> dict[str, Any]:
             "speakers": speakers, "intervals": {**INTERVALS, **mon.get("intervals", {})}}
 
 
+def _probe(v: dict[str, Any]) -> dict[str, Any]:
+    """A network check's vars (what its check_http, check_tcp or check_anycastlb_udp would be
+    given) as a probe of the poller."""
+    t = v["anycastlb_type"]
+    if t == "tcp":
+        return {"kind": "tcp", "address": v["tcp_address"], "port": v["tcp_port"]}
+    if t == "udp":
+        out = {"kind": "udp", "address": v["anycastlb_udp_address"], "port": v["anycastlb_udp_port"],
+               "send": v["anycastlb_udp_send"], "timeout": UDP_TIMEOUT}
+        if v.get("anycastlb_udp_dns"):
+            out.update({"dns": v["anycastlb_udp_dns"], "dns_type": v["anycastlb_udp_dns_type"]})
+        if v.get("anycastlb_udp_krb"):
+            out["krb"] = v["anycastlb_udp_krb"]
+        return out
+    out = {"kind": "http", "address": v["http_address"], "port": v["http_port"], "vhost": v.get("http_vhost"),
+           "uri": v["http_uri"], "tls": bool(v.get("http_ssl")), "sni": bool(v.get("http_sni")),
+           "expect": [int(c) for c in v["http_expect"].split(",")] if v.get("http_expect") else None}
+    if v.get("http_certificate"):   # check_http -C: the handshake and the certificate, no request
+        warn, crit = (int(d) for d in v["http_certificate"].split(","))
+        out.update({"kind": "certificate", "days": [warn, crit], "expect": None})
+    return out
+
+
 def poll_spec(services: list[dict[str, Any]], speakers: list[str], bird_socket: str) -> dict[str, Any]:
-    """What ``check_anycastlb_poll`` evaluates: the passive checks, HAProxy's grouped by LB node.
+    """What ``check_anycastlb_poll`` evaluates: the passive checks, HAProxy's grouped by LB node,
+    the network checks (http, https, certificates, tcp, udp) as probes.
 
     A name the external command syntax cannot carry (``;``, a line break) is refused here,
     at render time, rather than dropped by Icinga2 at run time.
@@ -205,6 +232,7 @@ def poll_spec(services: list[dict[str, Any]], speakers: list[str], bird_socket: 
     nodes: dict[tuple[str, int], dict[str, Any]] = {}
     ann: list[dict[str, Any]] = []
     rrs: list[dict[str, Any]] = []
+    probes: list[dict[str, Any]] = []
     for s in services:
         if not s["passive"]:
             continue
@@ -218,11 +246,14 @@ def poll_spec(services: list[dict[str, Any]], speakers: list[str], bird_socket: 
             src["checks"].append({**ref, "frontend": v["anycastlb_frontend"], "backend": v["anycastlb_backend"]})
         elif v["anycastlb_type"] == "announcers":
             ann.append({**ref, "prefix": v["anycastlb_prefix"], "expected": v["anycastlb_expected"]})
-        else:
+        elif v["anycastlb_type"] == "rr-sessions":
             rrs.append({**ref, "rr": v["anycastlb_rr"], "neighbors": v["anycastlb_neighbors"],
                         "expected": v["anycastlb_expected"]})
+        else:
+            probes.append({**ref, **_probe(v)})
     return {"haproxy": [nodes[k] for k in sorted(nodes)],
-            "bird": {"socket": bird_socket, "speakers": speakers, "announcers": ann, "rr_sessions": rrs}}
+            "bird": {"socket": bird_socket, "speakers": speakers, "announcers": ann, "rr_sessions": rrs},
+            "probes": probes}
 
 
 @renderer("icinga2")
@@ -233,7 +264,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     bird_socket = mon.get("bird_socket", BIRD_SOCKET)
     common = {"node": model["node"], "q": q, "plugin_dir": under(root, mon.get("plugin_dir", PLUGIN_DIR)),
               "bird_socket": bird_socket, "poll_spec": under(root, POLL_SPEC), "command_pipe": COMMAND_PIPE,
-              "stats_uri": mon.get("haproxy_stats_uri", HAPROXY_STATS_URI), "udp_send": UDP_SEND, **ctx}
+              "stats_uri": mon.get("haproxy_stats_uri", HAPROXY_STATS_URI), "udp_send": UDP_SEND,
+              "udp_timeout": UDP_TIMEOUT, **ctx}
     standalone = mon.get("icinga", "standalone") == "standalone"
     files = []
     if standalone:   # conf.d mode: the site's icinga2.conf stays as it is

@@ -195,7 +195,10 @@ def test_rendered_spec_holds_every_passive_check_once_per_lb_node(campus_catalog
     body = re.search(r'^object Service "frontend www-80 on lb1" \{\n(.*?)^\}', services, re.M | re.S).group(1)
     assert 'import "anycastlb-passive"' in body, "Icinga2 does not schedule it; the poller hands its result in"
     body = re.search(r'^object Service "backend www web1:8080" \{\n(.*?)^\}', services, re.M | re.S).group(1)
-    assert 'import "anycastlb-service"' in body, "a check_http of its own stays active"
+    assert 'import "anycastlb-passive"' in body, "its check_http is a probe of the poller now"
+    assert 'check_command = "http"' in body, "check now still runs check_http"
+    active = re.findall(r'^object Service "([^"]+)" \{\n  import "anycastlb-service"', services, re.M)
+    assert active == ["anycastlb poller"], "on the campus, the poller is the only process per interval"
     poller = re.search(r'^object Service "anycastlb poller" \{\n(.*?)^\}', services, re.M | re.S).group(1)
     assert 'host_name = "mon1"' in poller and 'check_command = "anycastlb-poll"' in poller
     base = files[f"{icinga2.OURS}/00-base.conf"]
