@@ -19,14 +19,19 @@ service). For each size, one lab (built, measured, torn down), and in it:
   largest models), warm (the master compiles once per change), in this process
   (target: 50 ms); and ``salt lb1 pillar.items`` through the master against ``salt lb1
   test.ping`` in the same lab;
-* monitoring CPU on mon1: every icinga2 process and its reaped children (the checks),
-  over a window in steady state, per hour and per service. The baseline, in the same lab:
-  the configuration before the poller = the same active checks plus one Python plugin per
-  passive check per interval: a sample of those plugins (``check_anycastlb_haproxy`` with
-  its 10 s shared fetch, ``check_anycastlb_bird``) and one poller run are executed in
-  mon1, their CPU (children rusage) scaled to every check and to an hour. Icinga2's own
-  cost of starting those processes is not counted, so the baseline is low rather than
-  high (target: after at most a tenth of before);
+* monitoring CPU on mon1: every icinga2 process and its reaped children (the checks: the
+  poller, which also runs every network probe, and what stays active), over a window in
+  steady state, per hour and per service. The baseline, in the same lab: the configuration
+  when the issue was filed = a process per check per interval: one Python plugin per
+  HAProxy frontend, announcer and RR check, one ``check_http`` / ``check_tcp`` (the ITL
+  commands with the arguments Icinga2 built from the same vars) or ``check_anycastlb_udp``
+  per network check. A sample of each kind (http, https, certificate, tcp, udp,
+  ``check_anycastlb_haproxy`` with its 10 s shared fetch, ``check_anycastlb_bird``) is run
+  in mon1, its CPU (children rusage) scaled to the kind's count, and one poller run is
+  taken off (baseline = now − poller + those processes, per hour). Icinga2's own cost of
+  starting those processes is not counted, so the baseline is low rather than high
+  (target: after at most a tenth of before). Also one poller run's CPU and wall time
+  (target: at most half its 50 s CheckCommand timeout);
 * ``state.apply`` of lb1 with nothing to change (target: 10 s);
 * a one-service change pushed through git (the post-receive hook, the reactor, the
   rolling deploy) until the orchestration returns, with the nodes it applied
@@ -186,8 +191,40 @@ print(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
 """
 
 
+#: Where Icinga2's ITL finds check_http and check_tcp (``PluginDir``, Debian's monitoring-plugins).
+ITL_PLUGINS = "/usr/lib/nagios/plugins"
+
+
+def old_probe_command(p: dict, plugins: Path) -> list[str]:
+    """The command Icinga2 built for one network check before the poller probed it: the ITL
+    ``http`` (check_http) and ``tcp`` (check_tcp) CheckCommands with their defaults, or
+    ``anycastlb-udp`` (check_anycastlb_udp), from the same vars."""
+    six = ["-6"] if ":" in p["address"] else []
+    if p["kind"] == "tcp":   # ITL tcp: tcp_refuse crit, tcp_mismatch warn, tcp_timeout 10
+        return [f"{ITL_PLUGINS}/check_tcp", "-H", p["address"], "-p", str(p["port"]), "-r", "crit", "-M", "warn",
+                "-t", "10", *six]
+    if p["kind"] == "udp":
+        cmd = ["/usr/bin/python3", str(plugins / "check_anycastlb_udp.py"), "-H", p["address"], "-p", str(p["port"]),
+               "-s", p["send"], "-t", str(p["timeout"])]
+        if p.get("dns"):
+            cmd += ["--dns", p["dns"], "--dns-type", p["dns_type"]]
+        if p.get("krb"):
+            cmd += ["--krb", p["krb"]]
+        return cmd
+    cmd = [f"{ITL_PLUGINS}/check_http", "-H", p["vhost"], "-I", p["address"], "-u", p["uri"], "-p", str(p["port"])]
+    if p["tls"]:
+        cmd += ["-S"] + (["--sni"] if p["sni"] else [])
+    if p["kind"] == "certificate":
+        cmd += ["-C", ",".join(map(str, p["days"]))]
+    elif p.get("expect"):
+        cmd += ["-e", ",".join(map(str, p["expect"]))]
+    return cmd + six
+
+
 def old_plugin_commands(spec: dict, plugins: Path) -> dict[str, list[list[str]]]:
-    """The commands Icinga2 ran per interval for the now passive checks, before the poller."""
+    """The commands Icinga2 ran per interval for the now passive checks, before the poller:
+    a Python plugin per HAProxy frontend, announcer and RR check, a check_http, check_tcp or
+    check_anycastlb_udp per network check (grouped by what costs alike: http, https, certificate, tcp, udp)."""
     hap = [str(plugins / "check_anycastlb_haproxy.py")]
     bird = [str(plugins / "check_anycastlb_bird.py")]
     b = spec["bird"]
@@ -205,6 +242,9 @@ def old_plugin_commands(spec: dict, plugins: Path) -> dict[str, list[list[str]]]
         out["rr-sessions"].append(["/usr/bin/python3", *bird, "rr-sessions", "--rr", c["rr"], *common,
                                    *[f"--neighbor={x}" for x in c["neighbors"]],
                                    *[f"--expected={e}" for e in c["expected"]]])
+    for p in spec.get("probes", []):
+        group = "https" if p["kind"] == "http" and p["tls"] else p["kind"]
+        out.setdefault(group, []).append(old_probe_command(p, plugins))
     return out
 
 
@@ -221,22 +261,28 @@ def monitoring_cpu(lab, n: int, window: float, sample: int) -> dict[str, float]:
     old = old_plugin_commands(spec, plugins)
     rng = random.Random(n)
     old_round = 0.0
-    for cmds in old.values():
+    out: dict[str, float] = {}
+    for group, cmds in old.items():
         if not cmds:
             continue
         picked = rng.sample(cmds, min(sample, len(cmds)))
-        cpu = float(in_node(lab, "mon1", RUN_PLUGINS, json.dumps(picked), timeout=600))
+        cpu = float(in_node(lab, "mon1", RUN_PLUGINS, json.dumps(picked), timeout=900))
         old_round += cpu / len(picked) * len(cmds)
-    poller = [["/usr/bin/python3", str(plugins / "check_anycastlb_poll.py"), "--spec", ic.POLL_SPEC,
-               "--command-file", "/dev/null"]]
-    poll_round = float(in_node(lab, "mon1", RUN_PLUGINS, json.dumps(poller), timeout=300))
+        out[f"before: {group} CPU ms/check"] = round(cpu / len(picked) * 1000, 1)
+    poller = ["/usr/bin/python3", str(plugins / "check_anycastlb_poll.py"), "--spec", ic.POLL_SPEC,
+              "--command-file", "/dev/null"]
+    poll_round = float(in_node(lab, "mon1", RUN_PLUGINS, json.dumps([poller]), timeout=300))
+    t_run = time.monotonic()
+    in_node(lab, "mon1", RUN_PLUGINS, json.dumps([poller]), timeout=300)
+    poll_wall = time.monotonic() - t_run
     rounds_h = 3600 / ic.INTERVALS["check_s"]
     before_h = after_h + (old_round - poll_round) * rounds_h
     return {"monitoring CPU s/h/service": round(after_h / n, 2),
             "before: CPU s/h/service": round(before_h / n, 2),
             "monitoring after / before": round(after_h / before_h, 3) if before_h else 0.0,
-            "poller run s": round(poll_round, 2),
-            "passive checks": float(sum(len(v) for v in old.values()))}
+            "poller run s": round(poll_round, 2), "poller run wall s": round(poll_wall, 2),
+            "passive checks": float(sum(len(v) for v in old.values())),
+            "network probes": float(len(spec.get("probes", []))), **out}
 
 
 def one_service_change(lab) -> dict[str, float | str]:
@@ -336,11 +382,13 @@ def measure(n: int, window: float, sample: int) -> dict[str, float | str]:
 #: figure → (limit, which way), checked at every size; lab up's limit is the issue's for 1,000 services.
 TARGETS = {"lab up s": 180.0, "one-service change s": 30.0, "haproxy check+reload ms": 250.0,
            "no-op state.apply lb1 s": 10.0, "pillar slice ms": 50.0, "monitoring after / before": 0.1,
-           "first round settled s": 60.0, "first round not OK": 0.0, "no-op states changed": 0.0}
+           "first round settled s": 60.0, "first round not OK": 0.0, "no-op states changed": 0.0,
+           "poller run wall s": 25.0}   # half the poller's CheckCommand timeout (50 s)
 #: figures that cost per service (their growth should be about 1), not per catalog
 PER_SERVICE = {"monitoring CPU s/h/service", "before: CPU s/h/service", "monitoring after / before"}
 #: figures whose growth is not a cost (inputs, counts, the first round's verdicts)
-NOT_COSTS = {"services", "lb1 frontends", "passive checks", "first round not OK", "no-op states changed",
+NOT_COSTS = {"services", "lb1 frontends", "passive checks", "network probes", "first round not OK",
+             "no-op states changed",
              "change applied on", "HAProxy first verdicts s",
              "before: CPU s/h/service"}  # the same-run baseline, not a cost of ours
 
@@ -361,7 +409,8 @@ def verdicts(res: dict[int, dict[str, float | str]]) -> list[str]:
         grow = hi / lo
         for key, v in res[hi].items():
             v0 = res[lo].get(key)
-            if key in NOT_COSTS or not isinstance(v, float) or not isinstance(v0, float) or v0 <= 0:
+            if (key in NOT_COSTS or key.startswith("before:") or not isinstance(v, float)
+                    or not isinstance(v0, float) or v0 <= 0):
                 continue
             allowed = 1.25 if key in PER_SERVICE else 1.25 * grow
             g = v / v0

@@ -311,6 +311,8 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
     # Icinga2's own scheduling, paced: at 1,000 services about 6,600 active checks forced in
     # the same second left a 2-core node's check_http waiting past its 10 s timeout (158
     # VIP checks CRITICAL that were OK at the next check); spread at FORCE_RATE a second.
+    # Now the network checks are the poller's probes too: what is forced is the poller (and
+    # the ACME checks, which stay active).
     active = [(h, d) for h, d, enabled in rows if enabled]
     _icinga_command(lab, mons[0], [f"[{now}] SCHEDULE_FORCED_SVC_CHECK;{h};{d};{now + i // FORCE_RATE}\n"
                                    for i, (h, d) in enumerate(active)])

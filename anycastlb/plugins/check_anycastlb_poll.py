@@ -280,7 +280,7 @@ def cert_verdict(not_after: float, cn: str, warn: int, crit: int, now: float) ->
     CRITICAL at or below ``crit``, and when less than a day is left or it has expired."""
     left = not_after - now
     days = int(left // 86400) if left > 0 else 0
-    stamp = time.strftime("%Y-%m-%d %H:%M +0000", time.gmtime(not_after))
+    stamp = time.strftime("%a %b %e %H:%M:%S %Y +0000", time.gmtime(not_after))   # as check_http prints it
     if left < 0:
         return CRITICAL, f"CRITICAL - Certificate '{cn}' expired on {stamp}."
     if days > warn:

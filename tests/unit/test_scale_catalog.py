@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import re
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,25 @@ def test_scale_catalog_compiles_with_n_services_on_the_campus_nodes(scale, tmp_p
     assert all(modes.values()) and tls, (modes, tls)
     vip_ports = sum(len(s["vips"]) * len(s["ports"]) for s in fleet.services.values())
     assert 3 * n <= vip_ports <= 3.5 * n   # about 3,000 VIP:ports at 1,000 services (issue 16)
+
+
+def test_baseline_runs_a_process_per_check_as_icinga2_built_it(scale, campus_catalog):
+    """The monitoring baseline ("before") = one process per passive check, each the command
+    Icinga2 built from the same vars (ITL check_http / check_tcp, our Python plugins)."""
+    import json
+
+    from anycastlb.render import icinga2
+    mon = compile_catalog(campus_catalog).nodes["mon1"]
+    files = {f.path: f.content for f in icinga2.render(mon, {}, "/")}
+    spec = json.loads(files[icinga2.POLL_SPEC])
+    old = scale.old_plugin_commands(spec, Path("/p"))
+    passive = re.findall(r'^  import "anycastlb-passive"', files[f"{icinga2.OURS}/services.conf"], re.M)
+    assert sum(len(v) for v in old.values()) == len(passive)
+    cmds = {" ".join(c) for v in old.values() for c in v}
+    itl = "/usr/lib/nagios/plugins"
+    assert f"{itl}/check_http -H www.example.org -I 192.0.2.10 -u /healthz -p 80 -e 301" in cmds
+    assert (f"{itl}/check_http -H www.example.org -I 2001:db8:1::10 -u /healthz -p 443 -S --sni -C 30,14 -6"
+            in cmds)
+    assert f"{itl}/check_tcp -H 198.51.100.42 -p 88 -r crit -M warn -t 10" in cmds
+    assert "/usr/bin/python3 /p/check_anycastlb_udp.py -H 198.51.100.42 -p 88 -s anycastlb-probe -t 5" in cmds
+    assert {len(old[k]) > 0 for k in ("http", "https", "certificate", "tcp", "udp")} == {True}
