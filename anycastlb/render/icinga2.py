@@ -263,7 +263,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     mon = model["monitoring"]
     bird_socket = mon.get("bird_socket", BIRD_SOCKET)
     common = {"node": model["node"], "q": q, "plugin_dir": under(root, mon.get("plugin_dir", PLUGIN_DIR)),
-              "bird_socket": bird_socket, "poll_spec": under(root, POLL_SPEC), "command_pipe": COMMAND_PIPE,
+              "bird_socket": bird_socket, "poll_spec": under(root, POLL_SPEC), "command_pipe": under(root, COMMAND_PIPE),
               "stats_uri": mon.get("haproxy_stats_uri", HAPROXY_STATS_URI), "udp_send": UDP_SEND,
               "udp_timeout": UDP_TIMEOUT, **ctx}
     standalone = mon.get("icinga", "standalone") == "standalone"

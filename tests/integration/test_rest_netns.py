@@ -394,9 +394,11 @@ def test_backend_apache_and_icinga_see_it_up_then_down(fleet, pairs):
     assert res.result is True, res.comment
     (iroot / "etc/icinga2/conf.d/local-test.conf").write_text(
         'object FileLogger "test-notice" {\n  path = LogDir + "/notice.log"\n  severity = "notice"\n}\n')
-    from anycastlb.render.icinga2 import RUNTIME_DIRS, check_command
+    from anycastlb.render.icinga2 import COMMAND_PIPE, RUNTIME_DIRS, check_command
     for d in RUNTIME_DIRS.values():
         (iroot / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    # the poller's pipe (its check is passive: the poller probes it), as Debian's prepare-dirs makes it
+    (iroot / COMMAND_PIPE.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     argv = [a for a in check_command(str(iroot)) if a != "-C"]
     logdir = iroot / "var/log/icinga2"
     icinga = pair.spawn(pair.client_ns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
