@@ -107,10 +107,12 @@ def prepare(lab: "Lab") -> None:
                    "# anycastlb lab: reactor on catalog changes\n" + yaml.safe_dump(reactor_config()))
 
 
-def push_catalog(lab: "Lab", edit: Callable[[Path], None], message: str, allow_empty: bool = False) -> str:
+def push_catalog(lab: "Lab", edit: Callable[[Path], None], message: str, allow_empty: bool = False,
+                 on_push: Callable[[], None] | None = None) -> str:
     """Clone the catalog repository, let ``edit(checkout_dir)`` change it, commit and push it
     from inside the master node (the post-receive hook sends the event); returns the commit.
-    ``allow_empty``: an edit that changes nothing is still committed and pushed (a redeploy)."""
+    ``allow_empty``: an edit that changes nothing is still committed and pushed (a redeploy).
+    ``on_push``: called just before ``git push`` (the operator's clone, edit and commit are done)."""
     bare, work = repo_paths(lab)
     clone = lab.statedir / f"operator-{int(time.time() * 1000)}"
     _git("clone", "--quiet", str(bare), str(clone))
@@ -119,6 +121,8 @@ def push_catalog(lab: "Lab", edit: Callable[[Path], None], message: str, allow_e
         _git("add", "-A", cwd=clone)
         _git("commit", "--quiet", *(["--allow-empty"] if allow_empty else []), "-m", message, cwd=clone)
         rev = _git("rev-parse", "HEAD", cwd=clone)
+        if on_push is not None:
+            on_push()
         r = lab.exec(master_node(lab), ["git", *GIT_ENV, "-C", str(clone), "push", "origin", BRANCH], timeout=120)
         if r.returncode != 0:
             raise OpsError(f"git push: {r.stderr.strip()}")
@@ -418,12 +422,18 @@ def orchestration_steps(ret: dict[str, Any]) -> list[str]:
     ``ret`` is the runner's return event (:meth:`OrchestrationWatch.wait`) or
     ``{"return": <salt-run --out=json output>}``.
     """
+    return [name for name, _ in orchestration_timings(ret)]
+
+
+def orchestration_timings(ret: dict[str, Any]) -> list[tuple[str, float]]:
+    """(state id, seconds it took) of an orchestration's return, in the order they ran."""
     data = (ret.get("return") or {}).get("data") or {}
     states: Any = next(iter(data.values()), {}) if isinstance(data, dict) else {}
     if not isinstance(states, dict):
         return []
-    rows = sorted((v.get("__run_num__", 0), k.split("_|-")[1]) for k, v in states.items() if isinstance(v, dict))
-    return [name for _, name in rows]
+    rows = sorted((v.get("__run_num__", 0), k.split("_|-")[1], float(v.get("duration") or 0) / 1000)
+                  for k, v in states.items() if isinstance(v, dict))
+    return [(name, secs) for _, name, secs in rows]
 
 
 def failed_steps(ret: dict[str, Any]) -> list[str]:
