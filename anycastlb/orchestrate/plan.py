@@ -148,8 +148,11 @@ def plan(fleet: Fleet, runtime_drained: Mapping[str, str] | Iterable[str] = (), 
     """
     if drain not in DRAIN_MODES:
         raise ValueError(f"drain must be one of {', '.join(DRAIN_MODES)}, not {drain!r}")
-    before: dict[str, Mapping[str, Any]] = dict(deployed.nodes) if deployed is not None else {}
-    before.update(applied or {})
+    applied = applied or {}
+    # a node's model in the deployed fleet is built only when it has no applied record
+    before: dict[str, Mapping[str, Any]] = ({n: deployed.nodes[n] for n in deployed.nodes if n not in applied}
+                                            if deployed is not None else {})
+    before.update(applied)
     if not before:
         drain = "always"
     rd = dict(runtime_drained) if isinstance(runtime_drained, Mapping) else {n: "" for n in runtime_drained}

@@ -151,6 +151,32 @@ def test_each_node_is_planned_against_what_it_last_applied(tmp_path, campus_cata
     assert "what each node last applied (1 recorded" in m.plan(runtime=False)["comment"]
 
 
+def test_with_a_record_for_every_node_the_plan_does_not_compile_the_deployed_catalog(tmp_path, campus_catalog):
+    from anycastlb.orchestrate.lint import CACHE
+
+    catalog = _catalog(tmp_path, campus_catalog)
+    m, _ = _master(tmp_path, catalog, {})
+    first = m.plan(runtime=False)
+    assert all(m.mark_applied(s["node"], s["hash"])["result"] for s in first["steps"])
+    assert m.mark_deployed(from_plan=True)["result"]
+    catalog.write_text(catalog.read_text() + "# a push\n")
+    CACHE.clear()  # each deploy is a new orchestration process
+    before = CACHE.compilations
+    again = m.plan(runtime=False)
+    assert again["result"] and CACHE.compilations == before + 1, "the new catalog only"
+    assert f"({len(first['steps'])} recorded)" in again["comment"]
+    assert next(s for s in again["steps"] if s["node"] == "lb1")["actions"] == ["remember", "apply", "verify", "announced"]
+    # a node of the deployed catalog without a record (lost) brings that catalog back: lb2, removed from
+    # the new catalog, is still decommissioned
+    os.remove(m._applied_path("lb2"))
+    _catalog(tmp_path, campus_catalog, lambda d: (d["nodes"].pop("lb2"), d["clusters"]["edge"].update(nodes=["lb1", "lb3"])))
+    CACHE.clear()
+    before = CACHE.compilations
+    steps = m.plan(runtime=False)["steps"]
+    assert CACHE.compilations == before + 2, "the new catalog and the deployed one"
+    assert steps[0]["node"] == "lb2" and steps[0]["actions"] == ["decommission"], steps[0]
+
+
 def test_a_dry_plan_writes_nothing(tmp_path, campus_catalog):
     m, _ = _master(tmp_path, campus_catalog, {})
     assert m.plan(runtime=False, save=False)["result"] is True
