@@ -142,6 +142,22 @@ def apply(daemon: str, test: bool = False, root: str = "/") -> dict[str, Any]:
     return ret
 
 
+def record_model(test: bool = False) -> dict[str, Any]:
+    """
+    Keep this node's model (its pillar's) as the one its last state run was given (the last
+    state of ``anycastlb``); :py:func:`verify` with the plan's ``expect`` uses it. A
+    state-shaped result.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb1 anycastlb.record_model test=True
+    """
+    model, _ = _node()
+    return _minion.record_model(model, test=bool(test))  # type: ignore[arg-type]
+
+
 def sysctl(key: str, value: Any, test: bool = False) -> dict[str, Any]:
     """
     Set the kernel setting ``key`` to ``value`` through ``/proc/sys`` (nothing is run when it is
@@ -375,6 +391,9 @@ def _model_for(expect: str) -> dict[str, Any]:
     model, _ = _node()
     if expect and model_hash(model) == expect:
         return dict(model)
+    applied = _minion.recorded_model(expect)   # the planned model, as the apply's state run got it
+    if applied is not None:
+        return dict(applied)
     try:
         fresh, _ = _minion.node_of(_fresh_pillar().get("anycastlb"))
     except _minion.NodeError as exc:
@@ -428,7 +447,8 @@ def verify(pending: Any = None, timeout: float = 20, expect: str = "") -> dict[s
     It checks against the catalog the master serves now (the pillar compiled afresh,
     never the copy this minion loaded before the apply: a removed service is not looked
     for). ``expect``: the model hash the plan gave this node; verify refuses to judge
-    the node against another model.
+    the node against another model. When the apply's state run was given that very model
+    (``anycastlb.record_model``), verify uses it and does not compile the pillar again.
 
     CLI Example:
 

@@ -74,6 +74,21 @@ def retired(name: str) -> dict[str, Any]:
     return _call(name, "anycastlb.retire", test=bool(__opts__["test"]))
 
 
+def recorded(name: str) -> dict[str, Any]:
+    """
+    This node's model (its pillar's) is on record as the one its last state run was given
+    (``/var/lib/anycastlb/applied-model.json``): the rolling deploy's verify then judges the
+    node against the planned model without compiling the pillar again.
+
+    - already on record: True, no changes.
+    - ``test=True``: None with the hashes.
+
+    name
+        any (a label)
+    """
+    return _call(name, "anycastlb.record_model", test=bool(__opts__["test"]))
+
+
 def sysctl(name: str, value: Any) -> dict[str, Any]:
     """
     The kernel setting ``name`` is ``value`` (read and written through ``/proc/sys``; a missing

@@ -68,3 +68,14 @@ class CatalogRepo:
 def catalog_repo():
     """:class:`CatalogRepo` as a fixture: ``catalog_repo(root, text)``."""
     return CatalogRepo
+
+
+@pytest.fixture(autouse=True)
+def applied_model_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The model record the anycastlb states keep (``/var/lib/anycastlb/applied-model.json`` on a
+    node) goes to a temporary file here, never to this machine's /var/lib."""
+    from anycastlb import minion
+
+    path = tmp_path / "applied-model.json"
+    monkeypatch.setattr(minion, "APPLIED_MODEL", str(path))
+    return path

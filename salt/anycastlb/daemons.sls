@@ -47,3 +47,9 @@ anycastlb-enable-{{ unit }}:
   service.enabled:
     - name: {{ unit }}
 {%- endfor %}
+
+{#- Last: the model this state run was given, for the rolling deploy's verify (anycastlb.verify
+    with the plan's hash reads it instead of compiling the pillar again). #}
+anycastlb-model-recorded:
+  anycastlb.recorded:
+    - name: the model this state run was given

@@ -50,3 +50,4 @@ def catalog_copy(tmp_path_factory: pytest.TempPathFactory, campus_catalog: Path)
 def make_minion_opts():
     """:func:`minion_opts` as a fixture (test modules here are not a package)."""
     return minion_opts
+

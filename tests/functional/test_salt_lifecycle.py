@@ -55,6 +55,33 @@ def test_verify_judges_the_catalog_the_master_serves_now_not_the_loaded_pillar(s
         loaders.modules.anycastlb.verify(expect="0" * 16, timeout=1)
 
 
+def test_verify_takes_the_planned_model_from_the_apply_record_without_compiling_the_pillar(
+        salt_node, applied_model_record, monkeypatch):
+    loaders, catalog = salt_node
+    data = yaml.safe_load(catalog.read_text())
+    data["management"].append("203.0.113.0/24")
+    catalog.write_text(yaml.safe_dump(data))
+    planned = compile_catalog(catalog).nodes["salt"]
+    new = model_hash(planned)
+    # the apply's state run was given the planned model (its last state records it) ...
+    ret = loaders.states.anycastlb.recorded(name="model")
+    assert model_hash(loaders.pillar["anycastlb"]) != new, "the minion's loaded pillar is the old catalog's"
+    assert ret.result is True and ret.changes == {"model": {"old": None, "new": new}}, ret
+    assert loaders.states.anycastlb.recorded(name="model").changes == {}, "on record: no change"
+    # ... so verify uses that record: no pillar is compiled (the master's answer is not asked for)
+    import salt.pillar
+
+    def no_pillar(*args, **kwargs):
+        raise AssertionError("verify compiled the pillar again")
+    monkeypatch.setattr(salt.pillar, "get_pillar", no_pillar)
+    ret = loaders.modules.anycastlb.verify(expect=new, timeout=1)
+    assert ret["result"] is True and ret["model"] == new, ret
+    # a record of another model is not taken for the planned one
+    applied_model_record.write_text(applied_model_record.read_text().replace(new, "0" * 16, 1))
+    with pytest.raises(AssertionError, match="compiled the pillar again"):
+        loaders.modules.anycastlb.verify(expect=new, timeout=1)
+
+
 def test_decommission_refuses_a_node_the_catalog_still_names(salt_node):
     loaders, catalog = salt_node
     with pytest.raises(Exception, match="still names this node"):

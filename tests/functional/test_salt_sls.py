@@ -41,7 +41,9 @@ def test_lb1_gets_packages_then_daemons_in_registry_order(make_minion_opts, tmp_
         ("anycastlb-packages-haproxy", "pkg.installed", "anycastlb-packages-haproxy"),
         # what the node no longer runs goes first (a role it lost)
         ("anycastlb-retired", "anycastlb.retired", "daemons this node no longer runs"),
-    ] + [(f"anycastlb-{d}", "anycastlb.configured", d) for d in daemons]
+    ] + [(f"anycastlb-{d}", "anycastlb.configured", d) for d in daemons] + [
+        # last: the model this run was given, for the rolling deploy's verify
+        ("anycastlb-model-recorded", "anycastlb.recorded", "the model this state run was given")]
 
 
 def test_packages_can_be_switched_off(make_minion_opts, tmp_path, catalog_copy):

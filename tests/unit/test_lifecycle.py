@@ -252,9 +252,12 @@ def test_a_daemon_anycastlb_never_configured_is_left_alone(tmp_path):
     assert ctl.calls == [] and (tmp_path / "etc/haproxy/haproxy.cfg").exists()
 
 
-def test_decommission_takes_everything_and_the_firewall_last(lb1_leaves_edge):
-    _old, _new, root, ctl, _vips = lb1_leaves_edge
+def test_decommission_takes_everything_and_the_firewall_last(lb1_leaves_edge, applied_model_record):
+    old, _new, root, ctl, _vips = lb1_leaves_edge
+    assert minion.record_model(old)["changes"] and applied_model_record.exists()
     ret = minion.retire(None, ctl, str(root))
+    assert ret["changes"]["model record"] == {"removed": [str(applied_model_record)]}
+    assert not applied_model_record.exists()
     assert ret["result"] is True, ret
     assert list(ret["changes"])[-1] == "nftables"
     assert ctl.calls.index("unload nftables") > ctl.calls.index("stop bird")
