@@ -55,6 +55,12 @@ def expected_back(model: Mapping[str, Any], before: set[str], now: set[str]) -> 
     return sorted((before & catalog_announce) | now)
 
 
+def _announced(st: Any) -> list[str]:
+    """The prefixes an ``anycastlb.status`` answer says the node's anycastlb-healthd announces."""
+    prefixes = (st.get("healthd") or {}).get("prefixes") if isinstance(st, dict) else None
+    return sorted(p for p, s in (prefixes or {}).items() if isinstance(s, dict) and s.get("announced"))
+
+
 class Master:
     """Lint, plan, drain, undrain and the catalog checkout, for one master."""
 
@@ -186,7 +192,9 @@ class Master:
              changed_only: bool = False) -> dict[str, Any]:
         """The rolling deploy's steps, each node compared with what it runs (:meth:`applied`, else the
         catalog deployed last); keeps the planned catalog and models for :meth:`mark_deployed` and
-        :meth:`mark_applied` (not with ``save=False``: a dry run writes nothing)."""
+        :meth:`mark_applied`, and (``runtime``) what each node applied in place announces now, from
+        the status it reads anyway (:meth:`remember` at plan time; not with ``save=False``: a dry run
+        writes nothing)."""
         if drain not in DRAIN_MODES:
             return {"result": False, "comment": f"drain must be one of {', '.join(DRAIN_MODES)}, not {drain!r}",
                     "steps": []}
@@ -196,9 +204,11 @@ class Master:
         fleet = res.fleet
         assert fleet is not None  # res.ok
         drained: dict[str, str] = {}
+        statuses: dict[str, Any] = {}
         if runtime:
             speakers = [n for n, m in fleet.nodes.items() if (m["bgp"] or {"role": ""})["role"] == "speaker"]
             for minion, (_rc, st) in self.cmd(speakers, "anycastlb.status", None, 30).items():
+                statuses[minion] = st
                 if isinstance(st, dict) and st.get("drain_file") and st.get("drain_reason") != ORCHESTRATE:
                     drained[minion] = f"drain file, reason: {st.get('drain_reason') or 'none given'}"
         applied = {n: r["model"] for n, r in self.applied().items()}
@@ -218,6 +228,10 @@ class Master:
         if over:  # the plan's promise; never kept a deploy that breaks it
             return {**ret, "result": False, "comment": f"the plan takes more than one node of {', '.join(over)} out"}
         if save:
+            # an in-place node's announcements, read above: its "announced" step checks they come back
+            for step in steps:
+                if "remember" in step.actions and step.node in statuses:
+                    self._remember(step.node, _announced(statuses[step.node]), "in place (at plan time)")
             snapshot(res.catalog, self._deploy_dir("planned"))
             final = self._planned_models()
             tmp, old = final + ".tmp", final + ".old"
@@ -261,9 +275,7 @@ class Master:
     def announced_now(self, node: str) -> list[str]:
         """The prefixes the node's anycastlb-healthd announces now."""
         got = self.cmd([node], "anycastlb.status", None, 30).get(node)
-        st = (got or (1, {}))[1]
-        prefixes = (st.get("healthd") or {}).get("prefixes") if isinstance(st, dict) else None
-        return sorted(p for p, s in (prefixes or {}).items() if isinstance(s, dict) and s.get("announced"))
+        return _announced((got or (1, {}))[1])
 
     def remember(self, node: str) -> dict[str, Any]:
         """Record what ``node`` announces now, before an in-place apply (see :meth:`undrain`)."""

@@ -158,7 +158,7 @@ def test_git_push_rolls_the_change_out_with_no_failed_request(lab):
     assert load["ok"] > 100 and load["failed"] == 0, load
     steps = ops.orchestration_steps(ret)
     # a weight and a new service leave every BGP session alone: applied in place, nothing drained
-    assert {"remember lb1", "announced lb1", "announced lb2", "mark deployed"} <= set(steps), steps
+    assert {"apply lb1", "announced lb1", "announced lb2", "mark deployed"} <= set(steps), steps
     assert not {"drain lb1", "drain lb2", "undrain lb1"} & set(steps), steps
     head = subprocess.run(["git", "-C", str(lab.statedir / "catalog-repo"), "rev-parse", "HEAD"],
                           capture_output=True, text=True).stdout.strip()

@@ -177,6 +177,22 @@ def test_with_a_record_for_every_node_the_plan_does_not_compile_the_deployed_cat
     assert steps[0]["node"] == "lb2" and steps[0]["actions"] == ["decommission"], steps[0]
 
 
+def test_the_plan_notes_what_each_node_applied_in_place_announces(tmp_path, campus_catalog):
+    catalog = _catalog(tmp_path, campus_catalog)
+    m, minions = _master(tmp_path, catalog, {"anycastlb.status": status(["192.0.2.10/32"]),
+                                             "anycastlb.wait_routes": (0, {"result": True, "waited_ms": 3})})
+    first = m.plan(runtime=False)
+    assert all(m.mark_applied(s["node"], s["hash"])["result"] for s in first["steps"])
+    assert m._remembered("lb1") == set(), "a plan without runtime reads no status and notes nothing"
+    lb1 = next(s for s in m.plan()["steps"] if s["node"] == "lb1")
+    assert lb1["actions"] == ["remember", "apply", "verify", "announced"]
+    assert [c[1] for c in minions.calls] == ["anycastlb.status"], "one status read of every speaker, no more"
+    assert m._remembered("lb1") == {"192.0.2.10/32"}
+    ret = m.undrain("lb1", in_place=True)   # the "announced" step after the apply
+    assert ret["result"] is True and "192.0.2.10/32" in ret["expected"], ret
+    assert m.plan(save=False) and m._remembered("lb1") == set(), "announced took the note; a dry plan writes none"
+
+
 def test_a_dry_plan_writes_nothing(tmp_path, campus_catalog):
     m, _ = _master(tmp_path, campus_catalog, {})
     assert m.plan(runtime=False, save=False)["result"] is True

@@ -95,15 +95,8 @@ drain {{ node }}:
     - timeout: {{ timeout }}
     - failhard: True
 {%- endif %}
-{%- if 'remember' in step.actions %}
-
-{#- Applied in place (its routing does not change): remember what it announces ... #}
-remember {{ node }}:
-  salt.runner:
-    - name: anycastlb.remember
-    - node: {{ node }}
-    - failhard: True
-{%- endif %}
+{#- Applied in place (its routing does not change, action "remember"): the plan recorded what
+    it announces (from the status it reads of every BGP speaker) ... #}
 {%- if 'apply' in step.actions %}
 
 {#- Only the anycastlb states (salt/anycastlb/init.sls), never the site's highstate. #}
