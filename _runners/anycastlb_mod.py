@@ -242,11 +242,13 @@ def drain(node: str, timeout: float = 30, reason: str = "", deadline: Any = None
                                  deadline=None if deadline in (None, "") else float(deadline)))
 
 
-def announced(node: str, timeout: float = 30) -> dict[str, Any]:
+def announced(node: str, timeout: float = 30, applied: str = "") -> dict[str, Any]:
     """
     After an in-place apply (see :py:func:`remember`): wait until every route reflector
     carries the node's path for every prefix it announced before and announces now, so
-    a change that breaks a served VIP stops the rolling deploy at this node.
+    a change that breaks a served VIP stops the rolling deploy at this node. ``applied``:
+    the plan's model hash, recorded as what the node runs once this passed (as
+    :py:func:`mark_applied`; the rolling deploy passes it).
 
     CLI Example:
 
@@ -254,16 +256,16 @@ def announced(node: str, timeout: float = 30) -> dict[str, Any]:
 
         salt-run anycastlb.announced node=lb1
     """
-    return _done(_master().undrain(node, timeout=float(timeout), in_place=True))
+    return _done(_master().undrain(node, timeout=float(timeout), in_place=True, applied=str(applied or "")))
 
 
-def undrain(node: str, timeout: float = 30, in_place: bool = False) -> dict[str, Any]:
+def undrain(node: str, timeout: float = 30, in_place: bool = False, applied: str = "") -> dict[str, Any]:
     """
     Undo :py:func:`drain`: the node announces again (drain file removed, anycastlb-healthd
     confirms), then every route reflector is waited on until it carries the node's
     path for every prefix it announced before the drain (and every prefix it announces
     now). A node whose catalog state is ``drain``/``maintenance`` stays drained: the
-    catalog wins.
+    catalog wins. ``applied``: as for :py:func:`announced`.
 
     CLI Example:
 
@@ -271,7 +273,8 @@ def undrain(node: str, timeout: float = 30, in_place: bool = False) -> dict[str,
 
         salt-run anycastlb.undrain node=lb1
     """
-    return _done(_master().undrain(node, timeout=float(timeout), in_place=bool(in_place)))
+    return _done(_master().undrain(node, timeout=float(timeout), in_place=bool(in_place),
+                                   applied=str(applied or "")))
 
 
 def routes() -> dict[str, Any]:

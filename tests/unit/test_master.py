@@ -188,8 +188,12 @@ def test_the_plan_notes_what_each_node_applied_in_place_announces(tmp_path, camp
     assert lb1["actions"] == ["remember", "apply", "verify", "announced"]
     assert [c[1] for c in minions.calls] == ["anycastlb.status"], "one status read of every speaker, no more"
     assert m._remembered("lb1") == {"192.0.2.10/32"}
-    ret = m.undrain("lb1", in_place=True)   # the "announced" step after the apply
+    ret = m.undrain("lb1", in_place=True, applied="0" * 16)   # a hash that is not the plan's
+    assert ret["result"] is False and "not recorded" in ret["comment"], ret
+    m._remember("lb1", ["192.0.2.10/32"], "in place")
+    ret = m.undrain("lb1", in_place=True, applied=lb1["hash"])   # the "announced" step after the apply
     assert ret["result"] is True and "192.0.2.10/32" in ret["expected"], ret
+    assert m.applied()["lb1"]["hash"] == lb1["hash"] == ret["applied"], "announced recorded what lb1 runs"
     assert m.plan(save=False) and m._remembered("lb1") == set(), "announced took the note; a dry plan writes none"
 
 

@@ -122,6 +122,9 @@ verify {{ node }}:
     - timeout: {{ timeout + 30 }}
     - failhard: True
 {%- endif %}
+{#- The next plan compares this node with what it runs now: recorded after its verify, by its
+    undrain or announced step when it has one, else by "applied NODE". #}
+{%- set record = 'verify' in step.actions and not cfg.get('exclude') %}
 {%- if 'undrain' in step.actions %}
 
 undrain {{ node }}:
@@ -129,6 +132,9 @@ undrain {{ node }}:
     - name: anycastlb.undrain
     - node: {{ node }}
     - timeout: {{ timeout }}
+{%- if record %}
+    - applied: {{ step.hash | json }}
+{%- endif %}
     - failhard: True
 {%- endif %}
 {%- if 'announced' in step.actions %}
@@ -139,11 +145,13 @@ announced {{ node }}:
     - name: anycastlb.announced
     - node: {{ node }}
     - timeout: {{ timeout }}
+{%- if record %}
+    - applied: {{ step.hash | json }}
+{%- endif %}
     - failhard: True
 {%- endif %}
-{%- if 'verify' in step.actions and not cfg.get('exclude') %}
+{%- if record and 'undrain' not in step.actions and 'announced' not in step.actions %}
 
-{#- The next plan compares this node with what it runs now. #}
 applied {{ node }}:
   salt.runner:
     - name: anycastlb.mark_applied
