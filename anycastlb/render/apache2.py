@@ -38,7 +38,7 @@ CONFDIR = "/etc/apache2"
 WWW = "/var/www/anycastlb"
 #: Modules our vhosts use: authz_core (Require), dir (DirectoryIndex), mime, headers (X-Served-By);
 #: remoteip (RemoteIPProxyProtocol) only on a node whose HAProxy sends the PROXY protocol.
-MODULES = ("authz_core", "dir", "mime", "headers")
+MODULES = ("authz_core", "dir", "mime", "headers", "setenvif")
 
 #: How the service layer runs apache2 outside systemd: ``apache2ctl start`` (it sources
 #: /etc/apache2/envvars and forks); reload = SIGUSR1 to the parent, i.e. a graceful
@@ -81,6 +81,15 @@ def _health_file(document_root: str, health_path: str | None) -> str | None:
     return posixpath.join(document_root, rel)
 
 
+def _health_uri(health_path: str | None) -> str | None:
+    """A regex of the request path (decoded, as mod_setenvif's ``Request_URI`` sees it, no query)
+    of the health checks, whose requests are not logged; None without an http check."""
+    if health_path is None:
+        return None
+    decoded = unquote(request_target(health_path, "apache2").split("?", 1)[0])
+    return "^" + re.escape(carry(decoded, "apache2", "health path")) + "$"
+
+
 @renderer("apache2")
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """The vhosts, ports, module loads and document roots of this backend node."""
@@ -109,7 +118,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
             f"{CONFDIR}/sites-enabled/anycastlb-{service}.conf", "apache2/vhost.conf.j2", node=node, vhost=v,
             service=service, document_root=under(root, docroot), state=v.get("state", "active"),
             proxy_protocol=v["port"] in proxy_ports, exceptions=exceptions,
-            health_path=None if v.get("health_path") is None else request_target(v["health_path"], "apache2")))
+            health_path=None if v.get("health_path") is None else request_target(v["health_path"], "apache2"),
+            health_uri=_health_uri(v.get("health_path"))))
         files.append(template_file(posixpath.join(docroot, "index.html"), "apache2/index.html.j2",
                                    node=node, vhost=v))
         if health is not None:

@@ -380,6 +380,10 @@ def test_backend_apache_and_icinga_see_it_up_then_down(fleet, pairs):
         status, _, body = get(pair, src, dst, 8080, "/", "unknown.example.org")
         assert status == 403 and "<b>" not in body
     assert get(pair, OUTSIDER[0], "198.51.100.31", 8080, "/", "www.example.org", timeout=0.5) is None
+    # the health checks (every LB node, every check interval) stay out of the access log; the rest is in it
+    for svc in ("www", "intranet"):
+        log = (root / f"var/log/apache2/anycastlb-{svc}-access.log").read_text()
+        assert log.count('"GET / HTTP') == 2 and "/healthz" not in log, log
 
     # Icinga2 on the client side (mon1's address), mon1's config cut down to web1's checks
     mon = copy_model(fleet.nodes["mon1"])
