@@ -188,8 +188,9 @@ def decommission(node: str, timeout: float = 30, force: bool = False) -> dict[st
 def mark_deployed(from_plan: bool = False) -> dict[str, Any]:
     """
     Record the catalog as deployed: the master's current catalog (after a highstate
-    of every node outside the orchestration), or with ``from_plan=True`` the one the
-    last ``plan`` was made from (the rolling deploy does this after its last node).
+    of every node outside the orchestration; each of its nodes' applied record is set to
+    it too), or with ``from_plan=True`` the one the last ``plan`` was made from (the
+    rolling deploy does this after its last node).
     The next ``plan`` drains only the nodes whose change against it may reach the
     routers.
 

@@ -170,11 +170,14 @@ class Master:
         if hash and got != hash:
             return {"result": False, "node": node,
                     "comment": f"not recorded: the last plan's model of {node} is {got}, not {hash} (a newer plan?)"}
+        self._record_applied(node, model, got)
+        return {"result": True, "node": node, "hash": got, "comment": f"{node} runs model {got}: recorded"}
+
+    def _record_applied(self, node: str, model: Mapping[str, Any], hash: str) -> None:  # pylint: disable=redefined-builtin
         tmp = self._applied_path(node) + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"node": node, "hash": got, "at": time.time(), "model": model}, fh)
+            json.dump({"node": node, "hash": hash, "at": time.time(), "model": model}, fh)
         os.replace(tmp, self._applied_path(node))
-        return {"result": True, "node": node, "hash": got, "comment": f"{node} runs model {got}: recorded"}
 
     def forget_applied(self, node: str) -> bool:
         """Drop ``node``'s record (it was decommissioned); whether there was one."""
@@ -249,7 +252,11 @@ class Master:
         return ret
 
     def mark_deployed(self, from_plan: bool = False) -> dict[str, Any]:
-        """Record the current catalog (or, ``from_plan``, the last planned one) as deployed."""
+        """Record the current catalog (or, ``from_plan``, the last planned one) as deployed. The current
+        one (after a highstate of every node) also becomes each of its nodes' applied record, so that
+        the next plan compares every node with its record and need not compile the catalog again."""
+        from ..model import model_hash
+
         planned, dest = self._deploy_dir("planned"), self._deploy_dir("deployed")
         if from_plan:
             if not snapshot_path(planned):
@@ -263,7 +270,11 @@ class Master:
             if not res.ok:
                 return {"result": False, "comment": f"not recorded: {res.summary}", "errors": res.errors}
             snapshot(res.catalog, dest)
-            source = "the master's current catalog"
+            assert res.fleet is not None  # res.ok
+            for node in res.fleet.nodes:
+                model = res.fleet.nodes[node]
+                self._record_applied(node, model, model_hash(model))
+            source = f"the master's current catalog (and what each of its {len(res.fleet.nodes)} nodes runs)"
         return {"result": True, "deployed": snapshot_path(dest), "comment": f"recorded {source} as deployed"}
 
     # ------------------------------------------------------------- drain / undrain with the route reflectors

@@ -177,6 +177,22 @@ def test_with_a_record_for_every_node_the_plan_does_not_compile_the_deployed_cat
     assert steps[0]["node"] == "lb2" and steps[0]["actions"] == ["decommission"], steps[0]
 
 
+def test_marking_the_current_catalog_deployed_records_what_every_node_runs(tmp_path, campus_catalog):
+    from anycastlb.orchestrate.lint import CACHE
+
+    catalog = _catalog(tmp_path, campus_catalog)
+    m, _ = _master(tmp_path, catalog, {})
+    assert m.mark_deployed()["result"]   # after a highstate of every node (as lab up does)
+    plan = {s["node"]: s["hash"] for s in m.plan(runtime=False, save=False)["steps"]}
+    assert {n: r["hash"] for n, r in m.applied().items()} == plan
+    catalog.write_text(catalog.read_text() + "# a push\n")
+    CACHE.clear()
+    before = CACHE.compilations
+    again = m.plan(runtime=False, changed_only=True)
+    assert again["result"] and again["steps"] == [], "a comment changes no model: nothing to apply"
+    assert CACHE.compilations == before + 1, "only the pushed catalog is compiled"
+
+
 def test_the_plan_notes_what_each_node_applied_in_place_announces(tmp_path, campus_catalog):
     catalog = _catalog(tmp_path, campus_catalog)
     m, minions = _master(tmp_path, catalog, {"anycastlb.status": status(["192.0.2.10/32"]),
