@@ -431,11 +431,15 @@ def set_drain(drained: bool, timeout: float = 10.0, config: str = HEALTHD_CONFIG
 
 
 def status(model: NodeModel, ctl: Any, config: str = HEALTHD_CONFIG,
-           pidfile: str = HEALTHD_PIDFILE) -> dict[str, Any]:
-    """The health agent's view (drained, what is announced and why) and whether each daemon runs."""
+           pidfile: str = HEALTHD_PIDFILE, brief: bool = False) -> dict[str, Any]:
+    """The health agent's view (drained, what is announced and why) and whether each daemon runs;
+    ``brief``: of the prefixes only those announced, as ``{prefix: {"announced": True}}``."""
     drain_file, state_file = _healthd_paths(config)
     pid = healthd_pid(pidfile, state_file)
     doc = _read_json(state_file) or {}
+    if brief:
+        doc["prefixes"] = {p: {"announced": True} for p, st in (doc.get("prefixes") or {}).items()
+                           if isinstance(st, dict) and st.get("announced")}
     running: dict[str, Any] = {}
     for name in wanted(model):
         try:

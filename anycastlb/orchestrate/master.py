@@ -210,7 +210,7 @@ class Master:
         statuses: dict[str, Any] = {}
         if runtime:
             speakers = [n for n, m in fleet.nodes.items() if (m["bgp"] or {"role": ""})["role"] == "speaker"]
-            for minion, (_rc, st) in self.cmd(speakers, "anycastlb.status", None, 30).items():
+            for minion, (_rc, st) in self.cmd(speakers, "anycastlb.status", {"brief": True}, 30).items():
                 statuses[minion] = st
                 if isinstance(st, dict) and st.get("drain_file") and st.get("drain_reason") != ORCHESTRATE:
                     drained[minion] = f"drain file, reason: {st.get('drain_reason') or 'none given'}"
@@ -285,7 +285,7 @@ class Master:
 
     def announced_now(self, node: str) -> list[str]:
         """The prefixes the node's anycastlb-healthd announces now."""
-        got = self.cmd([node], "anycastlb.status", None, 30).get(node)
+        got = self.cmd([node], "anycastlb.status", {"brief": True}, 30).get(node)
         return _announced((got or (1, {}))[1])
 
     def remember(self, node: str) -> dict[str, Any]:
