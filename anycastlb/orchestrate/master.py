@@ -241,9 +241,9 @@ class Master:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
             now = time.time()
-            for node, model in fleet.nodes.items():
+            for node in sorted({s.node for s in steps if s.node in fleet.nodes}):  # what mark_applied reads
                 with open(os.path.join(tmp, f"{node}.json"), "w", encoding="utf-8") as fh:
-                    json.dump({"catalog": res.catalog, "at": now, "model": model}, fh)
+                    json.dump({"catalog": res.catalog, "at": now, "model": fleet.nodes[node]}, fh)
             shutil.rmtree(old, ignore_errors=True)
             if os.path.isdir(final):
                 os.replace(final, old)

@@ -191,6 +191,11 @@ def test_marking_the_current_catalog_deployed_records_what_every_node_runs(tmp_p
     again = m.plan(runtime=False, changed_only=True)
     assert again["result"] and again["steps"] == [], "a comment changes no model: nothing to apply"
     assert CACHE.compilations == before + 1, "only the pushed catalog is compiled"
+    _catalog(tmp_path, campus_catalog, lambda d: d["services"]["www"].update(balance="leastconn"))
+    steps = m.plan(runtime=False, changed_only=True)["steps"]
+    planned = tmp_path / "cache" / "anycastlb" / "deploy" / "planned-models"
+    assert steps and sorted(p.stem for p in planned.iterdir()) == sorted(s["node"] for s in steps), \
+        "only the models of the nodes it applies are kept"
 
 
 def test_the_plan_notes_what_each_node_applied_in_place_announces(tmp_path, campus_catalog):
