@@ -123,14 +123,38 @@ class Master:
             return None, f"the deployed catalog {path} does not compile any more: every node is drained"
         return res.fleet, f"compared with the catalog deployed last ({path})"
 
+    def _nodes_file(self, name: str) -> str:
+        """The node ids of the catalog snapshot ``name`` (beside it: the snapshot holds the catalog only)."""
+        return self._deploy_dir(name) + ".nodes.json"
+
+    def _snapshot_nodes(self, name: str, nodes: Any) -> None:
+        tmp = self._nodes_file(name) + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(sorted(nodes), fh)
+        os.replace(tmp, self._nodes_file(name))
+
+    def _forget_nodes(self, name: str) -> None:
+        try:
+            os.remove(self._nodes_file(name))
+        except FileNotFoundError:
+            pass
+
+    def _deployed_nodes(self, path: str) -> set[str]:
+        """The node ids of the deployed catalog: from its record, else read from the snapshot."""
+        from ..pillar import catalog_nodes
+
+        try:
+            with open(self._nodes_file("deployed"), encoding="utf-8") as fh:
+                return {str(n) for n in json.load(fh)}
+        except (OSError, ValueError, TypeError):
+            return set(catalog_nodes(path))
+
     def _deployed_if_needed(self, nodes: set[str], recorded: set[str]) -> tuple[Any, str]:
         """:meth:`deployed_fleet`, unless every node of the new catalog and of the one deployed last has
         an applied record (then the records alone say what each node runs, and the deployed catalog
         is not compiled: at 1,000 services its compile and models were a third of a plan)."""
-        from ..pillar import catalog_nodes
-
         path = snapshot_path(self._deploy_dir("deployed"))
-        if path and recorded and nodes | catalog_nodes(path) <= recorded:
+        if path and recorded and nodes | self._deployed_nodes(path) <= recorded:
             return None, "every node's applied record"
         return self.deployed_fleet()
 
@@ -236,6 +260,7 @@ class Master:
                 if "remember" in step.actions and step.node in statuses:
                     self._remember(step.node, _announced(statuses[step.node]), "in place (at plan time)")
             snapshot(res.catalog, self._deploy_dir("planned"))
+            self._snapshot_nodes("planned", fleet.nodes)
             final = self._planned_models()
             tmp, old = final + ".tmp", final + ".old"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -263,14 +288,20 @@ class Master:
                 return {"result": False, "comment": "not recorded: no planned catalog (run anycastlb.plan first)"}
             shutil.rmtree(dest, ignore_errors=True)
             os.replace(planned, dest)
+            try:
+                os.replace(self._nodes_file("planned"), self._nodes_file("deployed"))
+            except FileNotFoundError:  # a plan of an older anycastlb: the snapshot is read instead
+                self._forget_nodes("deployed")
             source = "the catalog of the last plan"
         else:
             shutil.rmtree(planned, ignore_errors=True)
+            self._forget_nodes("planned")
             res = self.lint()
             if not res.ok:
                 return {"result": False, "comment": f"not recorded: {res.summary}", "errors": res.errors}
             snapshot(res.catalog, dest)
             assert res.fleet is not None  # res.ok
+            self._snapshot_nodes("deployed", res.fleet.nodes)
             for node in res.fleet.nodes:
                 model = res.fleet.nodes[node]
                 self._record_applied(node, model, model_hash(model))
