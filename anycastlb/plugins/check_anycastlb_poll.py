@@ -36,7 +36,7 @@ import time
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 LABELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -196,8 +196,16 @@ def http_verdict(status_line: str, expect: list[int] | None, port: int) -> tuple
     return state, f"HTTP {LABELS[state]}: {status_line}"
 
 
-async def probe_http(p: dict[str, Any], timeout: float, tls: ssl.SSLContext) -> tuple[int, str]:
-    """check_http: the request, the whole answer read, the status line decided (:func:`http_verdict`)."""
+def _peer_der(w: asyncio.StreamWriter) -> bytes | None:
+    sslobj = w.get_extra_info("ssl_object")
+    return sslobj.getpeercert(binary_form=True) if sslobj else None
+
+
+async def probe_http(p: dict[str, Any], timeout: float, tls: ssl.SSLContext,
+                     on_cert: Callable[[bytes | None], None] | None = None) -> tuple[int, str]:
+    """check_http: the request, the whole answer read, the status line decided (:func:`http_verdict`).
+    ``on_cert``: given the peer certificate (DER) of its TLS handshake, for the certificate check
+    of the same address, port and name (one handshake for both)."""
     t0 = time.monotonic()
     try:
         request = _request(p)
@@ -209,6 +217,8 @@ async def probe_http(p: dict[str, Any], timeout: float, tls: ssl.SSLContext) -> 
         return CRITICAL, f"HTTP CRITICAL - Cannot make SSL connection: {exc.reason or exc}"
     except OSError as exc:
         return CRITICAL, f"HTTP CRITICAL - {_connect_error(p, exc)}"
+    if on_cert is not None:
+        on_cert(_peer_der(w))
     page = b""
     try:
         w.write(request)
@@ -293,19 +303,20 @@ def cert_verdict(not_after: float, cn: str, warn: int, crit: int, now: float) ->
     return state, f"{LABELS[state]} - Certificate '{cn}' expires in {days} day(s) ({stamp})."
 
 
-async def probe_certificate(p: dict[str, Any], tls: ssl.SSLContext) -> tuple[int, str]:
-    """check_http ``--ssl -C warn,crit``: the TLS handshake (with SNI), then the peer certificate's expiry."""
-    try:
-        _r, w = await _open(p, tls)
-    except ssl.SSLError as exc:
-        return CRITICAL, f"CRITICAL - Cannot make SSL connection: {exc.reason or exc}"
-    except OSError as exc:
-        return CRITICAL, f"CRITICAL - {_connect_error(p, exc)}"
-    try:
-        sslobj = w.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj else None
-    finally:
-        w.transport.abort()
+async def probe_certificate(p: dict[str, Any], tls: ssl.SSLContext, der: bytes | None = None) -> tuple[int, str]:
+    """check_http ``--ssl -C warn,crit``: the TLS handshake (with SNI), then the peer certificate's expiry;
+    ``der``: the certificate an https probe of the same address, port and name was given (no handshake)."""
+    if der is None:
+        try:
+            _r, w = await _open(p, tls)
+        except ssl.SSLError as exc:
+            return CRITICAL, f"CRITICAL - Cannot make SSL connection: {exc.reason or exc}"
+        except OSError as exc:
+            return CRITICAL, f"CRITICAL - {_connect_error(p, exc)}"
+        try:
+            der = _peer_der(w)
+        finally:
+            w.transport.abort()
     if not der:
         return CRITICAL, "CRITICAL - Cannot retrieve server certificate."
     try:
@@ -324,6 +335,11 @@ def probe_udp(p: dict[str, Any]) -> tuple[int, str]:
                      dns=bool(p.get("dns")), krb=p.get("krb"))
 
 
+def _tls_key(p: dict[str, Any]) -> tuple[Any, ...]:
+    """What a TLS handshake depends on: address, port and the SNI name sent (as :func:`_open` sends it)."""
+    return (p["address"], p["port"], p.get("vhost") if p.get("sni") else None)
+
+
 async def _probe_all(probes: list[dict[str, Any]], timeout: float, concurrency: int, deadline: float
                      ) -> list[tuple[int, str]]:
     tls = _tls_context()
@@ -331,19 +347,45 @@ async def _probe_all(probes: list[dict[str, Any]], timeout: float, concurrency: 
     loop = asyncio.get_running_loop()
     threads = ThreadPoolExecutor(max_workers=max(1, min(concurrency, 16, sum(p["kind"] == "udp" for p in probes))))
 
+    # an https check and the certificate check of the same address, port and name share one handshake:
+    # the https probe hands the peer certificate over (None when it had no handshake)
+    handshakes: dict[tuple[Any, ...], asyncio.Future[bytes | None]] = {}
+    for p in probes:
+        if p["kind"] == "http" and p.get("tls"):
+            handshakes.setdefault(_tls_key(p), loop.create_future())
+    shared = {_tls_key(p) for p in probes if p["kind"] == "certificate"} & set(handshakes)
+    handshakes = {k: f for k, f in handshakes.items() if k in shared}
+    given: set[tuple[Any, ...]] = set()
+
+    def hand_over(key: tuple[Any, ...], der: bytes | None) -> None:
+        if not handshakes[key].done():
+            handshakes[key].set_result(der)
+
     async def one(p: dict[str, Any]) -> tuple[int, str]:
-        async with gate:
-            kind = p["kind"]
-            if kind == "udp":
-                return await loop.run_in_executor(threads, probe_udp, p)
-            coro = (probe_tcp(p, timeout) if kind == "tcp" else probe_http(p, timeout, tls) if kind == "http"
-                    else probe_certificate(p, tls) if kind == "certificate" else None)
-            if coro is None:
-                return UNKNOWN, f"UNKNOWN - unknown probe kind {kind!r}"
-            try:
-                return await asyncio.wait_for(coro, timeout)
-            except asyncio.TimeoutError:
-                return CRITICAL, f"CRITICAL - Socket timeout after {timeout:g} seconds"
+        kind = p["kind"]
+        der = None
+        key = _tls_key(p) if kind in ("http", "certificate") else ()
+        if kind == "certificate" and key in handshakes:   # awaited outside the gate: no slot held waiting
+            der = await handshakes[key]
+        hands = kind == "http" and bool(p.get("tls")) and key in handshakes and key not in given
+        if hands:
+            given.add(key)
+        try:
+            async with gate:
+                if kind == "udp":
+                    return await loop.run_in_executor(threads, probe_udp, p)
+                coro = (probe_tcp(p, timeout) if kind == "tcp"
+                        else probe_http(p, timeout, tls, (lambda d: hand_over(key, d)) if hands else None)
+                        if kind == "http" else probe_certificate(p, tls, der) if kind == "certificate" else None)
+                if coro is None:
+                    return UNKNOWN, f"UNKNOWN - unknown probe kind {kind!r}"
+                try:
+                    return await asyncio.wait_for(coro, timeout)
+                except asyncio.TimeoutError:
+                    return CRITICAL, f"CRITICAL - Socket timeout after {timeout:g} seconds"
+        finally:
+            if hands:   # no handshake (refused, timed out): the certificate check makes its own
+                hand_over(key, None)
 
     tasks = [asyncio.ensure_future(one(p)) for p in probes]
     try:

@@ -162,6 +162,26 @@ def test_certificate_days_left(servers, valid_days, state, words):
     assert srv.sni == ["www.example.org"] and srv.hosts == [], "a certificate check sends no request"
 
 
+def test_an_https_check_and_its_certificate_check_share_one_handshake(servers):
+    port, srv = servers(days=20)
+    https = http_probe(port, "/status/200", tls=True)
+    results = poll.probe_results([cert_probe(port), https, cert_probe(port)])
+    assert [r[2] for r in results] == [poll.WARNING, poll.OK, poll.WARNING], results
+    assert "expires in 19 day(s)" in results[0][3] and results[0][3] == results[2][3]
+    assert srv.sni == ["www.example.org"], "one TLS handshake for the three checks"
+    # another name is another handshake; so is a certificate check with no https check beside it
+    other = {**cert_probe(port), "vhost": "intranet.example.org"}
+    assert [r[2] for r in poll.probe_results([https, other])] == [poll.OK, poll.WARNING]
+    assert srv.sni[1:] == ["www.example.org", "intranet.example.org"]
+
+
+def test_a_certificate_check_makes_its_own_handshake_when_the_https_one_had_none(servers):
+    port = closed_port()
+    results = poll.probe_results([http_probe(port, tls=True), cert_probe(port)])
+    assert results[0][2] == results[1][2] == poll.CRITICAL
+    assert results[1][3] == f"CRITICAL - connect to address 127.0.0.1 and port {port}: Connection refused"
+
+
 def test_certificate_expiry_read_from_der_matches_openssl(tmp_path):
     _key, crt = certificate(tmp_path, 45)
     der = ssl.PEM_cert_to_DER_cert(crt.read_text())
