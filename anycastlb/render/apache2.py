@@ -57,6 +57,12 @@ def _name(text: str, what: str) -> str:
     return text
 
 
+def _health_request_path(health_path: str) -> str:
+    """The path of the health check's request as apache sees it: percent-decoded, no query."""
+    decoded = unquote(request_target(health_path, "apache2").split("?", 1)[0])
+    return carry(decoded, "apache2", "health path")
+
+
 def _health_file(document_root: str, health_path: str | None) -> str | None:
     """The static file that answers ``health_path`` under ``document_root``.
 
@@ -68,9 +74,7 @@ def _health_file(document_root: str, health_path: str | None) -> str | None:
     """
     if health_path is None:
         return None
-    target = request_target(health_path, "apache2")
-    decoded = unquote(target.split("?", 1)[0])
-    carry(decoded, "apache2", "health path")
+    decoded = _health_request_path(health_path)
     rel = posixpath.normpath("/" + decoded.lstrip("/")).lstrip("/")
     if rel.startswith(".."):
         raise RenderError(f"health path {health_path!r} leaves the document root")
@@ -86,8 +90,7 @@ def _health_uri(health_path: str | None) -> str | None:
     of the health checks, whose requests are not logged; None without an http check."""
     if health_path is None:
         return None
-    decoded = unquote(request_target(health_path, "apache2").split("?", 1)[0])
-    return "^" + re.escape(carry(decoded, "apache2", "health path")) + "$"
+    return "^" + re.escape(_health_request_path(health_path)) + "$"
 
 
 @renderer("apache2")
