@@ -68,6 +68,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                 to = ", ".join(f"{r['backend']} ({' '.join(names[a] for a in r['acls'])})"
                                for r in f["routes"]["rules"]) + (f", else {f['backend']}" if f["backend"] else
                                                                   ", else 404")
+            elif f.get("pool"):   # a pooled frontend: each VIP's backend
+                to = ", ".join(f"{p['address']} -> {p['backend']}" for p in f["pool"])
             print(f"  frontend {f['name']} {f['mode']} {', '.join(f['binds'])} :{f['port']}{extra} -> {to}")
         for be in m["haproxy"]["backends"]:
             servers = ", ".join(f"{s['name']}={s['address']}:{s['port']} w{s['weight']}"

@@ -513,6 +513,11 @@ class Cluster(Strict):
     drain_deadline: Annotated[int, BeforeValidator(_unit_duration(0, 3_600_000, "60s")),
                               WithJsonSchema(_DURATION_SCHEMA)] = Field(
         60_000, description="how long salt-run anycastlb.drain waits, once the node is withdrawn, for its HAProxy sessions to end (0s: not at all)")
+    frontends: Literal["service", "pooled"] = Field(
+        "service", description="HAProxy frontends: one per service and port (service), or one per port for the "
+                               "services of one catalog file whose frontends would be alike, each connection "
+                               "handed to its service's backend by destination address (pooled: a reload at "
+                               "hundreds of services parses far fewer TLS contexts; docs/performance.md)")
 
 
 #: An ACME External Account Binding key id (base64url characters, as CAs hand them out).

@@ -155,7 +155,8 @@ def compile_raw(raw: Marked, name: str = "<catalog>", secrets: Mapping[str, Any]
     fleet = _build(name, bgp, pools, management, nodes, peers, clusters, services, firewall,
                    icinga={"mode": monitoring.icinga,
                            "contacts": {k: v.model_dump() for k, v in sorted(contacts.items())}},
-                   acme=(acme, issuer) if acme is not None and issuer is not None else None)
+                   acme=(acme, issuer) if acme is not None and issuer is not None else None,
+                   tenant_of={s: t for t, o in owners.items() for s in o["services"]})
     fleet.warnings = _dedupe(warnings)
     fleet.owners = owners
     return fleet

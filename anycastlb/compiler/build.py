@@ -22,9 +22,11 @@ from .sharing import tls_ports, vip_request
 def _build(name: str, bgp: S.Bgp, pools: list[Net], management: list[Net], nodes: dict[str, S.Node],
            peers: dict[str, S.Peer], clusters: dict[str, S.Cluster], services: dict[str, _Svc],
            firewall: S.Firewall | None = None, icinga: dict[str, Any] | None = None,
-           acme: tuple[S.Acme, str] | None = None) -> Fleet:
-    """Compute every node's model from validated objects (``acme``: the section and the issuer node)."""
+           acme: tuple[S.Acme, str] | None = None, tenant_of: dict[str, str] | None = None) -> Fleet:
+    """Compute every node's model from validated objects (``acme``: the section and the issuer node;
+    ``tenant_of``: service → tenant, for pooled frontends)."""
     b = _Builder(bgp, pools, management, nodes, peers, clusters, services, firewall or S.Firewall())
+    b.tenant_of = tenant_of or {}
     b.acme, b.issuer = acme if acme is not None else (None, None)
     b.icinga = icinga or {"mode": "standalone", "contacts": {}}
     models = NodeModels(sorted(nodes), b.node_model)

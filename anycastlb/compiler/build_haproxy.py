@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from .. import schema as S
@@ -11,6 +13,10 @@ from .base import (ACME_CHALLENGE_PATH, ACME_CHALLENGE_PORT, ACME_PROBE_PORT, HA
 from .context import _Svc
 from .index import Index
 from .sharing import certificate_of, frontend_routes, tls_ports
+
+
+#: What is a pooled frontend member's own (the rest must be alike for services to share a pool).
+POOL_OWN = frozenset({"name", "service", "services", "binds", "backend", "backends", "routes", "pool"})
 
 
 class HaproxyBuilder(Index):
@@ -28,7 +34,13 @@ class HaproxyBuilder(Index):
                 for port in svc.ports:
                     bname = self.backend_name(svc, port)
                     fe = self.frontend_model(svc, port)
-                    if fe["name"] not in frontends:
+                    pooled = frontends.get(fe["name"]) if fe["pool"] else None
+                    if pooled is not None:   # another service of the pool: its VIPs and backend join
+                        pooled["services"].append(sname)
+                        pooled["binds"].extend(fe["binds"])
+                        pooled["backends"] = sorted({*pooled["backends"], bname})
+                        pooled["pool"].extend(fe["pool"])
+                    elif fe["name"] not in frontends:
                         frontends[fe["name"]] = fe
                         certs.update(fe["tls"]["certificates"] if fe["tls"] else [])
                     if bname in backends:
@@ -61,8 +73,40 @@ class HaproxyBuilder(Index):
             return None
         return {"address": self.nodes[nid].address, "port": ACME_PROBE_PORT, "certificates": acme}
 
+    def frontend_name(self, svc: _Svc, port: S.Port) -> str:
+        """The pooled frontend's name when the service's port joins one, else :meth:`Index.frontend_name`."""
+        return self.pool_name(svc, port) or super().frontend_name(svc, port)
+
+    def pool_name(self, svc: _Svc, port: S.Port) -> str | None:
+        """``pool-<port>-<digest>``: the frontend a service's port shares with the other services of its
+        tenant whose frontends would be alike, on a cluster with ``frontends: pooled``; None when it has
+        its own (or shares a VIP:port, routed by host). A frontend ``maxconn`` or raw directives are the
+        service's own: such a frontend is never pooled. The digest is of what the pool's members have in
+        common, so adding or removing a service leaves the name (and the other services) alone."""
+        k = (svc.name, port.port)
+        if k not in self.pool_names:
+            self.pool_names[k] = None
+            m = svc.model
+            if (m.cluster is not None and self.clusters[m.cluster].frontends == "pooled"
+                    and k not in self.shared):
+                fe = self._frontend(svc, port, "")
+                if not fe["maxconn"] and not fe["raw"]:
+                    alike = {x: v for x, v in fe.items() if x not in POOL_OWN}
+                    text = json.dumps([self.tenant_of.get(svc.name, "(root)"), alike], sort_keys=True)
+                    self.pool_names[k] = f"pool-{port.port}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        return self.pool_names[k]
+
     def frontend_model(self, svc: _Svc, port: S.Port) -> dict[str, Any]:
-        """The frontend of a service's port: its own, or the one it shares (routes to every service's backend)."""
+        """The frontend of a service's port: its own, the one it shares (routes to every service's backend
+        by host and path), or its pool's (``pool``: each VIP's backend, chosen by destination address)."""
+        name = self.frontend_name(svc, port)
+        fe = self._frontend(svc, port, name)
+        if self.pool_name(svc, port):
+            fe["backend"] = None
+            fe["pool"] = [{"address": a, "backend": fe["backends"][0]} for a in fe["binds"]]
+        return fe
+
+    def _frontend(self, svc: _Svc, port: S.Port, name: str) -> dict[str, Any]:
         shared = self.shared.get((svc.name, port.port))
         names = shared.services if shared is not None else [svc.name]
         models = [self.services[s].model for s in names]
@@ -71,7 +115,7 @@ class HaproxyBuilder(Index):
         redirect = bool(m.redirect_http and m.mode == "http" and port.port == 80)
         certificates = list(dict.fromkeys(c for s, mm in zip(names, models) if (c := certificate_of(s, mm))))
         fe: dict[str, Any] = {
-            "name": self.frontend_name(svc, port), "service": names[0], "services": names, "mode": m.mode,
+            "name": name, "service": names[0], "services": names, "mode": m.mode,
             "port": port.port, "binds": [str(ip) for ip in self.services[names[0]].vips],
             "tls": {"certificate": certificates[0], "certificates": certificates} if tls else None,
             "acme_challenge": any(mm.mode == "http" and port.port == 80 and mm.tls is not None and mm.tls.acme
@@ -81,6 +125,7 @@ class HaproxyBuilder(Index):
             "backend": self.backend_name(svc, port),
             "backends": sorted({self.backend_name(self.services[s], port) for s in names}),
             "routes": None,
+            "pool": None,
             **frontend_settings(m, tls, redirect),
         }
         if shared is not None:

@@ -27,9 +27,11 @@ class HealthBuilder(Index):
             lb_svcs = [s for s in v["services"] if self.services[s].model.mode != "anycast"]
             if lb_svcs:
                 fes = [f for f in by_bind.get(v["address"], []) if set(f["services"]) & set(lb_svcs)]
+                backends = {b for f in fes for b in ([p["backend"] for p in f["pool"] if p["address"] == v["address"]]
+                                                     if f["pool"] else f["backends"])}
                 anns.append({"prefix": v["prefix"], "services": lb_svcs,
                              "watch": {"type": "haproxy", "frontends": sorted(f["name"] for f in fes),
-                                       "backends": sorted({b for f in fes for b in f["backends"]})}})
+                                       "backends": sorted(backends)}})
             for sname in v["services"]:
                 svc = self.services[sname]
                 if svc.model.mode != "anycast":

@@ -45,6 +45,10 @@ class Index:
         self.speakers = sorted(n for n in nodes if n in self.node_clusters or n in self.anycast_of)
         #: (service, port) → the frontend it shares with other services on its VIPs (lint allowed it)
         self.shared = shared_ports(services)
+        #: service → its tenant ("(root)" for the root files), for pooled frontends
+        self.tenant_of: dict[str, str] = {}
+        #: (service, port) → the pooled frontend it joins, or None (computed once each)
+        self.pool_names: dict[tuple[str, int], str | None] = {}
 
     def addrs(self, nid: str) -> list[str]:
         n = self.nodes[nid]

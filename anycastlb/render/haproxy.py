@@ -3,7 +3,8 @@
 One frontend per (service, port) binding every VIP of the service (``transparent``
 so the bind works before the VIP is on ``lo``), or per VIP:port that http services
 share (routed by Host and path prefix, every service's certificate on the bind, picked
-by SNI), one backend per (service, server port). Catalog backend states are written into the config: ``drain`` is
+by SNI), or, on a cluster with ``frontends: pooled``, per port for the alike services of one tenant
+(routed by destination address through a ``map_ip`` file), one backend per (service, server port). Catalog backend states are written into the config: ``drain`` is
 ``weight 0`` (HAProxy 2.6 has no ``drain`` server keyword; a weight-0 server
 gets no new sessions and keeps its running ones), ``maintenance`` is
 ``disabled``. Checked with ``haproxy -c -f``.
@@ -11,6 +12,7 @@ gets no new sessions and keeps its running ones), ``maintenance`` is
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -18,10 +20,11 @@ from .. import httpstatus
 from ..paths import DIRECT
 from . import (CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, run_checker,
                template_file, under)
-from .quote import Quoted, carry, request_target, status_ranges
+from .quote import Quoted, carry, haproxy_name, request_target, status_ranges
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/certs"
+MAP_DIR = "/etc/haproxy/maps"
 #: The stats socket our haproxy.cfg declares (the same in both init modes, see anycastlb/paths.py).
 ADMIN_SOCKET = DIRECT.haproxy_admin_socket
 STATE_FILE = "/var/lib/haproxy/server-state"
@@ -38,6 +41,23 @@ def cert_path(name: str) -> str:
     if not _CERT_NAME.fullmatch(carry(name, "haproxy", "certificate name")) or ".." in name:
         raise RenderError(f"certificate name {name!r} is not a plain file name")
     return f"{CERT_DIR}/anycastlb-{name}.pem"
+
+
+_MAP_PATH = re.compile(r"[A-Za-z0-9_./-]+")
+
+
+def map_path(frontend: str, root: str) -> Quoted:
+    """Where a pooled frontend's destination map lives (under ``root``). It is written bare into a
+    sample expression, so anything but plain path characters is refused."""
+    path = under(root, f"{MAP_DIR}/anycastlb-{haproxy_name(frontend)}.map")
+    if not _MAP_PATH.fullmatch(path) or ".." in path:
+        raise RenderError(f"pooled frontend map path {path!r} is not a plain path")
+    return Quoted(path)
+
+
+def _map(pool: list[dict[str, str]]) -> str:
+    """A pooled frontend's ``map_ip`` file: each VIP (an address), then its service's backend."""
+    return "".join(f"{ipaddress.ip_address(p['address'])} {haproxy_name(p['backend'])}\n" for p in pool)
 
 
 def _pem(name: str, secrets: dict[str, Any]) -> str:
@@ -74,6 +94,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
             names = fe["tls"].get("certificates") or [fe["tls"]["certificate"]]
             fe["tls"] = {**fe["tls"], "pems": [under(root, cert_path(c)) for c in names]}
         fe["raw"] = _raw(fe.get("raw", []))
+        if fe.get("pool"):
+            fe["map"] = map_path(fe["name"], root)
         frontends.append(fe)
     files = [template_file(
         CONFIG, "haproxy/haproxy.cfg.j2",
@@ -88,6 +110,9 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     )]
     for name in hap["certificates"]:
         files.append(RenderedFile(cert_path(name), _pem(name, secrets), 0o600))
+    for fe in hap["frontends"]:
+        if fe.get("pool"):
+            files.append(RenderedFile(map_path(fe["name"], ""), _map(fe["pool"]), 0o644))
     return files
 
 
@@ -102,7 +127,7 @@ SPEC = DaemonSpec(
     wanted=lambda m: m.get("haproxy") is not None,
     render=render,
     check=check,
-    owned=(f"{CERT_DIR}/anycastlb-*.pem",),
+    owned=(f"{CERT_DIR}/anycastlb-*.pem", f"{MAP_DIR}/anycastlb-*.map"),
     leaves=(CONFIG,),
     binary="haproxy",
     packages=("haproxy",),

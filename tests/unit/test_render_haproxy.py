@@ -269,7 +269,7 @@ def test_a_daemon_refusal_restores_the_previous_files(tmp_path: Path, fleet: dic
 
 def test_daemon_spec() -> None:
     spec = daemon("haproxy")
-    assert spec.owned == ("/etc/haproxy/certs/anycastlb-*.pem",)
+    assert spec.owned == ("/etc/haproxy/certs/anycastlb-*.pem", "/etc/haproxy/maps/anycastlb-*.map")
     assert spec.binary == "haproxy"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,18 @@ def test_baseline_runs_a_process_per_check_as_icinga2_built_it(scale, campus_cat
     assert f"{itl}/check_tcp -H 198.51.100.42 -p 88 -r crit -M warn -t 10" in cmds
     assert "/usr/bin/python3 /p/check_anycastlb_udp.py -H 198.51.100.42 -p 88 -s anycastlb-probe -t 5" in cmds
     assert {len(old[k]) > 0 for k in ("http", "https", "certificate", "tcp", "udp")} == {True}
+
+
+def test_the_edge_cluster_pools_its_frontends_and_the_baseline_does_not(scale, tmp_path):
+    """Measured with ``frontends: pooled``; the same-run baseline renders a frontend per service port."""
+    counts = {}
+    for pooled in (True, False):
+        path = tmp_path / f"campus-{pooled}.yaml"
+        path.write_text(yaml.safe_dump(scale.scale_catalog(300, pooled=pooled), sort_keys=False))
+        counts[pooled] = len(compile_catalog(path).nodes["lb1"]["haproxy"]["frontends"])
+    assert counts[False] >= 400 and counts[True] <= 10, counts
+
+
+@pytest.mark.skipif(not shutil.which("haproxy"), reason="haproxy is not installed")
+def test_the_per_service_baseline_is_checked_by_haproxy(scale):
+    assert scale.per_service_check_ms(100, runs=1) > 0

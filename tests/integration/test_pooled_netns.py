@@ -1,0 +1,163 @@
+"""Pooled frontends for real: one HAProxy frontend, each VIP's connections to its own service.
+
+One network namespace (documentation prefixes on its ``lo`` only): a real HAProxy 2.6 in
+master-worker mode, applied through :func:`anycastlb.apply.apply_daemon` (``haproxy -c`` on the
+staged config and its maps, then the reload) by :class:`ServiceControl` in direct mode with the
+node's files under a temp root; three Python web servers, each answering with its own name. The
+cluster has ``frontends: pooled``, so the services share one frontend on port 80.
+
+What a user would see:
+- each VIP answers with its own service's backend, through the one pooled frontend;
+- a service added while a client makes a request every 10 ms: the client loses none, the new
+  VIP answers with its service, and the pool keeps its name;
+- a service removed: its VIP no longer answers, the others still do.
+About 10 s. Teardown kills only the PIDs started here and deletes only our namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from anycastlb.apply import apply_daemon
+from anycastlb.compiler import compile_catalog
+
+from netns_node import NetnsNode
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(not all(shutil.which(b) for b in ("ip", "haproxy")), reason="needs ip and haproxy"),
+]
+
+VIPS = {"alpha": "192.0.2.10", "beta": "192.0.2.11", "gamma": "192.0.2.12"}
+WEB = {"alpha": "203.0.113.31", "beta": "203.0.113.32", "gamma": "203.0.113.33"}
+
+
+def catalog(services: list[str]) -> str:
+    doc: dict[str, Any] = {
+        "bgp": {"asn": 64512}, "vip_pools": ["192.0.2.0/24"], "management": ["198.51.100.0/24"],
+        "nodes": {"rr1": {"address": "198.51.100.11", "roles": ["route-reflector"]},
+                  "lb1": {"address": "198.51.100.21"}},
+        "clusters": {"edge": {"nodes": ["lb1"], "frontends": "pooled"}},
+        "services": {s: {"mode": "http", "vip": VIPS[s], "cluster": "edge", "ports": [80], "backend_port": 8080,
+                         "check": {"http": {"path": "/"}, "interval": "200ms", "rise": 1, "fall": 2},
+                         "backends": {f"{s}-web": {"address": WEB[s]}}} for s in services}}
+    return yaml.safe_dump(doc)
+
+
+# N requests, one connection each, 10 ms apart; prints how many failed and which bodies were seen.
+CLIENT = textwrap.dedent("""
+    import http.client, json, sys, time
+    vip, n = sys.argv[1], int(sys.argv[2])
+    fail, errors, bodies = 0, [], {}
+    for i in range(n):
+        try:
+            c = http.client.HTTPConnection(vip, 80, timeout=2)
+            c.request("GET", "/")
+            r = c.getresponse()
+            body = r.read().decode().strip()
+            c.close()
+            bodies[body] = bodies.get(body, 0) + 1
+            if r.status != 200:
+                fail += 1; errors.append(r.status)
+        except Exception as exc:
+            fail += 1; errors.append(repr(exc))
+        time.sleep(0.01)
+    print(json.dumps({"requests": n, "failures": fail, "errors": errors[:5], "bodies": bodies}))
+""")
+
+
+class Node(NetnsNode):
+    """lb1 with the three web servers; ``apply(services)`` compiles and applies that catalog."""
+
+    def __init__(self) -> None:
+        super().__init__("pl", catalog(["alpha", "beta"]))
+
+    def up(self) -> None:
+        self.namespace(*VIPS.values(), *WEB.values())
+        for name, addr in WEB.items():
+            www = self.base / name
+            www.mkdir()
+            (www / "index.html").write_text(f"{name}\n")
+            self.spawn([sys.executable, "-m", "http.server", "8080", "--bind", addr, "--directory", str(www)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def apply(self, services: list[str]) -> dict[str, Any]:
+        path = self.base / "catalog.yaml"
+        path.write_text(catalog(services))
+        self.model = compile_catalog(path).nodes["lb1"]
+        res = apply_daemon("haproxy", self.model, {"certificates": {}, "bgp_passwords": {}},
+                           root=self.root, control=self.ctl)
+        assert res.result is True, res.comment
+        return self.model
+
+    def client(self, vip: str, n: int) -> subprocess.Popen[str]:
+        return self.spawn([sys.executable, "-c", CLIENT, vip, str(n)], stdout=subprocess.PIPE)
+
+    def get(self, vip: str, n: int = 1) -> dict[str, Any]:
+        out, _ = self.client(vip, n).communicate(timeout=60)
+        return json.loads(out)
+
+    def until_up(self, vip: str) -> dict[str, Any]:
+        """The VIP's answers once HAProxy's first check passed (rise 1 at 200 ms)."""
+        for _ in range(50):
+            got = self.get(vip)
+            if got["failures"] == 0:
+                return got
+        return got
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    n = Node()
+    try:
+        n.up()
+        yield n
+    finally:
+        n.down()
+
+
+def pool_name(model: dict[str, Any]) -> str:
+    [fe] = model["haproxy"]["frontends"]
+    return str(fe["name"])
+
+
+def test_one_frontend_hands_each_vip_to_its_service_and_follows_changes(node: Node) -> None:
+    model = node.apply(["alpha", "beta"])
+    pool = pool_name(model)
+    assert pool.startswith("pool-80-")
+    cfg = Path(node.root, "etc/haproxy/haproxy.cfg").read_text()
+    assert cfg.count("\nfrontend ") == 2   # the stats frontend and the pool
+    assert node.until_up(VIPS["alpha"])["bodies"] == {"alpha": 1}
+    assert node.until_up(VIPS["beta"])["bodies"] == {"beta": 1}
+
+    # gamma joins while alpha is in use: a reload, no request lost, the pool keeps its name
+    workers = node.ctl.haproxy_workers()
+    client = node.client(VIPS["alpha"], 150)
+    model = node.apply(["alpha", "beta", "gamma"])
+    out, _ = client.communicate(timeout=60)
+    during = json.loads(out)
+    assert node.ctl.haproxy_workers() != workers
+    assert during["failures"] == 0 and during["bodies"] == {"alpha": 150}, during
+    assert pool_name(model) == pool
+    assert node.until_up(VIPS["gamma"])["bodies"] == {"gamma": 1}
+
+    # beta leaves: its VIP no longer answers, the others do
+    model = node.apply(["alpha", "gamma"])
+    assert pool_name(model) == pool
+    gone = node.get(VIPS["beta"])
+    assert gone["failures"] == 1 and "ConnectionRefused" in gone["errors"][0], gone
+    assert node.get(VIPS["alpha"])["bodies"] == {"alpha": 1}
+    assert node.get(VIPS["gamma"])["bodies"] == {"gamma": 1}
+    map_text = Path(node.root, f"etc/haproxy/maps/anycastlb-{pool}.map").read_text()
+    assert map_text == f"{VIPS['alpha']} alpha-8080\n{VIPS['gamma']} gamma-8080\n"
