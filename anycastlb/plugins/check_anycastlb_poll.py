@@ -407,14 +407,26 @@ async def _probe_all(probes: list[dict[str, Any]], timeout: float, concurrency: 
     return out
 
 
+#: What names a check rather than what its probe does.
+OWN_KEYS = frozenset({"host", "service"})
+
+
 def probe_results(probes: list[dict[str, Any]], timeout: float = 10.0, concurrency: int = CONCURRENCY,
                   deadline: float = PROBE_DEADLINE) -> list[Result]:
     """Every probe of the spec, concurrently (at most ``concurrency`` in flight, ``timeout`` each,
     ``deadline`` for all): one result per probe, in the spec's order."""
     if not probes:
         return []
-    verdicts = asyncio.run(_probe_all(probes, timeout, concurrency, deadline))
-    return [(p["host"], p["service"], state, line) for p, (state, line) in zip(probes, verdicts)]
+    # checks that probe the same thing the same way (the tcp checks of one mail backend's port, for
+    # each service in front of it) share one probe: what it answers is every such check's result
+    unique: dict[str, int] = {}
+    index = [unique.setdefault(json.dumps({k: v for k, v in p.items() if k not in OWN_KEYS}, sort_keys=True),
+                               len(unique)) for p in probes]
+    firsts: dict[int, dict[str, Any]] = {}
+    for i, p in zip(index, probes):
+        firsts.setdefault(i, p)
+    verdicts = asyncio.run(_probe_all(list(firsts.values()), timeout, concurrency, deadline))
+    return [(p["host"], p["service"], *verdicts[i]) for p, i in zip(probes, index)]
 
 
 def command_lines(results: list[Result], now: int) -> str:

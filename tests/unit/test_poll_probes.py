@@ -182,6 +182,22 @@ def test_a_certificate_check_makes_its_own_handshake_when_the_https_one_had_none
     assert results[1][3] == f"CRITICAL - connect to address 127.0.0.1 and port {port}: Connection refused"
 
 
+def test_checks_that_probe_the_same_way_share_one_probe(servers):
+    """The tcp or http checks of one backend for every service in front of it: one probe, each
+    check gets its answer under its own host and service; a check that differs is probed apart."""
+    port, srv = servers()
+    same = [{**http_probe(port, "/status/200"), "host": f"web{i % 2}", "service": f"backend svc{i}"}
+            for i in range(4)]
+    other = {**same[0], "vhost": "intranet.example.org", "service": "backend intranet"}
+    results = poll.probe_results(same + [other])
+    assert [(h, s, state) for h, s, state, _ in results] == [
+        ("web0", "backend svc0", poll.OK), ("web1", "backend svc1", poll.OK), ("web0", "backend svc2", poll.OK),
+        ("web1", "backend svc3", poll.OK), ("web0", "backend intranet", poll.OK)]
+    assert len({line for *_, line in results[:4]}) == 1
+    assert sorted(h.split(":")[0] for h in srv.hosts) == ["intranet.example.org", "www.example.org"], \
+        "two probes for five checks"
+
+
 def test_certificate_expiry_read_from_der_matches_openssl(tmp_path):
     _key, crt = certificate(tmp_path, 45)
     der = ssl.PEM_cert_to_DER_cert(crt.read_text())
