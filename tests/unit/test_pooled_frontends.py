@@ -184,3 +184,13 @@ def test_rendered_pool_passes_haproxy_and_its_map_lists_each_vip(tmp_path: Path)
     # a map the renderer did not write is refused by HAProxy itself: the check is real
     (staging / map_file.lstrip("/")).unlink()
     assert not check(str(staging), files).ok
+
+
+def test_show_prints_where_each_vip_goes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from anycastlb.cli import main
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(CATALOG))
+    assert main(["show", str(path), "lb1"]) == 0
+    pool = pool_of(compile_catalog(path).nodes["lb1"], "alpha", 80)["name"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if f"frontend {pool} " in x)
+    assert line.endswith(":80 -> 192.0.2.10 -> alpha-8080, 192.0.2.11 -> beta-8081, 2001:db8:1::11 -> beta-8081")
