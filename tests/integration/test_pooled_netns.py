@@ -7,10 +7,11 @@ node's files under a temp root; three Python web servers, each answering with it
 cluster has ``frontends: pooled``, so the services share one frontend on port 80.
 
 What a user would see:
-- each VIP answers with its own service's backend, through the one pooled frontend;
+- each VIP (IPv4 and IPv6) answers with its own service's backend, through the one pooled frontend;
 - a service added while a client makes a request every 10 ms: the client loses none, the new
   VIP answers with its service, and the pool keeps its name;
-- a service removed: its VIP no longer answers, the others still do.
+- a service removed: its VIP no longer answers, the others still do;
+- the cluster back to a frontend per service, under load: no request lost, the map file gone.
 About 10 s. Teardown kills only the PIDs started here and deletes only our namespace.
 """
 
@@ -40,16 +41,18 @@ pytestmark = [
 ]
 
 VIPS = {"alpha": "192.0.2.10", "beta": "192.0.2.11", "gamma": "192.0.2.12"}
+BETA6 = "2001:db8:1::11"   # beta's second VIP: the map matches IPv6 destinations too
 WEB = {"alpha": "203.0.113.31", "beta": "203.0.113.32", "gamma": "203.0.113.33"}
 
 
-def catalog(services: list[str]) -> str:
+def catalog(services: list[str], frontends: str = "pooled") -> str:
     doc: dict[str, Any] = {
-        "bgp": {"asn": 64512}, "vip_pools": ["192.0.2.0/24"], "management": ["198.51.100.0/24"],
-        "nodes": {"rr1": {"address": "198.51.100.11", "roles": ["route-reflector"]},
-                  "lb1": {"address": "198.51.100.21"}},
-        "clusters": {"edge": {"nodes": ["lb1"], "frontends": "pooled"}},
-        "services": {s: {"mode": "http", "vip": VIPS[s], "cluster": "edge", "ports": [80], "backend_port": 8080,
+        "bgp": {"asn": 64512}, "vip_pools": ["192.0.2.0/24", "2001:db8:1::/64"],
+        "management": ["198.51.100.0/24", "2001:db8:100::/64"],
+        "nodes": {"rr1": {"address": "198.51.100.11", "address6": "2001:db8:100::11", "roles": ["route-reflector"]},
+                  "lb1": {"address": "198.51.100.21", "address6": "2001:db8:100::21"}},
+        "clusters": {"edge": {"nodes": ["lb1"], "frontends": frontends}},
+        "services": {s: {"mode": "http", "vip": [VIPS[s], BETA6] if s == "beta" else VIPS[s], "cluster": "edge", "ports": [80], "backend_port": 8080,
                          "check": {"http": {"path": "/"}, "interval": "200ms", "rise": 1, "fall": 2},
                          "backends": {f"{s}-web": {"address": WEB[s]}}} for s in services}}
     return yaml.safe_dump(doc)
@@ -85,6 +88,7 @@ class Node(NetnsNode):
 
     def up(self) -> None:
         self.namespace(*VIPS.values(), *WEB.values())
+        subprocess.run(["ip", "-n", self.ns, "addr", "add", f"{BETA6}/128", "dev", "lo", "nodad"], check=True)
         for name, addr in WEB.items():
             www = self.base / name
             www.mkdir()
@@ -92,9 +96,9 @@ class Node(NetnsNode):
             self.spawn([sys.executable, "-m", "http.server", "8080", "--bind", addr, "--directory", str(www)],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def apply(self, services: list[str]) -> dict[str, Any]:
+    def apply(self, services: list[str], frontends: str = "pooled") -> dict[str, Any]:
         path = self.base / "catalog.yaml"
-        path.write_text(catalog(services))
+        path.write_text(catalog(services, frontends))
         self.model = compile_catalog(path).nodes["lb1"]
         res = apply_daemon("haproxy", self.model, {"certificates": {}, "bgp_passwords": {}},
                            root=self.root, control=self.ctl)
@@ -140,6 +144,7 @@ def test_one_frontend_hands_each_vip_to_its_service_and_follows_changes(node: No
     assert cfg.count("\nfrontend ") == 2   # the stats frontend and the pool
     assert node.until_up(VIPS["alpha"])["bodies"] == {"alpha": 1}
     assert node.until_up(VIPS["beta"])["bodies"] == {"beta": 1}
+    assert node.get(BETA6)["bodies"] == {"beta": 1}
 
     # gamma joins while alpha is in use: a reload, no request lost, the pool keeps its name
     workers = node.ctl.haproxy_workers()
@@ -155,9 +160,20 @@ def test_one_frontend_hands_each_vip_to_its_service_and_follows_changes(node: No
     # beta leaves: its VIP no longer answers, the others do
     model = node.apply(["alpha", "gamma"])
     assert pool_name(model) == pool
-    gone = node.get(VIPS["beta"])
-    assert gone["failures"] == 1 and "ConnectionRefused" in gone["errors"][0], gone
+    for vip in (VIPS["beta"], BETA6):
+        gone = node.get(vip)
+        assert gone["failures"] == 1 and "ConnectionRefused" in gone["errors"][0], gone
     assert node.get(VIPS["alpha"])["bodies"] == {"alpha": 1}
     assert node.get(VIPS["gamma"])["bodies"] == {"gamma": 1}
     map_text = Path(node.root, f"etc/haproxy/maps/anycastlb-{pool}.map").read_text()
     assert map_text == f"{VIPS['alpha']} alpha-8080\n{VIPS['gamma']} gamma-8080\n"
+
+    # back to a frontend per service, under load: the listeners move over, the map goes
+    client = node.client(VIPS["gamma"], 100)
+    model = node.apply(["alpha", "gamma"], frontends="service")
+    out, _ = client.communicate(timeout=60)
+    during = json.loads(out)
+    assert during["failures"] == 0 and during["bodies"] == {"gamma": 100}, during
+    assert sorted(f["name"] for f in model["haproxy"]["frontends"]) == ["alpha-80", "gamma-80"]
+    assert not list(Path(node.root, "etc/haproxy/maps").glob("*.map"))
+    assert node.get(VIPS["alpha"])["bodies"] == {"alpha": 1}
