@@ -134,7 +134,8 @@ def _check_service(ctx: _Ctx, name: str, m: S.Service, raw: Marked, pools: list[
             err("cluster", f"required for mode {m.mode}: the HAProxy cluster that serves it")
             ok = False
         elif m.cluster not in clusters:
-            err("cluster", f"cluster {m.cluster!r} does not exist")
+            if m.cluster not in _section(ctx, "clusters"):   # one refused is reported where it is written
+                err("cluster", f"cluster {m.cluster!r} does not exist")
             ok = False
     elif m.cluster is not None:
         err("cluster", "mode anycast has no cluster: its backends announce the VIP themselves")
@@ -305,7 +306,7 @@ def _check_references(ctx: _Ctx, name: str, raw: Any, pools: list[Net], nodes: d
         return
     err = lambda key, msg, path: ctx.err("services", name, key, msg, raw, path)  # noqa: E731
     cluster = raw.get("cluster")
-    if isinstance(cluster, str) and cluster not in clusters:
+    if isinstance(cluster, str) and cluster not in clusters and cluster not in _section(ctx, "clusters"):
         err("cluster", f"cluster {cluster!r} does not exist", ["cluster"])
     vips = raw.get("vip")
     for i, text in enumerate(vips if isinstance(vips, list) else [vips] if vips is not None else []):

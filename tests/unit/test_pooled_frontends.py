@@ -194,3 +194,15 @@ def test_show_prints_where_each_vip_goes(tmp_path: Path, capsys: pytest.CaptureF
     pool = pool_of(compile_catalog(path).nodes["lb1"], "alpha", 80)["name"]
     line = next(x for x in capsys.readouterr().out.splitlines() if f"frontend {pool} " in x)
     assert line.endswith(":80 -> 192.0.2.10 -> alpha-8080, 192.0.2.11 -> beta-8081, 2001:db8:1::11 -> beta-8081")
+
+
+def test_a_bad_value_is_one_error_where_it_is_written(tmp_path: Path) -> None:
+    """Refused with file:line, cluster and key; the services of the refused cluster add no errors."""
+    from anycastlb.errors import CatalogRefused
+    cat = yaml.safe_load(yaml.safe_dump(CATALOG))
+    cat["clusters"]["edge"]["frontends"] = "pool; rm -rf /"
+    with pytest.raises(CatalogRefused) as exc:
+        compiled(tmp_path, cat)
+    [err] = exc.value.errors
+    assert (err.file, err.key) == (str(tmp_path / "catalog.yaml"), "frontends") and err.line
+    assert "cluster 'edge'" in str(err) and "expected 'service' or 'pooled'" in str(err)
