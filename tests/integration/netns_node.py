@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from anycastlb.compiler import compile_catalog
 from anycastlb.service import ServiceControl
@@ -33,6 +33,22 @@ class NetnsNode:
         self.procs: list[subprocess.Popen[str]] = []
         (self.base / "catalog.yaml").write_text(catalog)
         self.model: dict[str, Any] = compile_catalog(self.base / "catalog.yaml").nodes["lb1"]
+
+    def up(self) -> None:
+        """The node's namespace and what runs in it (each test's own)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """``up``; torn down again if that fails half way (``with Node() as n``: ``down`` at the end)."""
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
 
     def namespace(self, *addresses: str) -> None:
         """Create the namespace, ``lo`` up with ``addresses`` (host routes) on it."""

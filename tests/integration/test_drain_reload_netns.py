@@ -106,12 +106,8 @@ class Node(NetnsNode):
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    n = Node()
-    try:
-        n.up()
+    with Node() as n:
         yield n
-    finally:
-        n.down()
 
 
 def result(p: subprocess.Popen[str]) -> dict:

@@ -123,12 +123,8 @@ class Node(NetnsNode):
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    n = Node()
-    try:
-        n.up()
+    with Node() as n:
         yield n
-    finally:
-        n.down()
 
 
 def pool_name(model: dict[str, Any]) -> str:
