@@ -120,17 +120,16 @@ class _Builder(HaproxyBuilder, HealthBuilder, FirewallBuilder, MonitoringBuilder
                     "rx" if role == "listener" else None, n.address)
                 add(rr, "route-reflector", o.address6, self.bgp.asn, self.bgp.password,
                     "rx" if role == "listener" else None, n.address6)
-        vips = self.node_vips(nid)
-        announce = [] if n.state != "active" else [
-            f"{ip}/{ip.max_prefixlen}" for ip, _ in vips]
+        vips = [(ip, str(ip), svcs) for ip, svcs in self.node_vips(nid)]   # each address printed once
+        announce = [] if n.state != "active" else [f"{a}/{ip.max_prefixlen}" for ip, a, _ in vips]
         return {
             "asn": self.bgp.asn, "router_id": n.address, "role": role, "bfd": bfd,
             "hold_ms": self.bgp.hold,
             "vip_pools": {"ipv4": [str(p) for p in self.pools if p.version == 4],
                           "ipv6": [str(p) for p in self.pools if p.version == 6]},
             "neighbors": sorted(neighbors, key=lambda x: (x["kind"], x["name"], x["family"])),
-            "vips": [{"address": str(ip), "prefix": f"{ip}/{ip.max_prefixlen}", "family": family(ip),
-                      "services": svcs} for ip, svcs in vips],
+            "vips": [{"address": a, "prefix": f"{a}/{ip.max_prefixlen}", "family": family(ip),
+                      "services": svcs} for ip, a, svcs in vips],
             "announce": announce,
         }
 
@@ -146,7 +145,7 @@ class _Builder(HaproxyBuilder, HealthBuilder, FirewallBuilder, MonitoringBuilder
         svc = self.services[sname]
         m = svc.model
         return {
-            "mode": m.mode, "cluster": m.cluster, "vips": [str(ip) for ip in svc.vips],
+            "mode": m.mode, "cluster": m.cluster, "vips": list(svc.vip_texts),
             "ports": [str(p) for p in svc.ports], "backend_port": m.backend_port, "balance": m.balance,
             "allow": list(m.allow), "tls": ("acme" if m.tls.acme else m.tls.certificate) if m.tls else None, "redirect_http": m.redirect_http,
             "backends": {b: {"address": be.address or self.nodes[b].address, "weight": be.weight,

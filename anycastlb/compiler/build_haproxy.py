@@ -15,6 +15,8 @@ from .index import Index
 from .sharing import certificate_of, frontend_routes, tls_ports
 
 
+#: A service without ``haproxy:`` settings (built once: only read).
+NO_SETTINGS = S.HaproxySettings()
 #: What is a pooled frontend member's own (the rest must be alike for services to share a pool).
 POOL_OWN = frozenset({"name", "service", "services", "binds", "backend", "backends", "routes", "pool"})
 
@@ -38,7 +40,7 @@ class HaproxyBuilder(Index):
                     if pooled is not None:   # another service of the pool: its VIPs and backend join
                         pooled["services"].append(sname)
                         pooled["binds"].extend(fe["binds"])
-                        pooled["backends"] = sorted({*pooled["backends"], bname})
+                        pooled["backends"].append(bname)   # sorted once the node's frontends are complete
                         pooled["pool"].extend(fe["pool"])
                     elif fe["name"] not in frontends:
                         frontends[fe["name"]] = fe
@@ -55,6 +57,9 @@ class HaproxyBuilder(Index):
                     backends[bname] = {"name": bname, "service": sname, "mode": m.mode, "balance": m.balance,
                                        "port": sport, "check": self.check_model(svc, None),
                                        "servers": servers, **backend_settings(sname, m)}
+        for fe in frontends.values():
+            if fe["pool"]:
+                fe["backends"] = sorted(set(fe["backends"]))
         return {"clusters": self.node_clusters[nid],
                 "drain_deadline_ms": max(self.clusters[c].drain_deadline for c in self.node_clusters[nid]),
                 "stats": {"address": n.address, "port": HAPROXY_STATS_PORT},
@@ -116,7 +121,7 @@ class HaproxyBuilder(Index):
         certificates = list(dict.fromkeys(c for s, mm in zip(names, models) if (c := certificate_of(s, mm))))
         fe: dict[str, Any] = {
             "name": name, "service": names[0], "services": names, "mode": m.mode,
-            "port": port.port, "binds": [str(ip) for ip in self.services[names[0]].vips],
+            "port": port.port, "binds": list(self.services[names[0]].vip_texts),
             "tls": {"certificate": certificates[0], "certificates": certificates} if tls else None,
             "acme_challenge": any(mm.mode == "http" and port.port == 80 and mm.tls is not None and mm.tls.acme
                                   for mm in models),
@@ -190,7 +195,7 @@ class HaproxyBuilder(Index):
 
 def frontend_settings(m: S.Service, tls: bool, redirect: bool) -> dict[str, Any]:
     """A frontend's per-service settings (``haproxy:`` in the catalog); None/empty keep the defaults."""
-    h = m.haproxy or S.HaproxySettings()
+    h = m.haproxy or NO_SETTINGS
     hsts = None
     if h.hsts is not None and tls:
         hsts = {"max_age_s": h.hsts.max_age // 1000, "include_subdomains": h.hsts.include_subdomains,
@@ -204,7 +209,7 @@ def frontend_settings(m: S.Service, tls: bool, redirect: bool) -> dict[str, Any]
 
 def backend_settings(sname: str, m: S.Service) -> dict[str, Any]:
     """A backend's per-service settings (``haproxy:`` in the catalog); None/empty keep the defaults."""
-    h = m.haproxy or S.HaproxySettings()
+    h = m.haproxy or NO_SETTINGS
     stick: dict[str, Any] | None = None
     if h.stick is not None:
         stick = {"by": h.stick.by}

@@ -17,21 +17,26 @@ class HealthBuilder(Index):
         bgp = model["bgp"]
         if bgp is None or bgp["role"] != "speaker":
             return {"announcements": []}
-        by_bind: dict[str, list[dict[str, Any]]] = {}   # bind address → frontends, in model order (one pass, not VIPs × frontends)
+        # bind address → (frontend, its services, the backends that address reaches), in model order:
+        # one pass over the frontends, not VIPs × frontends (a pooled frontend binds hundreds of VIPs)
+        by_bind: dict[str, list[tuple[dict[str, Any], set[str], list[str]]]] = {}
         for f in (model["haproxy"] or {"frontends": []})["frontends"]:
+            services = set(f["services"])
+            reached: dict[str, list[str]] = {}
+            for p in f["pool"] or []:
+                reached.setdefault(p["address"], []).append(p["backend"])
             for addr in dict.fromkeys(f["binds"]):
-                by_bind.setdefault(addr, []).append(f)
+                by_bind.setdefault(addr, []).append((f, services, reached[addr] if f["pool"] else f["backends"]))
         for v in bgp["vips"]:
             if v["prefix"] not in bgp["announce"]:
                 continue
             lb_svcs = [s for s in v["services"] if self.services[s].model.mode != "anycast"]
             if lb_svcs:
-                fes = [f for f in by_bind.get(v["address"], []) if set(f["services"]) & set(lb_svcs)]
-                backends = {b for f in fes for b in ([p["backend"] for p in f["pool"] if p["address"] == v["address"]]
-                                                     if f["pool"] else f["backends"])}
+                fes = [(f, reached) for f, services, reached in by_bind.get(v["address"], [])
+                       if not services.isdisjoint(lb_svcs)]
                 anns.append({"prefix": v["prefix"], "services": lb_svcs,
-                             "watch": {"type": "haproxy", "frontends": sorted(f["name"] for f in fes),
-                                       "backends": sorted(backends)}})
+                             "watch": {"type": "haproxy", "frontends": sorted(f["name"] for f, _ in fes),
+                                       "backends": sorted({b for _, reached in fes for b in reached})}})
             for sname in v["services"]:
                 svc = self.services[sname]
                 if svc.model.mode != "anycast":

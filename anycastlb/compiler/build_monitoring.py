@@ -39,12 +39,12 @@ class MonitoringBuilder(Index):
                 continue
             announcers = self.announcers(sname)
             active = [x for x in announcers if self.nodes[x].state == "active"]
-            for ip in svc.vips:
-                prefix = f"{ip}/{ip.max_prefixlen}"
+            for vip, ip in zip(svc.vips, svc.vip_texts):   # ip: the address, printed once
+                prefix = f"{ip}/{vip.max_prefixlen}"
                 checks.append({"name": f"announcers {sname} {ip}", "host": None, "type": "announcers",
                                "service": sname, "prefix": prefix, "expected": active, "notify": notify})
                 for port in svc.ports:
-                    c = self._service_check(svc, port, str(ip))
+                    c = self._service_check(svc, port, ip)
                     checks.append({"name": f"vip {sname} {ip} {port}", "host": None, "service": sname,
                                    "notify": notify, **c})
                 if m.tls is not None and m.tls.acme and self.acme is not None and tls_ports(m):
@@ -53,7 +53,7 @@ class MonitoringBuilder(Index):
                     warn = max(1, -(-self.acme.renew_before // 86_400_000) - 1)
                     for host in acme_names(m):
                         checks.append({"name": f"acme {sname} {host} {ip}", "host": None,
-                                       "service": sname, "notify": notify, "type": "https", "address": str(ip),
+                                       "service": sname, "notify": notify, "type": "https", "address": ip,
                                        "port": 443 if 443 in tls_ports(m) else min(tls_ports(m)),
                                        "http_host": host, "path": "/", "expect": None, "tls": True,
                                        "certificate_only": True, "cert_days": [warn, max(1, warn // 3)]})

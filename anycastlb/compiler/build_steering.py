@@ -19,13 +19,13 @@ class SteeringBuilder(Index):
         for cid in sorted(self.clusters):
             svcs = [self.services[s] for s in self.cluster_services[cid]]
             groups.append(group(f"cluster {cid}", [x for x in self.clusters[cid].nodes if x in self.nodes],
-                                self.clusters[cid].steering, [str(ip) for s in svcs for ip in s.vips],
+                                self.clusters[cid].steering, [ip for s in svcs for ip in s.vip_texts],
                                 [p.port for s in svcs for p in s.ports if p.protocol == "tcp"]))
         for sname in sorted(self.services):
             svc = self.services[sname]
             if svc.model.mode == "anycast":
                 groups.append(group(f"anycast {sname}", [b for b in svc.model.backends if b in self.nodes],
-                                    svc.model.steering, [str(ip) for ip in svc.vips],
+                                    svc.model.steering, list(svc.vip_texts),
                                     [p.port for p in svc.ports if p.protocol == "tcp"]))
         return [g for g in groups if g is not None]
 

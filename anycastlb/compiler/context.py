@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Iterator, cast
 
 from pydantic import BaseModel, ValidationError
@@ -246,6 +247,11 @@ class _Svc:
     raw: Marked
     vips: list[IP]
     ports: list[S.Port]
+
+    @cached_property
+    def vip_texts(self) -> list[str]:
+        """``vips`` as text, once (an IPv6 address is dear to print, and every node model prints them)."""
+        return [str(ip) for ip in self.vips]
 
 
 def _dedupe(errors: list[CatalogError]) -> list[CatalogError]:
