@@ -515,7 +515,7 @@ class Cluster(Strict):
         60_000, description="how long salt-run anycastlb.drain waits, once the node is withdrawn, for its HAProxy sessions to end (0s: not at all)")
     frontends: Literal["service", "pooled"] = Field(
         "service", description="HAProxy frontends: one per service and port (service), or one per port for the "
-                               "services of one catalog file whose frontends would be alike, each connection "
+                               "services of one tenant whose frontends would be alike, each connection "
                                "handed to its service's backend by destination address (pooled: a reload at "
                                "hundreds of services parses far fewer TLS contexts; docs/performance.md)")
 
