@@ -104,9 +104,9 @@ class HaproxyBuilder(Index):
     def frontend_model(self, svc: _Svc, port: S.Port) -> dict[str, Any]:
         """The frontend of a service's port: its own, the one it shares (routes to every service's backend
         by host and path), or its pool's (``pool``: each VIP's backend, chosen by destination address)."""
-        name = self.frontend_name(svc, port)
-        fe = self._frontend(svc, port, name)
-        if self.pool_name(svc, port):
+        pool = self.pool_name(svc, port)
+        fe = self._frontend(svc, port, pool or super().frontend_name(svc, port))
+        if pool:
             fe["backend"] = None
             fe["pool"] = [{"address": a, "backend": fe["backends"][0]} for a in fe["binds"]]
         return fe

@@ -282,6 +282,12 @@ FORCE_RATE = 250
 REFORCE_S = 15.0
 
 
+def _force_checks(lab: "Lab", mon: str, checks: list[tuple[str, str]], now: int, rate: int = 0) -> None:
+    """Icinga2 runs each (host, service) check now, or, with ``rate``, that many a second from now."""
+    _icinga_command(lab, mon, [f"[{now}] SCHEDULE_FORCED_SVC_CHECK;{h};{d};{now + (i // rate if rate else 0)}\n"
+                               for i, (h, d) in enumerate(checks)])
+
+
 def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str, Any]:
     """The first full check round: wait for HAProxy's own first verdicts on every backend
     server and for the monitoring node's BIRD to carry every expected announcement, then
@@ -316,8 +322,7 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
     # Now the network checks are the poller's probes too: what is forced is the poller (and
     # the ACME checks, which stay active).
     active = [(h, d) for h, d, enabled in rows if enabled]
-    _icinga_command(lab, mons[0], [f"[{now}] SCHEDULE_FORCED_SVC_CHECK;{h};{d};{now + i // FORCE_RATE}\n"
-                                   for i, (h, d) in enumerate(active)])
+    _force_checks(lab, mons[0], active, now, FORCE_RATE)
     # settled = every check has a result from this round (an earlier one, e.g. a poller run
     # Icinga2 scheduled while the fleet was still coming up, is not PENDING but may be stale)
     fresh = "GET services\nColumns: host_name description state last_check\nOutputFormat: json\n\n"
@@ -329,9 +334,8 @@ def run_checks_now(lab: "Lab", fleet: Fleet, timeout: float = 120.0) -> dict[str
         not run again by Icinga2, whose next run is then its interval away: forced once more."""
         rs = _livestatus_rows(lab, mons[0], fresh) or []
         if time.monotonic() - forced_at["t"] > REFORCE_S:
-            again = int(time.time())
             stale = [(h, d) for h, d, _s, last in rs if int(last) < now and (h, d) in forced]
-            _icinga_command(lab, mons[0], [f"[{again}] SCHEDULE_FORCED_SVC_CHECK;{h};{d};{again}\n" for h, d in stale])
+            _force_checks(lab, mons[0], stale, int(time.time()))
             forced_at["t"] = time.monotonic()
         return rs
     done = poll_until(rows_forcing_again, lambda rs: bool(rs) and all(int(last) >= now for _h, _d, _s, last in rs),

@@ -88,6 +88,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     """haproxy.cfg plus one 0600 PEM bundle per certificate the node terminates."""
     hap = model["haproxy"]
     frontends = []
+    maps: list[RenderedFile] = []   # each pooled frontend's destination map
     for fe in hap["frontends"]:
         fe = dict(fe)
         if fe["tls"]:
@@ -96,6 +97,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         fe["raw"] = _raw(fe.get("raw", []))
         if fe.get("pool"):
             fe["map"] = map_path(fe["name"], root)
+            maps.append(RenderedFile(map_path(fe["name"], ""), _map(fe["pool"]), 0o644))
         frontends.append(fe)
     files = [template_file(
         CONFIG, "haproxy/haproxy.cfg.j2",
@@ -110,10 +112,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     )]
     for name in hap["certificates"]:
         files.append(RenderedFile(cert_path(name), _pem(name, secrets), 0o600))
-    for fe in hap["frontends"]:
-        if fe.get("pool"):
-            files.append(RenderedFile(map_path(fe["name"], ""), _map(fe["pool"]), 0o644))
-    return files
+    return files + maps
 
 
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:
