@@ -74,8 +74,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         for be in m["haproxy"]["backends"]:
             servers = ", ".join(f"{s['name']}={s['address']}:{s['port']} w{s['weight']}"
                                 f"{' backup' if s['backup'] else ''}{'' if s['state'] == 'active' else ' ' + s['state']}"
+                                f"{' tracks ' + s['track']['backend'] if s.get('track') else ''}"
                                 for s in be["servers"])
             print(f"  backend {be['name']} {be['balance']} check {be['check']['type']}: {servers}")
+        for c in m["haproxy"].get("checks", []):   # shared health checks (their servers are tracked)
+            print(f"  check {c['name']} {c['check']['type']}: {', '.join(s['name'] for s in c['servers'])} "
+                  f"({', '.join(c['backends'])})")
     if m["apache"]:
         for v in m["apache"]["vhosts"]:
             print(f"  apache vhost {v['server_name']}:{v['port']} ({v['service']})")

@@ -85,6 +85,7 @@ class HaproxyModel(TypedDict):
     stats: dict[str, Any]
     frontends: list[dict[str, Any]]
     backends: list[dict[str, Any]]
+    checks: list[dict[str, Any]]   # health checks several backends' servers share (they ``track`` them)
     certificates: list[str]
     acme: "AcmeChallenge | None"   # where /.well-known/acme-challenge/ goes (ACME services only)
     acme_probe: "AcmeProbe | None"   # the node's ACME certificates on its own address, for monitoring

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import AbstractSet, Any, Callable, Sequence
 
 from .paths import DIRECT, DaemonPaths, for_mode
 from .render import under
@@ -233,6 +233,32 @@ def bind_addresses(config: str) -> set[tuple[str, int]]:
     return out
 
 
+def tracking_servers(config: str) -> set[tuple[str, str]]:
+    """``(backend, server)`` of every server of a HAProxy config that tracks another's check."""
+    out: set[tuple[str, str]] = set()
+    backend = ""
+    for m in re.finditer(r"^(?:backend\s+(\S+)|\s+server\s+(\S+)\s.*\strack\s.*)$", config, re.M):
+        if m.group(1):
+            backend = m.group(1)
+        else:
+            out.add((backend, m.group(2)))
+    return out
+
+
+def without_servers(state: str, servers: AbstractSet[tuple[str, str]]) -> str:
+    """A ``show servers state`` dump without the lines of ``servers`` (``be_name`` and ``srv_name``
+    are its 2nd and 4th fields)."""
+    if not servers:
+        return state
+    keep = []
+    for line in state.splitlines(keepends=True):
+        f = line.split(None, 4)
+        if len(f) > 4 and not line.startswith("#") and (f[1], f[3]) in servers:
+            continue
+        keep.append(line)
+    return "".join(keep)
+
+
 def foreign_listeners(ss_output: str, binds: set[tuple[str, int]]) -> list[tuple[str, int, str]]:
     """Binds held by a listening socket that is not HAProxy's, from ``ss -Htlnp`` output."""
     wild = {"*", "0.0.0.0", "::"}
@@ -399,7 +425,7 @@ class ServiceControl:
     def _master_proc(self) -> ProcInfo:
         return parse_show_proc(unix_query(self.path(self.paths.haproxy_master_socket), "show proc"))
 
-    def _haproxy_preflight(self, running: ProcInfo) -> set[tuple[str, int]]:
+    def _haproxy_preflight(self, running: ProcInfo, config: str | None) -> set[tuple[str, int]]:
         """Refuse a reload whose binds another program holds; return the config's binds.
 
         HAProxy 2.6 answers such a reload by pausing the running workers' listeners
@@ -411,11 +437,9 @@ class ServiceControl:
         and none at all when there are none (``ss -p`` reads every process's descriptors:
         40 ms with 3,000 listeners).
         """
-        try:
-            with open(self.path("/etc/haproxy/haproxy.cfg"), encoding="utf-8") as fh:
-                binds = bind_addresses(fh.read())
-        except OSError:
+        if config is None:
             return set()
+        binds = bind_addresses(config)
         new = binds - self._recorded_binds(running)
         if not new:
             return binds
@@ -457,8 +481,13 @@ class ServiceControl:
         The master CLI answers only once the new master has forked its worker, so the first
         ``show proc`` after the signal waits for the reload to finish; the poll is short."""
         before = self._master_proc()
-        binds = self._haproxy_preflight(before)
-        saved = self.save_haproxy_state()
+        try:
+            with open(self.path("/etc/haproxy/haproxy.cfg"), encoding="utf-8") as fh:
+                config: str | None = fh.read()
+        except OSError:
+            config = None
+        binds = self._haproxy_preflight(before, config)
+        saved = self.save_haproxy_state(tracking_servers(config) if config else set())
         os.kill(before.master_pid, signal.SIGUSR2)
         deadline = time.monotonic() + RELOAD_TIMEOUT_S
         last = ""
@@ -506,8 +535,12 @@ class ServiceControl:
         """The current HAProxy worker PIDs (from the master's ``show proc``)."""
         return tuple(pid for pid, _ in self._master_proc().workers)
 
-    def save_haproxy_state(self) -> str:
-        """Dump ``show servers state`` to the server-state file (read by the next worker)."""
+    def save_haproxy_state(self, tracking: AbstractSet[tuple[str, str]] = frozenset()) -> str:
+        """Dump ``show servers state`` to the server-state file (read by the next worker), without the
+        servers that track another's check in the config about to be loaded (``tracking``): a tracking
+        server's saved UP or DOWN would override the state of the check it tracks (measured with HAProxy
+        2.6: a tracking server loaded DOWN stayed DOWN beside its UP check), while without a line it
+        takes that check's loaded state."""
         path = self.path("/var/lib/haproxy/server-state")
         try:
             text = unix_query(self.path(self.paths.haproxy_admin_socket), "show servers state")
@@ -516,7 +549,7 @@ class ServiceControl:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            fh.write(without_servers(text, tracking))
         os.replace(tmp, path)
         return "server states saved"
 

@@ -53,18 +53,21 @@ class HaproxyBuilder(Index):
                         be = m.backends[bid]
                         addr = be.address or self.nodes[bid].address
                         servers.append({"name": bid, "address": addr, "port": sport, "weight": be.weight,
-                                        "backup": be.backup, "state": be.state, "managed": bid in self.nodes})
+                                        "backup": be.backup, "state": be.state, "managed": bid in self.nodes,
+                                        "track": None})
                     backends[bname] = {"name": bname, "service": sname, "mode": m.mode, "balance": m.balance,
                                        "port": sport, "check": self.check_model(svc, None),
                                        "servers": servers, **backend_settings(sname, m)}
         for fe in frontends.values():
             if fe["pool"]:
                 fe["backends"] = sorted(set(fe["backends"]))
+        ordered = [backends[k] for k in sorted(backends)]
         return {"clusters": self.node_clusters[nid],
                 "drain_deadline_ms": max(self.clusters[c].drain_deadline for c in self.node_clusters[nid]),
                 "stats": {"address": n.address, "port": HAPROXY_STATS_PORT},
                 "frontends": [frontends[k] for k in sorted(frontends)],
-                "backends": [backends[k] for k in sorted(backends)],
+                "backends": ordered,
+                "checks": share_checks(ordered),
                 "certificates": sorted(certs),
                 "acme": self.challenge_model() if any(f["acme_challenge"] for f in frontends.values()) else None,
                 "acme_probe": self.probe_model(nid, list(frontends.values()))}
@@ -221,3 +224,46 @@ def backend_settings(sname: str, m: S.Service) -> dict[str, Any]:
     return {"timeouts_ms": {"server": t.server, "connect": t.connect, "tunnel": t.tunnel},
             "server_maxconn": h.server_maxconn, "send_proxy": h.send_proxy, "stick": stick,
             "raw": list(h.raw.backend) if h.raw else []}
+
+
+def check_spec(be: dict[str, Any]) -> dict[str, Any]:
+    """What makes a backend's health check what it is: its kind and settings, the connect timeout
+    (HAProxy's check connect timeout), the PROXY protocol the check speaks, and the mode."""
+    return {"mode": be["mode"], "check": be["check"], "timeouts_ms": {"connect": be["timeouts_ms"]["connect"]},
+            "send_proxy": be["send_proxy"]}
+
+
+def share_checks(backends: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One health check per node for the servers that backends would check alike.
+
+    Servers of different backends (other services, other ports, other tenants) with the same
+    address, port and :func:`check_spec` would each run the very same probe: at 1,000 services,
+    300 services in front of the same two mail hosts are 1,200 identical checks every interval.
+    Such a server is checked once, in a check backend ``chk-<digest of the spec>`` that takes no
+    traffic and holds one server per ``address:port``, which every such backend server tracks
+    (``track`` set here). A server checked by one backend only keeps its own check, and a backend
+    with raw directives keeps its own checks (they may change how it checks). Weight, ``backup``,
+    drain and maintenance stay each backend's own: a tracking server in maintenance leaves the
+    others alone. Returns the check backends (``backends`` lists who tracks them), sorted.
+    """
+    specs: dict[str, dict[str, Any]] = {}
+    users: dict[tuple[str, str, int], list[tuple[str, dict[str, Any]]]] = {}
+    for be in backends:
+        if be["raw"]:
+            continue
+        spec = check_spec(be)
+        name = "chk-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+        specs[name] = spec
+        for s in be["servers"]:
+            users.setdefault((name, s["address"], s["port"]), []).append((be["name"], s))
+    checks: dict[str, dict[str, Any]] = {}
+    for (name, addr, port), used in sorted(users.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        if len(used) < 2:
+            continue
+        chk = checks.setdefault(name, {"name": name, **specs[name], "servers": [], "backends": set()})
+        server = f"{addr}:{port}"
+        chk["servers"].append({"name": server, "address": addr, "port": port})
+        for bname, s in used:
+            s["track"] = {"backend": name, "server": server}
+            chk["backends"].add(bname)
+    return [{**checks[k], "backends": sorted(checks[k]["backends"])} for k in sorted(checks)]

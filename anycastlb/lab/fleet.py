@@ -254,14 +254,14 @@ def haproxy_unsettled(lab: "Lab", fleet: Fleet) -> dict[str, list[str]]:
         r = lab.exec(node, ["sh", "-c", "echo 'show stat' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock"],
                      timeout=20)
         try:
-            rows = parse_show_stat(r.stdout, ("status", "check_status"))
+            rows = parse_show_stat(r.stdout, ("status", "check_status", "tracked"))
         except ValueError:
             out[node] = ["(stats socket unreadable)"]
             continue
         for (px, sv), row in rows.items():
             status, check = row["status"], row["check_status"].lstrip("* ")
-            if sv in ("FRONTEND", "BACKEND") or status == "no check" or status.startswith("MAINT"):
-                continue
+            if sv in ("FRONTEND", "BACKEND") or status == "no check" or status.startswith("MAINT") or row["tracked"]:
+                continue   # a tracking server has no check of its own: the shared one it tracks is listed
             if check in ("", "INI", "UNK") or "/" in status:
                 out.setdefault(node, []).append(f"{px}/{sv} {status} {check or '-'}")
     return out

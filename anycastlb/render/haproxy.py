@@ -108,7 +108,11 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         acme=hap.get("acme"),
         acme_probe={**probe, "pems": [under(root, cert_path(c)) for c in probe["certificates"]]}
         if (probe := hap.get("acme_probe")) else None,
-        backends=[{**be, "check": _check(be["check"]), "raw": _raw(be.get("raw", []))} for be in hap["backends"]],
+        backends=[{**be, "check": _check(be["check"]), "raw": _raw(be.get("raw", [])), "shared": False}
+                  for be in hap["backends"]],
+        checks=[{**c, "check": _check(c["check"]), "shared": True, "raw": [], "stick": None, "server_maxconn": None,
+                 "timeouts_ms": {"connect": c["timeouts_ms"]["connect"], "server": None, "tunnel": None}}
+                for c in hap.get("checks", [])],
     )]
     for name in hap["certificates"]:
         files.append(RenderedFile(cert_path(name), _pem(name, secrets), 0o600))

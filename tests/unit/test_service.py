@@ -27,7 +27,9 @@ from anycastlb.service import (
     parse_show_proc,
     register_service,
     sync_vips,
+    tracking_servers,
     vip_plan,
+    without_servers,
 )
 
 
@@ -198,27 +200,26 @@ def test_preflight_finds_a_foreign_listener_on_a_bind() -> None:
 def test_preflight_looks_up_only_binds_the_running_master_does_not_hold(tmp_path: Path) -> None:
     (tmp_path / "etc/haproxy").mkdir(parents=True)
     (tmp_path / "run/haproxy").mkdir(parents=True)
-    (tmp_path / "etc/haproxy/haproxy.cfg").write_text("    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n"
-                                                      "    bind 192.0.2.10:8443 transparent\n")
+    cfg = "    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n    bind 192.0.2.10:8443 transparent\n"
     ss = 'LISTEN 0 5 0.0.0.0:8443 0.0.0.0:* users:(("python3",pid=7,fd=3))\n'
     run = FakeRun({"ss -Htlnp": (0, ss)})
     ctl = ServiceControl("direct", root=str(tmp_path), run=run)
     running = parse_show_proc(SHOW_PROC_OK)
     with pytest.raises(ServiceError, match="192.0.2.10:8443 is already in use by"):   # nothing on record
-        ctl._haproxy_preflight(running)
+        ctl._haproxy_preflight(running, cfg)
     # this master's generation loaded :80 and :8443 (anycastlb's last confirmed reload): nothing is looked up
     ctl._record_binds(running, {("192.0.2.10", 80), ("2001:db8:1::10", 80), ("192.0.2.10", 8443)})
     run.calls.clear()
-    assert len(ctl._haproxy_preflight(running)) == 3 and run.calls == []
+    assert len(ctl._haproxy_preflight(running, cfg)) == 3 and run.calls == []
     # another generation (a reload or restart by someone else): the record is void
     other = parse_show_proc(SHOW_PROC_FAILED)
     with pytest.raises(ServiceError, match="8443"):
-        ctl._haproxy_preflight(other)
+        ctl._haproxy_preflight(other, cfg)
     # only a new bind is looked up: a listener on a bind the master holds is not the reload's concern
     ctl._record_binds(running, {("192.0.2.10", 8443), ("2001:db8:1::10", 80)})
     run.answers["ss -Htlnp"] = (0, ss + 'LISTEN 0 5 [::]:80 [::]:* users:(("nginx",pid=9,fd=6))\n')
     with pytest.raises(ServiceError, match=r"192\.0\.2\.10:80 is already in use by .*nginx"):
-        ctl._haproxy_preflight(running)
+        ctl._haproxy_preflight(running, cfg)
 
 
 # ------------------------------------------------------------------ VIPs on lo
@@ -257,3 +258,19 @@ def test_converge_is_the_healthd_step_only(fleet: dict[str, Any]) -> None:
     assert ctl.converge("haproxy", fleet["lb1"]) == {}
     assert run.calls == []
     assert ctl.converge("healthd", fleet["lb1"])["vips"]["added"][0] == "192.0.2.10/32"
+
+
+def test_the_state_file_leaves_out_tracking_servers() -> None:
+    """A tracking server's saved state would override the check it tracks: its line is left out."""
+    cfg = ("backend chk-1a2b3c4d\n    server 203.0.113.25:143 203.0.113.25:143 check\n"
+           "backend imap-a-143\n    server mail1 203.0.113.25:143 track chk-1a2b3c4d/203.0.113.25:143 weight 100\n"
+           "    server mail3 203.0.113.27:143 check weight 100\n"
+           "backend imap-b-143\n    server m1 203.0.113.25:143 track chk-1a2b3c4d/203.0.113.25:143 weight 50\n")
+    tracking = tracking_servers(cfg)
+    assert tracking == {("imap-a-143", "mail1"), ("imap-b-143", "m1")}
+    state = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n"
+             "3 chk-1a2b3c4d 1 203.0.113.25:143 203.0.113.25 0\n4 imap-a-143 1 mail1 203.0.113.25 0\n"
+             "4 imap-a-143 2 mail3 203.0.113.27 2\n5 imap-b-143 1 m1 203.0.113.25 2\n")
+    assert without_servers(state, tracking) == ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n"
+                                                "3 chk-1a2b3c4d 1 203.0.113.25:143 203.0.113.25 0\n"
+                                                "4 imap-a-143 2 mail3 203.0.113.27 2\n")
