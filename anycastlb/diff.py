@@ -181,8 +181,8 @@ def drains(old: Fleet, new: Fleet, report: Mapping[str, Any]) -> list[dict[str, 
             continue
         if "drain" in step.actions and "undrain" in step.actions:
             what = "drained"
-        elif "drain" in step.actions:
-            what = "stays drained"
+        elif "drain" in step.actions or new.nodes[step.node].get("state", "active") != "active":
+            what = "stays drained"   # drained first, or drained in the catalog before and after
         else:
             what = "in place"
         out.append({"node": step.node, "group": step.group, "what": what,

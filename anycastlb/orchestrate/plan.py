@@ -73,6 +73,10 @@ def _rolling(node: str, model: Mapping[str, Any], phase: str, group: str, peers:
     """The step of a node that announces VIPs: drain around the apply when someone else carries
     them and the change may reach the routers (``drain="auto"``) or always (``"always"``)."""
     if not _active(model):
+        if drain == "auto" and before is not None and not _active(before):
+            return Step(node, phase, group, ("apply", "verify"), pending,
+                        f"catalog state {model['state']} since it last applied: it announces nothing already; "
+                        "applied and left drained (the catalog wins)")
         return Step(node, phase, group, ("drain", "apply", "verify"), pending,
                     f"catalog state {model['state']}: applied drained and left drained (the catalog wins)")
     if node in runtime_drained:

@@ -84,6 +84,18 @@ def test_node_drained_in_the_catalog_is_never_undrained(fleet):
     assert "catalog wins" in lb3.note
 
 
+def test_node_the_catalog_drains_now_is_drained_first(tmp_path, campus_catalog):
+    """lb2 was active and the catalog drains it: withdrawn before its apply; lb3, drained in both, is not."""
+    def edit(d):
+        d["nodes"]["lb2"]["state"] = "drain"
+    deployed, new = _change(tmp_path, campus_catalog, edit)
+    by = {s.node: s for s in orch.plan(new, deployed=deployed)}
+    assert by["lb2"].actions == ("drain", "apply", "verify")
+    assert by["lb3"].actions == ("apply", "verify")
+    assert {s.node: s for s in orch.plan(new, deployed=deployed, drain="always")}["lb3"].actions == (
+        "drain", "apply", "verify"), "always: every node"
+
+
 def test_node_drained_at_runtime_stays_drained(fleet):
     lb2 = next(s for s in orch.plan(fleet, {"lb2": "reason: disk swap"}) if s.node == "lb2")
     assert lb2.actions == ("drain", "apply", "verify")
@@ -115,7 +127,8 @@ def test_a_change_that_stays_off_the_routers_drains_nothing(tmp_path, campus_cat
     for n in ("lb1", "lb2", "kdc1", "kdc2"):
         assert by[n].actions == ("remember", "apply", "verify", "announced"), (n, by[n])
         assert "not drained" in by[n].note
-    assert by["lb3"].actions[:2] == ("drain", "apply"), "the catalog's drain still wins"
+    # lb3 is drained in the catalog, before and after: it announces nothing, so it is not drained again
+    assert by["lb3"].actions == ("apply", "verify") and "catalog wins" in by["lb3"].note
     always = {s.node: s for s in orch.plan(new, deployed=deployed, drain="always")}
     assert always["lb1"].actions == ("drain", "apply", "verify", "undrain")
     assert {s.node: s.actions for s in orch.plan(new)} == {s.node: s.actions for s in always.values()}, \
