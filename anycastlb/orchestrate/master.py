@@ -61,6 +61,13 @@ def _announced(st: Any) -> list[str]:
     return sorted(p for p, s in (prefixes or {}).items() if isinstance(s, dict) and s.get("announced"))
 
 
+def _dump_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through ``path.tmp`` (readers see the old file or the new one)."""
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(obj, fh)
+    os.replace(path + ".tmp", path)
+
+
 class Master:
     """Lint, plan, drain, undrain and the catalog checkout, for one master."""
 
@@ -128,10 +135,7 @@ class Master:
         return self._deploy_dir(name) + ".nodes.json"
 
     def _snapshot_nodes(self, name: str, nodes: Any) -> None:
-        tmp = self._nodes_file(name) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(sorted(nodes), fh)
-        os.replace(tmp, self._nodes_file(name))
+        _dump_json(self._nodes_file(name), sorted(nodes))
 
     def _forget_nodes(self, name: str) -> None:
         try:
@@ -198,10 +202,7 @@ class Master:
         return {"result": True, "node": node, "hash": got, "comment": f"{node} runs model {got}: recorded"}
 
     def _record_applied(self, node: str, model: Mapping[str, Any], hash: str) -> None:  # pylint: disable=redefined-builtin
-        tmp = self._applied_path(node) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"node": node, "hash": hash, "at": time.time(), "model": model}, fh)
-        os.replace(tmp, self._applied_path(node))
+        _dump_json(self._applied_path(node), {"node": node, "hash": hash, "at": time.time(), "model": model})
 
     def forget_applied(self, node: str) -> bool:
         """Drop ``node``'s record (it was decommissioned); whether there was one."""
