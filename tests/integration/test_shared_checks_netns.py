@@ -78,8 +78,13 @@ class Node(NetnsNode):
         self.start_web()
 
     def start_web(self) -> None:
+        """The web server, once it accepts connections (HAProxy's first check must find it)."""
         self.web = self.spawn([sys.executable, "-m", "http.server", "8080", "--bind", WEB, "--directory",
                                str(self.www)], stdout=subprocess.DEVNULL, stderr=self.log.open("a"))
+        wait = ("import socket, time\nfor _ in range(200):\n    try:\n"
+                f"        socket.create_connection(({WEB!r}, 8080), 1).close(); break\n"
+                "    except OSError:\n        time.sleep(0.05)")
+        self.spawn([sys.executable, "-c", wait]).wait(timeout=30)
 
     def apply(self, maintenance: tuple[str, ...] = ()) -> dict[str, Any]:
         path = self.base / "catalog.yaml"
@@ -97,6 +102,17 @@ class Node(NetnsNode):
     def backend_states(self) -> dict[str, str]:
         return {px: row["status"] for (px, sv), row in self.stats().items() if sv == "BACKEND" and px in
                 {f"{s}-8080" for s in VIPS}}
+
+    def checked(self, timeout: float = 10.0) -> dict[tuple[str, str], str]:
+        """Every server that runs a check of its own, once each has a verdict (HAProxy starts a
+        server UP before its first check): ``(backend, server)`` → ``check_status``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = {k: r["check_status"].lstrip("* ") for k, r in self.stats().items()
+                   if k[1] not in ("FRONTEND", "BACKEND") and not r["tracked"]}
+            if all(v not in ("", "INI") for v in got.values()) or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
 
     def until(self, want: dict[str, str], timeout: float = 10.0) -> dict[str, str]:
         deadline = time.monotonic() + timeout
@@ -132,6 +148,7 @@ def test_alike_checks_run_once_and_every_tracking_server_follows(node: Node) -> 
     assert f"server web1 {WEB}:8080 track {chk['name']}/{WEB}:8080" in cfg
     assert cfg.count(f" track {chk['name']}/") == 2 and f"server web1 {WEB}:8080 check weight" in cfg   # gamma's own
     up = {f"{s}-8080": "UP" for s in VIPS}
+    assert node.checked() == {(chk["name"], f"{WEB}:8080"): "L7OK", ("gamma-8080", "web1"): "L7OK"}
     assert node.until(up) == up
     assert {s: node.status(s) for s in VIPS} == {s: 200 for s in VIPS}
     rows = node.stats()
