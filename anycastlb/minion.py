@@ -583,7 +583,8 @@ def process_sessions(model: NodeModel) -> list[dict[str, Any]]:
     A reload leaves the old workers holding their connections until they end (or
     ``hard-stop-after``); the stats socket reaches only the current worker, so the master
     CLI is asked: ``show proc``, then ``@!<pid> show stat`` for every worker, old ones
-    included. An old worker that exited in between is left out. Without a master CLI
+    included. An old worker that exited in between is left out (the master no longer knows it, or it
+    answered nothing and is no longer listed). Without a master CLI
     (HAProxy run without ``-S``), the stats socket: the current worker only (pid 0)."""
     from .answers.haproxy import frontend_sessions, parse_show_stat
     from .render.haproxy import ADMIN_SOCKET
@@ -604,6 +605,8 @@ def process_sessions(model: NodeModel) -> list[dict[str, Any]]:
             text = unix_query(master, f"@!{pid} {FRONTEND_STAT}")
             if old and text.startswith("Can't find the target PID"):
                 continue
+            if old and not text.strip() and pid not in parse_show_proc(unix_query(master, "show proc")).old_workers:
+                continue   # it exited while the master passed the command on (its last session closed)
             out.append({"pid": pid, "old": old,
                         "frontends": frontend_sessions(parse_show_stat(text, ("scur",)), names)})
     except (OSError, ValueError) as exc:

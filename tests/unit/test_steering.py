@@ -166,6 +166,19 @@ def test_an_old_worker_that_exits_meanwhile_is_left_out(monkeypatch, campus_cata
     fake_master(monkeypatch, {"show proc": ["show_proc.txt"], "@!13829 show stat -1 1 -1": ["gone_pid.txt"]})
     with pytest.raises(minion.NodeError, match="haproxy master CLI: not a show stat answer"):
         minion.process_sessions(model)   # the current worker must answer
+    # the old worker exits while the master passes the command on: an empty answer, and the next
+    # "show proc" no longer lists it (seen in CI, the moment its last session closed)
+    asked = fake_master(monkeypatch, {"show proc": ["show_proc.txt", "show_proc_no_old.txt"],
+                                      "@!13829 show stat -1 1 -1": ["worker_13829_show_stat_fe.csv"],
+                                      "@!13655 show stat -1 1 -1": ["empty.txt"]})
+    assert [p["pid"] for p in minion.process_sessions(model)] == [13829]
+    assert asked[-1] == "show proc"
+    # an old worker that answers nothing but is still listed is not taken for gone
+    fake_master(monkeypatch, {"show proc": ["show_proc.txt"],
+                              "@!13829 show stat -1 1 -1": ["worker_13829_show_stat_fe.csv"],
+                              "@!13655 show stat -1 1 -1": ["empty.txt"]})
+    with pytest.raises(minion.NodeError, match="not a show stat answer"):
+        minion.process_sessions(model)
 
 
 def test_without_a_master_cli_the_stats_socket_counts_the_current_worker(monkeypatch, campus_catalog):
