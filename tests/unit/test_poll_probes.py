@@ -143,6 +143,40 @@ def test_tcp_connect_is_ok(servers):
         line), line
 
 
+
+def test_ipv6_tcp_and_a_long_http_answer_on_bare_sockets():
+    """tcp and plain http probes use bare sockets (no asyncio stream): an IPv6 address picks the
+    family, and an answer longer than one read (and than the reader's buffer) is read whole."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    body = b"x" * 300_000
+    with socket.socket(socket.AF_INET6) as srv:
+        try:
+            srv.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no ::1 here")
+        srv.listen(8)
+        port = srv.getsockname()[1]
+
+        def answer() -> None:
+            for _ in range(2):
+                conn, _addr = srv.accept()
+                with conn:
+                    conn.settimeout(5)
+                    request = conn.recv(4096)
+                    if request.startswith(b"GET "):
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        t = threading.Thread(target=answer, daemon=True)
+        t.start()
+        tcp = {"host": "h", "service": "t", "kind": "tcp", "address": "::1", "port": port}
+        state, line = one(tcp)
+        assert state == poll.OK and f"on ::1 port {port}|" in line, line
+        state, line = one(http_probe(port, address="::1"))
+        t.join(5)
+    assert state == poll.OK and line.startswith("HTTP OK: HTTP/1.1 200 OK - "), line
+    size = int(re.search(r" - (\d+) bytes in ", line).group(1))
+    assert size == len(body) + len(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n")
+
 def cert_probe(port: int, days: tuple[int, int] = (30, 14)) -> dict:
     return {"host": "vip-www", "service": "vip www certificate", "kind": "certificate", "address": "127.0.0.1",
             "port": port, "vhost": "www.example.org", "uri": "/", "tls": True, "sni": True, "days": list(days),
