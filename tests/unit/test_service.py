@@ -8,19 +8,24 @@ Real start/reload in direct mode is exercised by tests/integration/test_traffic_
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from anycastlb.compiler import compile_catalog
+from anycastlb.render import daemon
+from anycastlb.render_cli import throwaway_certificates
 from anycastlb.service import (
     SERVICES,
     Service,
     ServiceControl,
     ServiceError,
     bind_addresses,
+    config_facts,
     bird_configure_ok,
     detect_mode,
     foreign_listeners,
@@ -200,26 +205,80 @@ def test_preflight_finds_a_foreign_listener_on_a_bind() -> None:
 def test_preflight_looks_up_only_binds_the_running_master_does_not_hold(tmp_path: Path) -> None:
     (tmp_path / "etc/haproxy").mkdir(parents=True)
     (tmp_path / "run/haproxy").mkdir(parents=True)
-    cfg = "    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n    bind 192.0.2.10:8443 transparent\n"
+    cfg = config_facts("    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n    bind 192.0.2.10:8443 transparent\n")
     ss = 'LISTEN 0 5 0.0.0.0:8443 0.0.0.0:* users:(("python3",pid=7,fd=3))\n'
     run = FakeRun({"ss -Htlnp": (0, ss)})
     ctl = ServiceControl("direct", root=str(tmp_path), run=run)
     running = parse_show_proc(SHOW_PROC_OK)
     with pytest.raises(ServiceError, match="192.0.2.10:8443 is already in use by"):   # nothing on record
         ctl._haproxy_preflight(running, cfg)
-    # this master's generation loaded :80 and :8443 (anycastlb's last confirmed reload): nothing is looked up
-    ctl._record_binds(running, {("192.0.2.10", 80), ("2001:db8:1::10", 80), ("192.0.2.10", 8443)})
+    # this master's generation loaded the same bind lines (anycastlb's last confirmed reload): nothing is
+    # looked up; the lines are recorded as written, in any order
+    ctl._record_binds(running, ["192.0.2.10:8443", "192.0.2.10:80,[2001:db8:1::10]:80"])
     run.calls.clear()
-    assert len(ctl._haproxy_preflight(running, cfg)) == 3 and run.calls == []
+    assert ctl._haproxy_preflight(running, cfg) == cfg.bind_lines and run.calls == []
+    # the same addresses on other lines: compared address by address, still nothing to look up
+    ctl._record_binds(running, ["192.0.2.10:80", "[2001:db8:1::10]:80,192.0.2.10:8443"])
+    assert ctl._haproxy_preflight(running, cfg) == cfg.bind_lines and run.calls == []
     # another generation (a reload or restart by someone else): the record is void
     other = parse_show_proc(SHOW_PROC_FAILED)
     with pytest.raises(ServiceError, match="8443"):
         ctl._haproxy_preflight(other, cfg)
     # only a new bind is looked up: a listener on a bind the master holds is not the reload's concern
-    ctl._record_binds(running, {("192.0.2.10", 8443), ("2001:db8:1::10", 80)})
+    ctl._record_binds(running, ["192.0.2.10:8443,[2001:db8:1::10]:80"])
     run.answers["ss -Htlnp"] = (0, ss + 'LISTEN 0 5 [::]:80 [::]:* users:(("nginx",pid=9,fd=6))\n')
     with pytest.raises(ServiceError, match=r"192\.0\.2\.10:80 is already in use by .*nginx"):
         ctl._haproxy_preflight(running, cfg)
+    # a record in the format of an earlier anycastlb (addresses, not lines) counts as none
+    (tmp_path / "run/haproxy/anycastlb-binds.json").write_text(
+        json.dumps({"master": running.master_pid, "reloads": running.reloads, "binds": [["192.0.2.10", 80]]}))
+    with pytest.raises(ServiceError, match="8443"):
+        ctl._haproxy_preflight(running, cfg)
+
+
+def test_config_facts_reads_binds_and_tracking_servers_in_one_pass(campus_catalog: Path, tmp_path: Path) -> None:
+    """The one-pass reader agrees with HAProxy's own reading of what anycastlb renders: every bind
+    line (frontends, stats, pooled lists), and only the servers whose line says ``track``."""
+    cfg = ("global\n    stats socket /run/haproxy/admin.sock mode 660 level admin\n"
+           "frontend f\n    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n\tbind :8404\n"
+           "    bind-process 1\n"
+           "backend chk-1\n    server 203.0.113.25:143 203.0.113.25:143 check\n"
+           "backend b # a comment\n    server track 203.0.113.26:143 check\n"
+           "    server s1 203.0.113.25:143 track chk-1/203.0.113.25:143 weight 100\n"
+           "    server bind1 203.0.113.25:143 track chk-1/203.0.113.25:143 weight 100\n"
+           "server top 203.0.113.9:1 track chk-1/x\n")
+    facts = config_facts(cfg)
+    assert facts.bind_lines == ("192.0.2.10:80,[2001:db8:1::10]:80", ":8404")
+    assert facts.binds == {("192.0.2.10", 80), ("2001:db8:1::10", 80), ("*", 8404)}
+    assert facts.tracking == {("b", "s1"), ("b", "bind1")}   # not a server named track, not outside a section
+    # the pooled 1,000-service shape: what the regular expressions of before found, this finds
+    data = yaml.safe_load(campus_catalog.read_text())
+    data["clusters"]["edge"]["frontends"] = "pooled"
+    for i in range(4):   # two services in front of the same mail hosts: a shared, tracked check
+        data["services"][f"mx{i}"] = {"mode": "tcp", "vip": f"192.0.2.{200 + i}", "cluster": "edge", "ports": [143],
+                                      "check": {"tcp": {}},
+                                      "backends": {"mail1": {"address": "203.0.113.25"},
+                                                   "mail2": {"address": "203.0.113.26", "backup": True}}}
+    path = tmp_path / "pooled.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    lb1 = compile_catalog(path).nodes["lb1"]
+    certs = throwaway_certificates(lb1["haproxy"]["certificates"])
+    [text] = [f.content for f in daemon("haproxy").render(lb1, {"certificates": certs, "bgp_passwords": {}}, "/")
+              if f.path.endswith("haproxy.cfg")]
+    facts = config_facts(text)
+    binds = set()
+    for m in re.finditer(r"^\s*bind\s+(\S+)", text, re.M):
+        for one in m.group(1).split(","):
+            a = re.fullmatch(r"(?:\[([^\]]+)\]|([^\[\]]*?)):(\d+)", one)
+            assert a
+            binds.add((a.group(1) or a.group(2) or "*", int(a.group(3))))
+    tracking, backend = set(), ""
+    for m in re.finditer(r"^(?:backend\s+(\S+)|\s+server\s+(\S+)\s.*\strack\s.*)$", text, re.M):
+        backend = m.group(1) or backend
+        if m.group(2):
+            tracking.add((backend, m.group(2)))
+    assert facts.binds == binds and len(binds) > 10
+    assert facts.tracking == tracking and len(tracking) >= 8
 
 
 # ------------------------------------------------------------------ VIPs on lo
