@@ -25,6 +25,7 @@ from typing import Iterator
 import pytest
 
 from anycastlb.apply import apply_daemon
+from anycastlb.poll import poll_until
 from anycastlb.service import parse_show_proc, unix_query
 
 from netns_node import NetnsNode
@@ -122,12 +123,21 @@ def test_the_drain_waits_for_the_connections_an_old_worker_holds_after_a_reload(
     client = node.spawn([sys.executable, "-c", CLIENT_PY], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert client.stdout is not None and client.stdin is not None
     assert client.stdout.readline().strip() == "ready"
+    # "ready" means the kernel accepted them; the reload must come after the worker took them off
+    # the listening socket, or the new worker accepts them (a fast reload won that race in a run)
+    admin_sock = node.ctl.path("/run/haproxy/admin.sock")
+
+    def sessions() -> int:
+        rows = parse_show_stat(unix_query(admin_sock, "show stat -1 1 -1"), ("scur",))
+        return frontend_sessions(rows, ["imap-143"])["imap-143"]
+
+    held = poll_until(sessions, lambda n: n == HELD, timeout=10)
+    assert held.done, f"the worker holds {held.value} of the client's {HELD} connections"
     before = parse_show_proc(node.master("show proc"))
     node.ctl.reload_or_start("haproxy")
     proc = parse_show_proc(node.master("show proc"))
     assert [p for p, _ in before.workers] == list(proc.old_workers)   # the old worker still holds them
-    admin = unix_query(node.ctl.path("/run/haproxy/admin.sock"), "show stat -1 1 -1")
-    assert frontend_sessions(parse_show_stat(admin), ["imap-143"]) == {"imap-143": 0}   # all the stats socket sees
+    assert sessions() == 0   # the new worker has none: all the stats socket sees
 
     short = result(node.wait_sessions(1))
     assert (short["result"], short["open"], short["old_workers"]) == (False, HELD, HELD), short
