@@ -83,6 +83,11 @@ def _raw(directives: list[str]) -> list[Quoted]:
     return [Quoted(carry(d, "haproxy", "raw directive")) for d in directives]
 
 
+#: The named ``defaults`` section the http backends take their common lines from (``backend … from``);
+#: no proxy can be named so (theirs end in a port, a digest or are ``stats``).
+HTTP_DEFAULTS = "anycastlb-http"
+
+
 @renderer("haproxy", CONFIG)
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
     """haproxy.cfg plus one 0600 PEM bundle per certificate the node terminates."""
@@ -110,6 +115,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
         if (probe := hap.get("acme_probe")) else None,
         backends=[{**be, "check": _check(be["check"]), "raw": _raw(be.get("raw", [])), "shared": False}
                   for be in hap["backends"]],
+        http_backends=any(be["mode"] == "http" for be in hap["backends"]),
+        HTTP_DEFAULTS=HTTP_DEFAULTS,
         checks=[{**c, "check": _check(c["check"]), "shared": True, "raw": [], "stick": None, "server_maxconn": None,
                  "timeouts_ms": {"connect": c["timeouts_ms"]["connect"], "server": None, "tunnel": None}}
                 for c in hap.get("checks", [])],

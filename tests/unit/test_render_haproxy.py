@@ -44,9 +44,10 @@ def lb1_cfg(fleet: dict[str, Any], secrets: dict[str, Any]) -> str:
 
 
 def section(cfg: str, header: str) -> list[str]:
-    """The stripped lines of one section (``frontend www-443``), up to the next blank line."""
+    """The stripped lines of one section (``frontend www-443``; a backend that names a defaults
+    section with ``from`` is found by its name too), up to the next blank line."""
     lines = cfg.splitlines()
-    start = lines.index(header)
+    start = next(i for i, line in enumerate(lines) if line == header or line.startswith(header + " from "))
     out = []
     for line in lines[start + 1:]:
         if not line.strip():
@@ -111,10 +112,18 @@ def test_imap_is_tcp_with_a_backup(lb1_cfg: str) -> None:
 def test_a_dead_server_is_retried_elsewhere_only_when_safe(lb1_cfg: str) -> None:
     defaults = section(lb1_cfg, "defaults")
     assert "retries 3" in defaults and "option redispatch 1" in defaults
-    http = section(lb1_cfg, "backend www-8080")
+    # the http backends take their layer-7 retries from one named defaults section, which also
+    # carries everything the anonymous one has (a backend that names it inherits nothing else)
+    http = section(lb1_cfg, "defaults anycastlb-http")
+    assert http[:len(defaults)] == defaults
     assert "retry-on conn-failure empty-response junk-response" in http
     assert "http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS" in http
+    assert "mode http" in http
+    assert "backend www-8080 from anycastlb-http" in lb1_cfg.splitlines()
+    # it comes first: frontends and the other proxies take the anonymous one (the last before them)
+    assert lb1_cfg.index("defaults anycastlb-http\n") < lb1_cfg.index("defaults\n") < lb1_cfg.index("frontend ")
     # tcp backends have no layer-7 retries (the data may already have gone to the server)
+    assert "backend imap-143" in lb1_cfg.splitlines()
     assert not any("retry-on" in line for line in section(lb1_cfg, "backend imap-143"))
 
 

@@ -67,9 +67,11 @@ def haproxy_cfg(model: dict[str, Any], secrets: dict[str, Any] | None = None) ->
 
 
 def section(cfg: str, header: str) -> list[str]:
+    """The stripped lines of one section (a backend found by its name also when it says ``from``)."""
     lines = cfg.splitlines()
+    start = next(i for i, line in enumerate(lines) if line == header or line.startswith(header + " from "))
     out = []
-    for line in lines[lines.index(header) + 1:]:
+    for line in lines[start + 1:]:
         if not line.strip():
             break
         out.append(line.strip())
