@@ -232,7 +232,8 @@ class HaproxyConfigFacts:
 
     @property
     def binds(self) -> set[tuple[str, int]]:
-        """``(address, port)`` of every address of every bind line."""
+        """``(address, port)`` of every address of every bind line (a bind line may list several,
+        comma-separated: ``bind 192.0.2.10:443,[2001:db8::10]:443 ...``)."""
         return bind_line_addresses(self.bind_lines)
 
 
@@ -266,17 +267,6 @@ def bind_line_addresses(lines: Sequence[str]) -> set[tuple[str, int]]:
             if a:
                 out.add((a.group(1) or a.group(2) or "*", int(a.group(3))))
     return out
-
-
-def bind_addresses(config: str) -> set[tuple[str, int]]:
-    """``(address, port)`` of every address of every ``bind`` line of a HAProxy config (a bind line
-    may list several, comma-separated: ``bind 192.0.2.10:443,[2001:db8::10]:443 ...``)."""
-    return config_facts(config).binds
-
-
-def tracking_servers(config: str) -> set[tuple[str, str]]:
-    """``(backend, server)`` of every server of a HAProxy config that tracks another's check."""
-    return set(config_facts(config).tracking)
 
 
 def without_servers(state: str, servers: AbstractSet[tuple[str, str]]) -> str:

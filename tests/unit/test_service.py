@@ -24,7 +24,6 @@ from anycastlb.service import (
     Service,
     ServiceControl,
     ServiceError,
-    bind_addresses,
     config_facts,
     bird_configure_ok,
     detect_mode,
@@ -32,7 +31,6 @@ from anycastlb.service import (
     parse_show_proc,
     register_service,
     sync_vips,
-    tracking_servers,
     vip_plan,
     without_servers,
 )
@@ -192,8 +190,8 @@ def test_birdc_refusal_raises_even_with_exit_0(tmp_path: Path) -> None:
 
 
 def test_preflight_finds_a_foreign_listener_on_a_bind() -> None:
-    binds = bind_addresses("    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n"
-                           "    bind [2001:db8:1::10]:443 transparent ssl\n    bind 192.0.2.10:8443 transparent\n")
+    binds = config_facts("    bind 192.0.2.10:80,[2001:db8:1::10]:80 transparent\n"
+                         "    bind [2001:db8:1::10]:443 transparent ssl\n    bind 192.0.2.10:8443 transparent\n").binds
     assert binds == {("192.0.2.10", 80), ("2001:db8:1::10", 80), ("2001:db8:1::10", 443), ("192.0.2.10", 8443)}
     ss = ('LISTEN 0 5 192.0.2.10:8443 0.0.0.0:* users:(("python3",pid=7,fd=3))\n'
           'LISTEN 0 4096 192.0.2.10:80 0.0.0.0:* users:(("haproxy",pid=8,fd=5))\n'
@@ -325,7 +323,7 @@ def test_the_state_file_leaves_out_tracking_servers() -> None:
            "backend imap-a-143\n    server mail1 203.0.113.25:143 track chk-1a2b3c4d/203.0.113.25:143 weight 100\n"
            "    server mail3 203.0.113.27:143 check weight 100\n"
            "backend imap-b-143\n    server m1 203.0.113.25:143 track chk-1a2b3c4d/203.0.113.25:143 weight 50\n")
-    tracking = tracking_servers(cfg)
+    tracking = config_facts(cfg).tracking
     assert tracking == {("imap-a-143", "mail1"), ("imap-b-143", "m1")}
     state = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n"
              "3 chk-1a2b3c4d 1 203.0.113.25:143 203.0.113.25 0\n4 imap-a-143 1 mail1 203.0.113.25 0\n"
