@@ -218,45 +218,46 @@ def _peer_der(w: asyncio.StreamWriter) -> bytes | None:
     return sslobj.getpeercert(binary_form=True) if sslobj else None
 
 
-async def _fetch(p: dict[str, Any], request: bytes) -> bytes | None:
-    """Send ``request`` on a plain connection and read the answer (at most :data:`MAX_PAGE`) until the
-    server closes; None when the connection broke before a byte came back. OSError: no connection."""
-    sock = await _connect(p)
-    loop = asyncio.get_running_loop()
+async def _answer(send: Callable[[], Awaitable[None]], recv: Callable[[], Awaitable[bytes]]) -> bytes | None:
+    """Send the request and read the answer (at most :data:`MAX_PAGE`) until the server closes; None
+    when the connection broke before a byte came back (a reset, or a TLS close without close_notify,
+    after the answer: the answer counts)."""
     page = b""
     try:
-        await loop.sock_sendall(sock, request)
+        await send()
         while len(page) < MAX_PAGE:
-            chunk = await loop.sock_recv(sock, 65536)
+            chunk = await recv()
             if not chunk:
                 break
             page += chunk
-    except OSError:   # a reset after the answer: the answer counts
+    except OSError:
         return page or None
+    return page
+
+
+async def _fetch(p: dict[str, Any], request: bytes) -> bytes | None:
+    """:func:`_answer` on a plain connection (a bare socket). OSError: no connection."""
+    sock = await _connect(p)
+    loop = asyncio.get_running_loop()
+    try:
+        return await _answer(lambda: loop.sock_sendall(sock, request), lambda: loop.sock_recv(sock, 65536))
     finally:
         sock.close()
-    return page
 
 
 async def _fetch_tls(p: dict[str, Any], request: bytes, tls: ssl.SSLContext,
                      on_cert: Callable[[bytes | None], None] | None) -> bytes | None:
-    """:func:`_fetch` over TLS; ``on_cert`` is given the peer certificate once the handshake is done."""
+    """:func:`_answer` over TLS; ``on_cert`` is given the peer certificate once the handshake is done."""
     r, w = await _open(p, tls)
     if on_cert is not None:
         on_cert(_peer_der(w))
-    page = b""
-    try:
+
+    async def send() -> None:
         w.write(request)
-        while len(page) < MAX_PAGE:
-            chunk = await r.read(65536)
-            if not chunk:
-                break
-            page += chunk
-    except OSError:   # a reset or a TLS close without close_notify after the answer: the answer counts
-        return page or None
+    try:
+        return await _answer(send, lambda: r.read(65536))
     finally:
         w.transport.abort()
-    return page
 
 
 async def probe_http(p: dict[str, Any], timeout: float, tls: ssl.SSLContext,
