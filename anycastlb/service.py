@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -305,6 +306,32 @@ def foreign_listeners(ss_output: str, binds: set[tuple[str, int]]) -> list[tuple
     return found
 
 
+#: Our nftables table (anycastlb/render/nftables.py) and the table that keeps its ``pools`` chain
+#: from before a load until HAProxy has reloaded (:meth:`ServiceControl._load_nftables`).
+NFT_TABLE = "anycastlb"
+PREVIOUS_POOLS = "anycastlb_prev"
+
+
+def previous_pool_rules(listing: str) -> list[str]:
+    """The rules of ``nft list chain inet anycastlb pools``, one string each (nft wraps a long set over
+    several lines); the chain's own ``type ... hook`` line and the braces around it are left out."""
+    rules: list[str] = []
+    depth, current, inside = 0, "", False
+    for line in listing.splitlines():
+        text = line.strip()
+        if not inside:
+            inside = text.startswith("type filter hook prerouting")
+            continue
+        if depth == 0 and text == "}":
+            break
+        current = f"{current} {text}" if current else text
+        depth += text.count("{") - text.count("}")
+        if depth == 0 and current:
+            rules.append(current)
+            current = ""
+    return rules
+
+
 def bird_configure_ok(output: str) -> bool:
     """Whether ``birdc configure`` output reports success."""
     return any(ok in output for ok in BIRD_OK)
@@ -382,8 +409,46 @@ class ServiceControl:
     # ---------------------------------------------------------------- interface
     def _oneshot(self, daemon: str) -> str:
         argv = self.argv(daemon)
+        if daemon == "nftables" and argv[-2:-1] == ["-f"]:
+            return self._load_nftables(argv)
         self._check(argv, f"load {daemon}")
         return f"{daemon} loaded ({shlex.join(argv)})"
+
+    def _load_nftables(self, argv: list[str]) -> str:
+        """Load our ruleset, keeping the pools chain it replaces in :data:`PREVIOUS_POOLS` until HAProxy
+        runs the new config (:meth:`drop_previous_pools`); both go in one ``nft -f`` transaction.
+
+        The running HAProxy listens as the old chain says: a VIP leaving a pool (for a frontend of its
+        own or another pool) must reach the old pool's listener until the reload. The kept chain runs
+        first (priority mangle - 1); a rule whose listener is gone does nothing."""
+        listed = self._run(self.prefix + ["nft", "list", "chain", "inet", NFT_TABLE, "pools"])
+        rules = previous_pool_rules(listed.stdout or "") if listed.returncode == 0 else []
+        text = f"table inet {PREVIOUS_POOLS} {{}}\ndelete table inet {PREVIOUS_POOLS}\n"
+        if rules:
+            text += (f"table inet {PREVIOUS_POOLS} {{\n\tchain pools {{\n"
+                     f"\t\ttype filter hook prerouting priority mangle - 1; policy accept;\n"
+                     + "".join(f"\t\t{r}\n" for r in rules) + "\t}\n}\n")
+        text += f"include {json.dumps(argv[-1])}\n"
+        tmp = self.path(f"/run/anycastlb-nftables-{os.getpid()}.nft")
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        try:
+            self._check(argv[:-1] + [tmp], "load nftables")
+        finally:
+            os.remove(tmp)
+        kept = f"; the previous pools chain kept until HAProxy reloads ({len(rules)} rules)" if rules else ""
+        return f"nftables loaded ({shlex.join(argv)}){kept}"
+
+    def drop_previous_pools(self) -> str:
+        """Delete the pools chain :meth:`_load_nftables` kept, once HAProxy runs the config that goes
+        with the new one; "" when there is none (or no nft on the host)."""
+        if not shutil.which("nft"):
+            return ""
+        if self._run(self.prefix + ["nft", "list", "table", "inet", PREVIOUS_POOLS]).returncode != 0:
+            return ""
+        self._check(self.prefix + ["nft", f"delete table inet {PREVIOUS_POOLS}"], "drop the previous pools chain")
+        return "previous pools chain dropped"
 
     def running(self, daemon: str) -> bool:
         """Whether the daemon runs (for a oneshot: whether its config is loaded)."""
@@ -404,10 +469,14 @@ class ServiceControl:
         if self._service(daemon).oneshot:
             return self._oneshot(daemon)
         if not self.running(daemon):
-            return self.start(daemon)
+            out = self.start(daemon)
+            dropped = self.drop_previous_pools() if daemon == "haproxy" else ""
+            return f"{out}; {dropped}" if dropped else out
         svc = self._service(daemon)
         if svc.reload == "haproxy":
-            return self._reload_haproxy()
+            out = self._reload_haproxy()
+            dropped = self.drop_previous_pools()
+            return f"{out}; {dropped}" if dropped else out
         if svc.reload == "birdc":
             return self._reload_bird()
         return self._signal_reload(daemon)

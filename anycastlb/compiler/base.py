@@ -22,6 +22,10 @@ ACME_CHALLENGE_PORT = 8402
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 #: Where an LB node serves its ACME certificates on its own address, for the monitoring's serial check.
 ACME_PROBE_PORT = 8403
+#: The loopback ports a pooled frontend listens on when nftables hands it its VIPs' connections
+#: (TPROXY, docs/traffic.md): above Linux's ephemeral range (32768-60999), so no client socket
+#: of the node holds one.
+ANCHOR_PORTS = range(61000, 65000)
 BGP_PORT = 179
 BFD_PORTS = (3784, 3785)
 BFD_MULTIHOP_PORT = 4784

@@ -10,7 +10,7 @@ from .. import schema as S
 from ..model import Bfd, BgpModel, Neighbor, NodeModel, PeerExport, SecretNames
 from .base import MODEL_VERSION, Net, family, ident
 from .build_firewall import FirewallBuilder
-from .build_haproxy import HaproxyBuilder
+from .build_haproxy import HaproxyBuilder, anchor_pools
 from .build_health import HealthBuilder
 from .build_monitoring import MonitoringBuilder
 from .build_steering import SteeringBuilder
@@ -64,6 +64,8 @@ class _Builder(HaproxyBuilder, HealthBuilder, FirewallBuilder, MonitoringBuilder
         }
         model["health"] = self.health_model(nid, model)
         model["firewall"] = self.firewall_model(nid, model)
+        if model["haproxy"] is not None and model["firewall"] is not None and model["firewall"]["managed"]:   # our nftables hands pools their VIPs
+            anchor_pools(model["haproxy"]["frontends"])
         model["steering"] = self.steering_model(nid, model)
         model["secrets"] = self.secret_names(nid, model)
         return model

@@ -8,8 +8,8 @@ from typing import Any
 
 from .. import schema as S
 from ..model import AcmeCertificate, AcmeChallenge, AcmeModel, AcmeProbe, ApacheModel, HaproxyModel
-from .base import (ACME_CHALLENGE_PATH, ACME_CHALLENGE_PORT, ACME_PROBE_PORT, HAPROXY_STATS_PORT, acme_certificate,
-                   acme_names, ident)
+from .base import (ACME_CHALLENGE_PATH, ACME_CHALLENGE_PORT, ACME_PROBE_PORT, ANCHOR_PORTS, HAPROXY_STATS_PORT,
+                   acme_certificate, acme_names, ident)
 from .context import _Svc
 from .index import Index
 from .sharing import certificate_of, frontend_routes, tls_ports
@@ -18,7 +18,20 @@ from .sharing import certificate_of, frontend_routes, tls_ports
 #: A service without ``haproxy:`` settings (built once: only read).
 NO_SETTINGS = S.HaproxySettings()
 #: What is a pooled frontend member's own (the rest must be alike for services to share a pool).
-POOL_OWN = frozenset({"name", "service", "services", "binds", "backend", "backends", "routes", "pool"})
+POOL_OWN = frozenset({"name", "service", "services", "binds", "backend", "backends", "routes", "pool", "anchor"})
+
+
+def anchor_pools(frontends: list[dict[str, Any]]) -> None:
+    """Give each pooled frontend its ``anchor``: the loopback port it listens on instead of a socket per
+    VIP, nftables handing it its VIPs' connections (TPROXY). The port comes from the pool's name, so a pool
+    keeps it while other pools come and go; a clash on the node takes the next free port, in name order."""
+    span, taken = len(ANCHOR_PORTS), set()
+    for fe in sorted((f for f in frontends if f["pool"]), key=lambda f: f["name"]):
+        i = int(hashlib.sha256(fe["name"].encode()).hexdigest()[:8], 16) % span
+        while ANCHOR_PORTS[i] in taken:
+            i = (i + 1) % span
+        taken.add(ANCHOR_PORTS[i])
+        fe["anchor"] = ANCHOR_PORTS[i]
 
 
 class HaproxyBuilder(Index):
@@ -134,6 +147,7 @@ class HaproxyBuilder(Index):
             "backends": sorted({self.backend_name(self.services[s], port) for s in names}),
             "routes": None,
             "pool": None,
+            "anchor": None,
             **frontend_settings(m, tls, redirect),
         }
         if shared is not None:

@@ -30,6 +30,20 @@ ADMIN_SOCKET = DIRECT.haproxy_admin_socket
 STATE_FILE = "/var/lib/haproxy/server-state"
 
 
+#: Where a pooled frontend with an ``anchor`` listens, per address family: nftables hands it the
+#: connections to its VIPs (TPROXY keeps their destination, so ``dst`` still picks the backend).
+ANCHOR_ADDRESSES = {4: "127.0.0.1", 6: "::1"}
+
+
+def listeners(fe: dict[str, Any]) -> list[tuple[str, int]]:
+    """The (address, port) pairs a frontend binds: each VIP on the frontend's port, or, for a pool with
+    an ``anchor``, one loopback address per family of its VIPs on the anchor port."""
+    if fe.get("anchor"):
+        versions = sorted({ipaddress.ip_address(a).version for a in fe["binds"]})
+        return [(ANCHOR_ADDRESSES[v], int(fe["anchor"])) for v in versions]
+    return [(a, int(fe["port"])) for a in fe["binds"]]
+
+
 _CERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -100,6 +114,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
             names = fe["tls"].get("certificates") or [fe["tls"]["certificate"]]
             fe["tls"] = {**fe["tls"], "pems": [under(root, cert_path(c)) for c in names]}
         fe["raw"] = _raw(fe.get("raw", []))
+        fe["listen"] = listeners(fe)
         if fe.get("pool"):
             fe["map"] = map_path(fe["name"], root)
             maps.append(RenderedFile(map_path(fe["name"], ""), _map(fe["pool"]), 0o644))

@@ -12,6 +12,12 @@ Flow steering (``model["steering"]``, docs/steering.md) goes into the same file 
 transaction, in tables of its own (``table ip anycastlb_steer``, ``table ip6
 anycastlb_steer``: nft refuses ``dup`` in an ``inet`` table), always deleted and made
 again, so turning steering off removes them.
+
+Pooled frontends with an ``anchor`` (docs/traffic.md) get their VIPs' connections through the
+``pools`` chain (hook prerouting): a tcp packet to a pool's VIP and port that has a socket of its
+own (an open connection, or a VIP HAProxy still binds by itself) is left alone; any other goes to
+the pool's loopback listener (``tproxy``), keeping its destination. Rules for a pool whose
+listener is not there yet do nothing (no socket: the packet goes on as if there were no rule).
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import shutil
 import subprocess
 from typing import Any
 
-from ..service import Service
+from ..service import NFT_TABLE, PREVIOUS_POOLS, Service
 from . import CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, template_file, under
+from .haproxy import listeners
 from .quote import Quoted, ip, nft_comment, port
 
 PATH = "/etc/nftables.d/anycastlb.nft"
-TABLE = "anycastlb"
+TABLE = NFT_TABLE
 STEER_TABLE = "anycastlb_steer"
 #: A steered copy leaves with this hop limit (set to 2 before ``dup``, which takes one off
 #: in the input hook): the peers recognise copies by it, and no router forwards one.
@@ -39,7 +46,8 @@ SERVICE = Service(name="nftables", unit="", command=("nft", "-f", PATH), paths=(
                   oneshot=True, probe=("nft", "list", "table", "inet", TABLE),
                   # every table of ours, each made first so that deleting one that is not there cannot fail
                   unload=("nft", "; ".join(f"table {t} {{}}; delete table {t}" for t in
-                                           (f"inet {TABLE}", f"ip {STEER_TABLE}", f"ip6 {STEER_TABLE}"))))
+                                           (f"inet {TABLE}", f"inet {PREVIOUS_POOLS}", f"ip {STEER_TABLE}",
+                                            f"ip6 {STEER_TABLE}"))))
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -106,6 +114,29 @@ def rule_lines(rule: dict[str, Any]) -> list[Quoted]:
 _HOPS = {"ip": "ip ttl", "ip6": "ip6 hoplimit"}
 
 
+_TPROXY = {4: ("ip", "tproxy ip to"), 6: ("ip6", "tproxy ip6 to")}
+
+
+def pool_rules(haproxy: dict[str, Any] | None) -> list[Quoted]:
+    """The ``pools`` chain's rules: per anchored pool and address family, a packet with a socket of its
+    own is accepted as it is, any other one is handed to the pool's listener (``tproxy``)."""
+    lines = []
+    for fe in (haproxy or {}).get("frontends") or []:
+        if not fe.get("anchor"):
+            continue
+        comment = nft_comment(fe["name"])
+        for address, anchor in listeners(fe):
+            version = ipaddress.ip_address(address).version
+            fam, tproxy = _TPROXY[version]
+            vips = sorted({str(ip(v)) for v in fe["binds"] if ipaddress.ip_address(v).version == version},
+                          key=ipaddress.ip_address)
+            match = f"{fam} daddr {_set(vips)} tcp dport {int(port(fe['port']))}"
+            lines.append(Quoted(f"{match} socket transparent 1 accept comment {comment}"))
+            target = f"[{ip(address)}]" if version == 6 else ip(address)
+            lines.append(Quoted(f"{match} {tproxy} {target}:{int(port(anchor))} accept comment {comment}"))
+    return lines
+
+
 def steering_tables(steering: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Per family (``ip``, ``ip6``) the steering chains: one per group with VIPs and peers there.
 
@@ -146,7 +177,8 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
     rules = [{"comment": r["comment"], "lines": rule_lines(r)} for r in fw["rules"]]
     return [template_file(PATH, "nftables/anycastlb.nft.j2", node=model["node"], table=TABLE,
                           policy=fw["policy"], rules=rules, steer_table=STEER_TABLE,
-                          steering=steering_tables(model.get("steering")))]
+                          steering=steering_tables(model.get("steering")),
+                          pools=pool_rules(model.get("haproxy")))]
 
 
 def check(staging: str, files: list[RenderedFile]) -> CheckResult:

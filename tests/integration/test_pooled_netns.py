@@ -1,8 +1,9 @@
 """Pooled frontends for real: one HAProxy frontend, each VIP's connections to its own service.
 
 One network namespace (documentation prefixes on its ``lo`` only): a real HAProxy 2.6 in
-master-worker mode, applied through :func:`anycastlb.apply.apply_daemon` (``haproxy -c`` on the
-staged config and its maps, then the reload) by :class:`ServiceControl` in direct mode with the
+master-worker mode and the node's nftables ruleset, applied through
+:func:`anycastlb.apply.apply_daemon` in the production order (``nft -c`` and ``haproxy -c`` on the
+staged files, then the load and the reload) by :class:`ServiceControl` in direct mode with the
 node's files under a temp root; three Python web servers, each answering with its own name. The
 cluster has ``frontends: pooled``, so the services share one frontend on port 80.
 
@@ -11,7 +12,9 @@ What a user would see:
 - a service added while a client makes a request every 10 ms: the client loses none, the new
   VIP answers with its service, and the pool keeps its name;
 - a service removed: its VIP no longer answers, the others still do;
-- the cluster back to a frontend per service, under load: no request lost, the map file gone.
+- the pool listens on loopback only (no socket per VIP): nftables hands it each VIP's connections;
+- the cluster back to a frontend per service, under load: no request lost, the map file gone; and
+  pooled again, under load: no request lost.
 About 10 s. Teardown kills only the PIDs started here and deletes only our namespace.
 """
 
@@ -100,10 +103,22 @@ class Node(NetnsNode):
         path = self.base / "catalog.yaml"
         path.write_text(catalog(services, frontends))
         self.model = compile_catalog(path).nodes["lb1"]
-        res = apply_daemon("haproxy", self.model, {"certificates": {}, "bgp_passwords": {}},
-                           root=self.root, control=self.ctl)
-        assert res.result is True, res.comment
+        for daemon in ("nftables", "haproxy"):   # the production order: the firewall first
+            res = apply_daemon(daemon, self.model, {"certificates": {}, "bgp_passwords": {}},
+                               root=self.root, control=self.ctl)
+            assert res.result is True, res.comment
         return self.model
+
+    def listening(self) -> set[str]:
+        """The tcp addresses HAProxy listens on in the namespace (``ss -ltn``)."""
+        out = subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-Hltn"], capture_output=True, text=True,
+                             check=True).stdout
+        return {line.split()[3] for line in out.splitlines()}
+
+    def previous_pools_kept(self) -> bool:
+        """Whether the pools chain of before the last nftables load is still loaded."""
+        return subprocess.run(["ip", "netns", "exec", self.ns, "nft", "list", "table", "inet", "anycastlb_prev"],
+                              capture_output=True).returncode == 0
 
     def client(self, vip: str, n: int) -> subprocess.Popen[str]:
         return self.spawn([sys.executable, "-c", CLIENT, vip, str(n)], stdout=subprocess.PIPE)
@@ -138,6 +153,10 @@ def test_one_frontend_hands_each_vip_to_its_service_and_follows_changes(node: No
     assert pool.startswith("pool-80-")
     cfg = Path(node.root, "etc/haproxy/haproxy.cfg").read_text()
     assert cfg.count("\nfrontend ") == 2   # the stats frontend and the pool
+    # no socket per VIP: the pool listens on loopback, nftables hands it the VIPs' connections
+    anchor = model["haproxy"]["frontends"][0]["anchor"]
+    assert {a for a in node.listening() if not a.endswith(":8080")} == {
+        f"127.0.0.1:{anchor}", f"[::1]:{anchor}", "198.51.100.21:8404"}
     assert node.until_up(VIPS["alpha"])["bodies"] == {"alpha": 1}
     assert node.until_up(VIPS["beta"])["bodies"] == {"beta": 1}
     assert node.get(BETA6)["bodies"] == {"beta": 1}
@@ -164,7 +183,8 @@ def test_one_frontend_hands_each_vip_to_its_service_and_follows_changes(node: No
     map_text = Path(node.root, f"etc/haproxy/maps/anycastlb-{pool}.map").read_text()
     assert map_text == f"{VIPS['alpha']} alpha-8080\n{VIPS['gamma']} gamma-8080\n"
 
-    # back to a frontend per service, under load: the listeners move over, the map goes
+    # back to a frontend per service, under load: nftables stops handing the VIPs to the pool before
+    # HAProxy binds them; the chain it replaced is kept until the reload, so none is lost
     client = node.client(VIPS["gamma"], 100)
     model = node.apply(["alpha", "gamma"], frontends="service")
     out, _ = client.communicate(timeout=60)
@@ -173,3 +193,15 @@ def test_one_frontend_hands_each_vip_to_its_service_and_follows_changes(node: No
     assert sorted(f["name"] for f in model["haproxy"]["frontends"]) == ["alpha-80", "gamma-80"]
     assert not list(Path(node.root, "etc/haproxy/maps").glob("*.map"))
     assert node.get(VIPS["alpha"])["bodies"] == {"alpha": 1}
+    assert {f"{VIPS['alpha']}:80", f"{VIPS['gamma']}:80"} <= node.listening()
+    assert not node.previous_pools_kept()
+
+    # and pooled again, under load: nftables hands the VIPs over only once their own sockets are gone
+    client = node.client(VIPS["alpha"], 100)
+    model = node.apply(["alpha", "gamma"])
+    out, _ = client.communicate(timeout=60)
+    during = json.loads(out)
+    assert during["failures"] == 0 and during["bodies"] == {"alpha": 100}, during
+    assert f"{VIPS['alpha']}:80" not in node.listening()
+    assert node.get(VIPS["gamma"])["bodies"] == {"gamma": 1}
+    assert not node.previous_pools_kept()

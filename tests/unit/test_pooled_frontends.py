@@ -10,7 +10,9 @@ pool's name (and so its stats and monitoring objects) alone.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,11 @@ import pytest
 import yaml
 
 from anycastlb.compiler import compile_catalog
+from anycastlb.compiler.base import ANCHOR_PORTS
 from anycastlb.render.haproxy import CONFIG, check, render
+from anycastlb.render import nftables
+from anycastlb.render.nftables import pool_rules
+from anycastlb.service import previous_pool_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,7 +180,10 @@ def test_rendered_pool_passes_haproxy_and_its_map_lists_each_vip(tmp_path: Path)
     assert by_path[map_file].content == ("192.0.2.10 alpha-8080\n192.0.2.11 beta-8081\n"
                                          "2001:db8:1::11 beta-8081\n")
     assert f"use_backend %[dst,map_ip({staging}{map_file})]" in cfg
-    assert "bind 192.0.2.10:80,192.0.2.11:80,[2001:db8:1::11]:80 transparent" in cfg
+    anchor = pool_of(lb1, "alpha", 80)["anchor"]
+    # one loopback listener per family, nftables hands it the VIPs' connections
+    assert f"bind 127.0.0.1:{anchor},[::1]:{anchor} transparent\n" in cfg
+    assert "192.0.2.10:80" not in cfg
     for f in files:
         target = staging / f.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +193,68 @@ def test_rendered_pool_passes_haproxy_and_its_map_lists_each_vip(tmp_path: Path)
     # a map the renderer did not write is refused by HAProxy itself: the check is real
     (staging / map_file.lstrip("/")).unlink()
     assert not check(str(staging), files).ok
+
+
+def test_each_pool_has_a_loopback_port_of_its_own_that_outlives_its_members(tmp_path: Path) -> None:
+    lb1 = compiled(tmp_path, CATALOG)["lb1"]
+    pools = [f for f in lb1["haproxy"]["frontends"] if f["pool"]]
+    anchors = [f["anchor"] for f in pools]
+    assert len(pools) == 3 and len(set(anchors)) == 3
+    assert all(a in ANCHOR_PORTS for a in anchors)
+    assert all(f["anchor"] is None for f in lb1["haproxy"]["frontends"] if not f["pool"])
+    cat = yaml.safe_load(yaml.safe_dump(CATALOG))
+    del cat["services"]["beta"]
+    cat["services"]["gamma"] = {**cat["services"]["alpha"], "vip": "192.0.2.20"}
+    assert pool_of(compiled(tmp_path, cat)["lb1"], "alpha", 80)["anchor"] == pool_of(lb1, "alpha", 80)["anchor"]
+
+
+def test_a_node_whose_firewall_the_site_runs_binds_each_vip(tmp_path: Path) -> None:
+    """No nftables of ours to hand the connections over: the pool binds its VIPs itself."""
+    cat = yaml.safe_load(yaml.safe_dump(CATALOG))
+    cat["nodes"]["lb1"]["firewall"] = "unmanaged"
+    nodes = compiled(tmp_path, cat)
+    assert pool_of(nodes["lb1"], "alpha", 80)["anchor"] is None
+    assert pool_of(nodes["lb2"], "alpha", 80)["anchor"] is not None
+    cfg = {f.path: f for f in render(nodes["lb1"], {"certificates": {}, "bgp_passwords": {}}, "")}[CONFIG].content
+    assert "bind 192.0.2.10:80,192.0.2.11:80,[2001:db8:1::11]:80 transparent\n" in cfg
+
+
+def test_the_pools_chain_hands_each_vip_to_its_pools_listener(tmp_path: Path) -> None:
+    lb1 = compiled(tmp_path, CATALOG)["lb1"]
+    fe = pool_of(lb1, "alpha", 80)
+    a, name = fe["anchor"], fe["name"]
+    rules = [str(r) for r in pool_rules(lb1["haproxy"]) if f'"{name}"' in str(r)]
+    assert rules == [
+        f'ip daddr {{ 192.0.2.10, 192.0.2.11 }} tcp dport 80 socket transparent 1 accept comment "{name}"',
+        f'ip daddr {{ 192.0.2.10, 192.0.2.11 }} tcp dport 80 tproxy ip to 127.0.0.1:{a} accept comment "{name}"',
+        f'ip6 daddr 2001:db8:1::11 tcp dport 80 socket transparent 1 accept comment "{name}"',
+        f'ip6 daddr 2001:db8:1::11 tcp dport 80 tproxy ip6 to [::1]:{a} accept comment "{name}"']
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("unshare"),
+                    reason="needs root, nft and unshare (a throwaway network namespace)")
+def test_the_kept_chain_is_the_loaded_one_rule_for_rule(tmp_path: Path) -> None:
+    """What the nftables load keeps until HAProxy reloads is read back from ``nft list``: every rule
+    of every pool, in order, and the kept chain loads again as it was."""
+    cat = yaml.safe_load(yaml.safe_dump(CATALOG))
+    cat["services"]["alpha"]["vip"] = ["192.0.2.10"] + [f"2001:db8:1::{0x100 + i:x}" for i in range(40)]
+    lb1 = compiled(tmp_path, cat)["lb1"]
+    [nft] = nftables.render(lb1, {}, "")
+    (tmp_path / "rules.nft").write_text(nft.content)
+    listed = subprocess.run(["unshare", "--net", "sh", "-c", f"nft -f {tmp_path}/rules.nft && "
+                             "nft list chain inet anycastlb pools"], capture_output=True, text=True, check=True)
+    rules = previous_pool_rules(listed.stdout)
+    assert len(rules) == len(pool_rules(lb1["haproxy"])) == 8
+    assert [r.rsplit(" comment ", 1)[1] for r in rules] == [
+        r.rsplit(" comment ", 1)[1] for r in pool_rules(lb1["haproxy"])]
+    assert sum(r.count("2001:db8:1::") for r in rules) == 2 * 41
+    kept = ("table inet kept {\n\tchain pools {\n\t\ttype filter hook prerouting priority mangle - 1;\n"
+            + "".join(f"\t\t{r}\n" for r in rules) + "\t}\n}\n")
+    (tmp_path / "kept.nft").write_text(kept)
+    again = subprocess.run(["unshare", "--net", "sh", "-c", f"nft -f {tmp_path}/kept.nft && "
+                            "nft list chain inet kept pools"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert previous_pool_rules(again.stdout) == rules
 
 
 def test_show_prints_where_each_vip_goes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

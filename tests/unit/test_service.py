@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -61,17 +62,27 @@ def test_mode_detection_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_systemd_commands() -> None:
-    run = FakeRun({"is-active --quiet": (3, ""), "is-active haproxy": (3, ""), "MainPID": (0, "4242\n")})
+    run = FakeRun({"is-active --quiet": (3, ""), "is-active haproxy": (3, ""), "MainPID": (0, "4242\n"),
+                   "anycastlb_prev": (1, "")})
     ctl = ServiceControl("systemd", run=run)
     assert ctl.running("haproxy") is False
     ctl.reload_or_start("haproxy")  # not running: started
     ctl.start("healthd")
     assert ctl.pid("haproxy") == 4242
-    assert run.calls == [["systemctl", "is-active", "haproxy", "--quiet"],
+    nft = ["nft", "list", "table", "inet", "anycastlb_prev"] if shutil.which("nft") else None
+    assert [c for c in run.calls if c != nft] == [["systemctl", "is-active", "haproxy", "--quiet"],
                          ["systemctl", "is-active", "haproxy", "--quiet"],
                          ["systemctl", "start", "haproxy"],
                          ["systemctl", "start", "anycastlb-healthd"],
                          ["systemctl", "show", "-p", "MainPID", "--value", "haproxy"]]
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="nft is not installed")
+def test_haproxy_started_drops_the_pools_chain_kept_from_before_the_nftables_load() -> None:
+    run = FakeRun({"is-active": (3, ""), "list table inet anycastlb_prev": (0, "table inet anycastlb_prev {}")})
+    out = ServiceControl("systemd", run=run).reload_or_start("haproxy")
+    assert out.endswith("; previous pools chain dropped")
+    assert run.calls[-1] == ["nft", "delete table inet anycastlb_prev"]
 
 
 def test_systemd_reloads_a_running_unit_and_confirms_bird_by_its_output() -> None:
@@ -252,6 +263,7 @@ def test_config_facts_reads_binds_and_tracking_servers_in_one_pass(campus_catalo
     # the pooled 1,000-service shape: what the regular expressions of before found, this finds
     data = yaml.safe_load(campus_catalog.read_text())
     data["clusters"]["edge"]["frontends"] = "pooled"
+    data["nodes"]["lb1"]["firewall"] = "unmanaged"   # its pools bind each VIP (no nftables hand-over)
     for i in range(4):   # two services in front of the same mail hosts: a shared, tracked check
         data["services"][f"mx{i}"] = {"mode": "tcp", "vip": f"192.0.2.{200 + i}", "cluster": "edge", "ports": [143],
                                       "check": {"tcp": {}},
