@@ -313,8 +313,8 @@ PREVIOUS_POOLS = "anycastlb_prev"
 
 
 def previous_pool_rules(listing: str) -> list[str]:
-    """The rules of ``nft list chain inet anycastlb pools``, one string each (nft wraps a long set over
-    several lines); the chain's own ``type ... hook`` line and the braces around it are left out."""
+    """The rules of ``nft list chain inet anycastlb pools``, one string each (a rule listed over several
+    lines is joined); the chain's own ``type ... hook`` line and the braces around it are left out."""
     rules: list[str] = []
     depth, current, inside = 0, "", False
     for line in listing.splitlines():

@@ -64,7 +64,8 @@ class _Builder(HaproxyBuilder, HealthBuilder, FirewallBuilder, MonitoringBuilder
         }
         model["health"] = self.health_model(nid, model)
         model["firewall"] = self.firewall_model(nid, model)
-        if model["haproxy"] is not None and model["firewall"] is not None and model["firewall"]["managed"]:   # our nftables hands pools their VIPs
+        fw = model["firewall"]
+        if model["haproxy"] is not None and fw is not None and fw["managed"]:   # our nftables hands pools their VIPs
             anchor_pools(model["haproxy"]["frontends"])
         model["steering"] = self.steering_model(nid, model)
         model["secrets"] = self.secret_names(nid, model)

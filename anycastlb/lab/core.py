@@ -270,6 +270,11 @@ def missing_prerequisites(init: str = "direct", salt: bool = True) -> list[str]:
         for prog in ("salt-master", "salt-minion", "salt"):
             if not (Path(sys.executable).parent / prog).exists():
                 out.append(f"{prog} next to {sys.executable}")
+        if "proxy" in str(Path(sys.executable).parent):
+            # Salt 3008 takes every program whose path contains "proxy" for a proxy minion
+            # (salt.utils.platform.is_proxy): no minion would answer test.ping
+            out.append(f"a virtualenv whose path does not contain 'proxy' (Salt would take the minions started "
+                       f"from {Path(sys.executable).parent} for proxy minions)")
     if init == "systemd":
         if not shutil.which("systemd-nspawn", path=env_path):
             out.append("systemd-nspawn (apt-get install --no-install-recommends systemd-container)")

@@ -27,6 +27,18 @@ def test_missing_programs_are_named_with_their_package(lacking) -> None:
     assert not any("systemd-nspawn" in line for line in core.missing_prerequisites("direct", salt=False))
 
 
+def test_a_virtualenv_path_with_proxy_in_it_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Salt takes every program whose path contains 'proxy' for a proxy minion: found before the lab is built."""
+    venv = tmp_path / "haproxy-tools" / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    for prog in ("python", "salt-master", "salt-minion", "salt"):
+        (venv / prog).touch()
+    monkeypatch.setattr(core.sys, "executable", str(venv / "python"))
+    out = core.missing_prerequisites("direct")
+    assert any("does not contain 'proxy'" in line and str(venv) in line for line in out)
+    assert not any("next to" in line for line in out)
+
+
 def test_lab_up_stops_at_once_naming_what_is_missing(lacking, capsys: pytest.CaptureFixture[str]) -> None:
     lacking("systemd-nspawn")
     assert main(["lab", "up", "--init", "systemd", "--prefix", "aclbpq", "--statedir", "/nonexistent/aclbpq"]) == 1
