@@ -445,10 +445,14 @@ class ServiceControl:
         with the new one; "" when there is none (or no nft on the host)."""
         if not shutil.which("nft"):
             return ""
-        if self._run(self.prefix + ["nft", "list", "table", "inet", PREVIOUS_POOLS]).returncode != 0:
+        argv = self.prefix + ["nft", f"delete table inet {PREVIOUS_POOLS}"]
+        proc = self._run(argv)   # one command on every reload: no listing first
+        if proc.returncode == 0:
+            return "previous pools chain dropped"
+        out = ((proc.stdout or "") + (proc.stderr or "")).strip()
+        if "No such file or directory" in out:   # none was kept
             return ""
-        self._check(self.prefix + ["nft", f"delete table inet {PREVIOUS_POOLS}"], "drop the previous pools chain")
-        return "previous pools chain dropped"
+        raise ServiceError(f"drop the previous pools chain failed ({shlex.join(argv)}): {out or f'exit {proc.returncode}'}")
 
     def running(self, daemon: str) -> bool:
         """Whether the daemon runs (for a oneshot: whether its config is loaded)."""
@@ -468,18 +472,18 @@ class ServiceControl:
         """Reload a running daemon (confirmed) or start a stopped one."""
         if self._service(daemon).oneshot:
             return self._oneshot(daemon)
+        svc = self._service(daemon)
         if not self.running(daemon):
             out = self.start(daemon)
-            dropped = self.drop_previous_pools() if daemon == "haproxy" else ""
-            return f"{out}; {dropped}" if dropped else out
-        svc = self._service(daemon)
-        if svc.reload == "haproxy":
+        elif svc.reload == "haproxy":
             out = self._reload_haproxy()
-            dropped = self.drop_previous_pools()
-            return f"{out}; {dropped}" if dropped else out
-        if svc.reload == "birdc":
+        elif svc.reload == "birdc":
             return self._reload_bird()
-        return self._signal_reload(daemon)
+        else:
+            return self._signal_reload(daemon)
+        # HAProxy runs the config that goes with the loaded nftables: the kept pools chain can go
+        dropped = self.drop_previous_pools() if svc.reload == "haproxy" else ""
+        return f"{out}; {dropped}" if dropped else out
 
     def _signal_reload(self, daemon: str) -> str:
         """``systemctl reload``: the unit's ExecReload (its signal, or its own checked reload)."""
