@@ -64,6 +64,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 # The one parser of HAProxy's ``show stat`` CSV (re-exported here): it lives in the HAProxy
@@ -91,7 +92,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class HaproxyWatch:
-    """Healthy iff the HAProxy of ``pidfile`` lives and its stats socket says so."""
+    """Healthy iff the HAProxy of ``pidfile`` lives and its stats socket says so.
+
+    With ``events`` (a ring of HAProxy's config), the stats are read when HAProxy logs a state
+    change there, at most every ``interval_ms``, and otherwise every ``reconcile_ms``; without it,
+    or while HAProxy has no such ring, every ``interval_ms``.
+    """
 
     pidfile: str
     stats_socket: str
@@ -99,6 +105,8 @@ class HaproxyWatch:
     backends: tuple[str, ...] = ()
     interval_ms: int = 100
     timeout_ms: int = 500
+    events: str = ""
+    reconcile_ms: int = 1000
     rise: int = 1
     fall: int = 1
     type: str = "haproxy"
@@ -211,6 +219,8 @@ _REQUIRED = {"haproxy": ("pidfile", "stats_socket"), "tcp": ("address", "port"),
              "dns": ("address", "name"), "kerberos": ("address", "realm")}
 _DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+#: An HAProxy ring's name as healthd sends it on the CLI (``show events <ring> -w``).
+_RING = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _REALM = re.compile(r"[A-Z0-9](?:[A-Z0-9.-]{0,126}[A-Z0-9])?")
 
 
@@ -294,7 +304,12 @@ def parse_watch(where: str, data: Any) -> Watch:
             args[key] = _int(at, value, 1, 65535)
         elif key == "expect":
             args[key] = _expect(at, value)
-        elif key in ("interval_ms", "timeout_ms"):
+        elif key == "events":
+            if not isinstance(value, str) or not _RING.fullmatch(value):
+                raise ConfigError(f"{at}: must be the name of an HAProxy ring (letters, digits, '.', '_', '-'), "
+                                  f"not {value!r}")
+            args[key] = value
+        elif key in ("interval_ms", "timeout_ms", "reconcile_ms"):
             args[key] = _int(at, value, 10, 3_600_000)
         elif key in ("rise", "fall"):
             args[key] = _int(at, value, 1, 100)
@@ -427,6 +442,21 @@ class RiseFall:
 # ------------------------------------------------------------ haproxy stats
 
 STAT_COMMAND = "show stat -1 3 -1\n"  # frontends and backends only, all proxies
+
+#: A line of a ring in ``format timed``: ``<priority>ISO-8601-time message``.
+_EVENT = re.compile(r"<([0-9]{1,3})>([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+[+-][0-9]{2}:[0-9]{2}) (.*)")
+
+
+def parse_event(line: str) -> tuple[float, str] | None:
+    """One line of ``show events <ring>`` (``format timed``): ``(Unix time, message)``, or None
+    when the line is not an event (an answer such as ``No such event sink``)."""
+    m = _EVENT.fullmatch(line.rstrip("\r\n"))
+    if m is None:
+        return None
+    try:
+        return datetime.fromisoformat(m[2]).timestamp(), m[3]
+    except ValueError:
+        return None
 
 
 def haproxy_verdict(rows: Mapping[tuple[str, str], Mapping[str, str]],

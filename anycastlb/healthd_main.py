@@ -50,6 +50,7 @@ from anycastlb.healthd import (
     decide,
     haproxy_verdict,
     load_config,
+    parse_event,
     parse_ip_routes,
     parse_show_stat,
     plan_routes,
@@ -435,6 +436,99 @@ STATS_TIMEOUT_MAX_S = 5.0
 #: HAProxy that lives but stays silent is withdrawn within about 15 s.
 STATS_PERIOD_MAX_S = 5.0
 
+#: How often healthd asks again for a ring HAProxy said it does not have (a HAProxy not yet
+#: reloaded with anycastlb's config); meanwhile the stats are read every interval.
+RING_RETRY_S = 10.0
+
+
+class EventStream:
+    """HAProxy's ring of state changes, followed on its stats socket (``show events <ring> -w``).
+
+    Opened again before every stats read, so the read sees everything before the opening and
+    the stream everything after: the ring's older lines (its history, sent first) are skipped
+    by their time. Closing it is what lets an old worker leave after a reload (a waiting CLI
+    session keeps a worker alive), and a reload's ``Proxy … stopped`` lines wake the reader.
+    """
+
+    def __init__(self, path: str, ring: str):
+        self.path, self.ring = path, ring
+        self.sock: socket.socket | None = None
+        self.since = 0.0   # time.time() when the stream was opened: older lines are history
+        self.buf = b""
+        self.missing = ""  # HAProxy's answer when it has no such ring
+        self.retry_at = 0.0
+
+    @property
+    def following(self) -> bool:
+        """Whether the stream is open (HAProxy tells of changes as they happen)."""
+        return self.sock is not None
+
+    def open(self) -> None:
+        """(Re)connect and ask for the ring; a refused connection leaves the stream closed."""
+        self.close()
+        if self.missing and time.monotonic() < self.retry_at:
+            return
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        since = time.time()
+        try:
+            s.connect(self.path)  # a Unix connect completes at once (or fails)
+            s.send(f"show events {self.ring} -w\n".encode())
+        except OSError:
+            s.close()
+            return
+        self.sock, self.since, self.buf = s, since, b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    async def wait(self, deadline: float) -> bool | None:
+        """Until ``deadline`` (monotonic): True when HAProxy logs a change (or ends the stream: the
+        worker left), False at the deadline, None when HAProxy answers it has no such ring."""
+        loop = asyncio.get_running_loop()
+        assert self.sock is not None
+        answer: list[str] = []  # lines that are not events: HAProxy's refusal
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), left)
+            except asyncio.TimeoutError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.close()
+                if not answer:
+                    return True
+                self._refused(" ".join(answer))
+                return None
+            *lines, self.buf = (self.buf + chunk).split(b"\n")
+            new = False
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                if (event := parse_event(line)) is None:
+                    answer.append(line.strip())
+                elif event[0] >= self.since:
+                    log.debug("haproxy %s: %s", self.ring, event[1])
+                    new = True
+            if new:
+                self._following()
+                return True
+        self._following()
+        return False
+
+    def _refused(self, answer: str) -> None:
+        if not self.missing:
+            log.warning("haproxy at %s has no ring %s (%s): its stats are read every interval",
+                        self.path, self.ring, answer)
+        self.missing, self.retry_at = answer, time.monotonic() + RING_RETRY_S
+
+    def _following(self) -> None:
+        if self.missing:
+            log.info("haproxy at %s: following its ring %s", self.path, self.ring)
+            self.missing = ""
+
 
 class HaproxyWatcher:
     """All haproxy watches that share one stats socket and pidfile."""
@@ -446,15 +540,18 @@ class HaproxyWatcher:
         self.socket = first.stats_socket
         self.interval = min(a.watch.interval_ms for a in anns) / 1000  # type: ignore[union-attr]
         self.timeout = min(a.watch.timeout_ms for a in anns) / 1000  # type: ignore[union-attr]
+        self.reconcile = max(self.interval, min(a.watch.reconcile_ms for a in anns) / 1000)  # type: ignore[union-attr]
+        self.ring = next((a.watch.events for a in anns if a.watch.events), "")  # type: ignore[union-attr]
         self.pid = PidTracker(first.pidfile, "haproxy", self._on_exit)
         self._report: Report | None = None
         self._last_good: tuple[float, list[Result]] | None = None
         self._took = 0.0  # how long the last answer took, s
 
-    def period(self) -> float:
-        """Seconds from one poll's start to the next: the interval, or longer when the
-        answers are slow (at most :data:`STATS_DUTY` of the time spent asking)."""
-        return max(self.interval, min(self._took / STATS_DUTY, STATS_PERIOD_MAX_S))
+    def period(self, following: bool = False) -> float:
+        """Seconds from one poll's start to the next: the interval (the reconcile period while
+        ``following`` HAProxy's ring of changes), or longer when the answers are slow (at most
+        :data:`STATS_DUTY` of the time spent asking)."""
+        return max(self.reconcile if following else self.interval, min(self._took / STATS_DUTY, STATS_PERIOD_MAX_S))
 
     def budget(self) -> tuple[float, float]:
         """``(timeout, grace)``: the watch's, or more when HAProxy's answers are slow (a
@@ -504,14 +601,33 @@ class HaproxyWatcher:
         return out
 
     async def run(self, report: Report) -> None:
-        """Poll forever; the pidfd callback reports a death between polls."""
+        """Read the stats forever: when HAProxy's ring tells of a change (at most every interval),
+        else every reconcile period (every interval while HAProxy has no such ring). The pidfd
+        callback reports a death between reads."""
         self._report = report
+        stream = EventStream(self.socket, self.ring) if self.ring else None
         try:
             while True:
                 start = time.monotonic()
+                if stream:
+                    stream.open()  # before the read: what changes after it is in the stream
                 report(await self.probe())
-                await asyncio.sleep(max(0.0, self.period() - (time.monotonic() - start)))
+                while True:
+                    following = stream is not None and stream.following
+                    end = start + self.period(following)
+                    if not following:
+                        await asyncio.sleep(max(0.0, end - time.monotonic()))
+                        break
+                    assert stream is not None
+                    woke = await stream.wait(end)
+                    if woke is None:
+                        continue  # HAProxy has no such ring (yet): back to the interval
+                    if woke:  # a change: read now, but not more often than the interval
+                        await asyncio.sleep(max(0.0, start + self.period() - time.monotonic()))
+                    break
         finally:
+            if stream:
+                stream.close()
             self._report = None
             self.pid.close()
 

@@ -101,6 +101,11 @@ def _raw(directives: list[str]) -> list[Quoted]:
 #: no proxy can be named so (theirs end in a port, a digest or are ``stats``).
 HTTP_DEFAULTS = "anycastlb-http"
 
+#: The ring HAProxy writes its state changes to (a server or backend going down or up, a proxy
+#: stopping at a reload) and anycastlb-healthd follows with ``show events <ring> -w``: it reads the
+#: stats when something changed, and otherwise only to reconcile (docs/traffic.md).
+HEALTH_RING = "anycastlb-health"
+
 
 @renderer("haproxy", CONFIG)
 def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[RenderedFile]:
@@ -132,6 +137,7 @@ def render(model: dict[str, Any], secrets: dict[str, Any], root: str) -> list[Re
                   for be in hap["backends"]],
         http_backends=any(be["mode"] == "http" for be in hap["backends"]),
         HTTP_DEFAULTS=HTTP_DEFAULTS,
+        HEALTH_RING=HEALTH_RING,
         checks=[{**c, "check": _check(c["check"]), "shared": True, "raw": [], "stick": None, "server_maxconn": None,
                  "timeouts_ms": {"connect": c["timeouts_ms"]["connect"], "server": None, "tunnel": None}}
                 for c in hap.get("checks", [])],

@@ -19,6 +19,7 @@ from .. import httpstatus
 from . import CheckResult, DaemonSpec, RenderedFile, RenderError, renderer, under
 from .quote import carry, haproxy_name, ip, prefix, request_target, status_ranges, tojson
 from .bird import HEALTH_PROTO, HEALTH_TABLE
+from .haproxy import HEALTH_RING
 from ..paths import for_mode
 
 CONFIG = "/etc/anycastlb/healthd.json"
@@ -27,6 +28,7 @@ STATE_FILE = "/run/anycastlb/healthd.state.json"
 DRAIN_FILE = "/var/lib/anycastlb/drain"
 LOG_FILE = "/var/log/anycastlb/healthd.log"
 HAPROXY_INTERVAL_MS = 100
+HAPROXY_RECONCILE_MS = 1000
 
 _TIMERS = ("interval_ms", "timeout_ms", "rise", "fall", "unit")  # unit: check.unit, the server's systemd unit
 _PROBE_KEYS = {"tcp": ("address", "port") + _TIMERS,
@@ -43,7 +45,8 @@ def _watch(prefix: str, watch: dict[str, Any], root: str, mode: str | None = Non
         return {"type": "haproxy", "pidfile": under(root, paths.haproxy_pidfile),
                 "stats_socket": under(root, paths.haproxy_admin_socket),
                 "frontends": [str(haproxy_name(n)) for n in watch["frontends"]],
-                "backends": [str(haproxy_name(n)) for n in watch["backends"]], "interval_ms": HAPROXY_INTERVAL_MS}
+                "backends": [str(haproxy_name(n)) for n in watch["backends"]], "interval_ms": HAPROXY_INTERVAL_MS,
+                "events": HEALTH_RING, "reconcile_ms": HAPROXY_RECONCILE_MS}
     if kind not in _PROBE_KEYS:
         raise RenderError(f"healthd: {prefix}: unknown watch type {kind!r}")
     if not watch.get("port"):

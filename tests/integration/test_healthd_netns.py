@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import pytest
 
 from anycastlb.healthd import haproxy_verdict, parse_show_stat
+from anycastlb.render.haproxy import HEALTH_RING
 
 pytestmark = [
     pytest.mark.slow,
@@ -80,8 +81,12 @@ HAPROXY = """\
 global
     master-worker
     stats socket {d}/haproxy.sock mode 600 level admin expose-fd listeners
+ring {ring}
+    format timed
+    size 32768
 defaults
     mode http
+    log ring@{ring} local0 notice
     timeout connect 1s
     timeout client 5s
     timeout server 5s
@@ -196,7 +201,7 @@ class Lab:
     # -- daemons of node A
     def start_haproxy(self, extra: str = "") -> subprocess.Popen:
         cfg = os.path.join(self.d, "haproxy.cfg")
-        Path(cfg).write_text(HAPROXY.format(d=self.d, vip4=VIP4, vip6=VIP6, extra=extra))
+        Path(cfg).write_text(HAPROXY.format(d=self.d, vip4=VIP4, vip6=VIP6, extra=extra, ring=HEALTH_RING))
         self.haproxy = self.spawn(self.a, ["haproxy", "-W", "-f", cfg, "-p", self.haproxy_pidfile], "haproxy.log")
         wait_for("HAProxy backend www-8080 UP", self.haproxy_serves)
         return self.haproxy
@@ -204,6 +209,12 @@ class Lab:
     @property
     def haproxy_pidfile(self) -> str:
         return os.path.join(self.d, "haproxy.pid")
+
+    def haproxy_workers(self) -> list[int]:
+        """The PIDs of the HAProxy master's workers (the old one too, while it lingers after a reload)."""
+        assert self.haproxy is not None
+        kids = Path(f"/proc/{self.haproxy.pid}/task/{self.haproxy.pid}/children")
+        return [int(x) for x in kids.read_text().split()] if kids.exists() else []
 
     def haproxy_serves(self) -> bool:
         try:
@@ -395,14 +406,74 @@ def test_sighup_reload_without_flap_and_refuses_bad_config(lab: Lab) -> None:
         assert lab.stop_healthd() == 0
 
 
-def test_cpu_with_ten_haproxy_vips(lab: Lab) -> None:
+EVENTS_BACKEND = """\
+backend ev-18081
+    server s1 127.0.0.1:18081 check inter 100ms fall 1 rise 1
+"""
+
+
+def test_haproxy_changes_wake_healthd_not_its_reconcile_poll(lab: Lab) -> None:
+    """healthd follows HAProxy's ring of state changes (the production config): a backend going
+    down is withdrawn and coming back is announced long before the 30 s reconcile read. A reload
+    does not stop that (healthd moves to the new worker), and its session does not keep the old
+    worker alive. Without the ring in HAProxy, healthd says so and reads the stats every interval."""
+    if lab.haproxy is not None and lab.haproxy.poll() is None:
+        lab.haproxy.kill()
+        lab.haproxy.wait(timeout=10)
+    lab.start_haproxy(EVENTS_BACKEND)
+    vip = f"{VIP4}/32"
+
+    def backend() -> subprocess.Popen:
+        return lab.spawn(lab.a, [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "18081"], "web-18081.log")
+
+    def down_then_up(server: subprocess.Popen, limit: float) -> tuple[float, subprocess.Popen]:
+        wait_for("VIP announced", lambda: lab.in_b_kernel(vip), timeout=limit)
+        start = time.monotonic()
+        server.kill()
+        server.wait(timeout=5)
+        took = time_until_gone(lab, vip, start, limit=limit)
+        server = backend()
+        wait_for("VIP announced again once the backend is back", lambda: lab.in_b_kernel(vip), timeout=limit)
+        return took, server
+
+    server = backend()
+    watch = lab.haproxy_watch(backends=["ev-18081"], events=HEALTH_RING, reconcile_ms=30_000)
+    lab.start_healthd([{"prefix": vip, "service": "ev", "watch": watch}])
+    try:
+        took, server = down_then_up(server, limit=10)
+        assert lab.haproxy is not None
+        old = lab.haproxy_workers()
+        lab.haproxy.send_signal(signal.SIGUSR2)  # a reload: a new worker, the old one soft-stops
+        wait_for("the new worker", lambda: set(lab.haproxy_workers()) - set(old), timeout=10)
+        wait_for("the old worker gone (healthd's session does not hold it)",
+                 lambda: not set(lab.haproxy_workers()) & set(old), timeout=10)
+        took_after_reload, server = down_then_up(server, limit=10)
+        print(f"\nbackend killed -> VIP gone from peer's kernel, reconcile read every 30 s: "
+              f"{took * 1000:.0f} ms, after a HAProxy reload {took_after_reload * 1000:.0f} ms")
+        assert "has no ring" not in lab.log("healthd.log")
+    finally:
+        assert lab.stop_healthd() == 0
+    watch = lab.haproxy_watch(backends=["ev-18081"], events="nosuch", reconcile_ms=30_000)
+    lab.start_healthd([{"prefix": vip, "service": "ev", "watch": watch}])
+    try:
+        took, server = down_then_up(server, limit=10)
+        assert "has no ring nosuch (No such event sink)" in lab.log("healthd.log")
+    finally:
+        assert lab.stop_healthd() == 0
+        server.kill()
+        server.wait(timeout=5)
+
+
+@pytest.mark.parametrize("events", [False, True], ids=["polling-100ms", "following-the-ring"])
+def test_cpu_with_ten_haproxy_vips(lab: Lab, events: bool) -> None:
     extra = "".join(f"frontend fe{i}\n    bind {v}:80\n    default_backend www-8080\n" for i, v in enumerate(CPU_VIPS))
     if lab.haproxy is not None and lab.haproxy.poll() is None:
         lab.haproxy.kill()
         lab.haproxy.wait(timeout=10)
     lab.start_haproxy(extra)
+    mode = {"events": HEALTH_RING, "reconcile_ms": 1000} if events else {}
     hd = lab.start_healthd([{"prefix": f"{v}/32", "service": f"svc{i}",
-                             "watch": lab.haproxy_watch(frontends=[f"fe{i}"])} for i, v in enumerate(CPU_VIPS)])
+                             "watch": lab.haproxy_watch(frontends=[f"fe{i}"], **mode)} for i, v in enumerate(CPU_VIPS)])
     try:
         wait_for("10 VIPs announced", lambda: all(lab.in_b_bird(f"{v}/32") for v in CPU_VIPS))
         hz = os.sysconf("SC_CLK_TCK")
@@ -417,7 +488,8 @@ def test_cpu_with_ten_haproxy_vips(lab: Lab) -> None:
         time.sleep(CPU_SECONDS)
         (c1, s1), wall = cpu(), time.monotonic() - t0
         per_hour = (c1 - c0) / wall * 3600
-        print(f"\nhealthd CPU, 10 haproxy-watched VIPs, interval 100 ms, {wall:.1f} s: "
+        how = "following HAProxy's ring, reconcile 1 s" if events else "interval 100 ms"
+        print(f"\nhealthd CPU, 10 haproxy-watched VIPs, {how}, {wall:.1f} s: "
               f"/proc stat {c1 - c0:.2f} CPU-s = {per_hour:.1f} CPU-s/hour; "
               f"schedstat {(s1 - s0) / wall * 3600:.1f} CPU-s/hour ({(s1 - s0) / wall * 100:.2f} % of a core)")
         assert all(lab.in_b_kernel(f"{v}/32") for v in CPU_VIPS), "the VIPs stayed announced during the measurement"

@@ -16,6 +16,7 @@ from anycastlb.healthd import (
     haproxy_verdict,
     load_config,
     parse_config,
+    parse_event,
     parse_ip_routes,
     parse_show_stat,
     plan_routes,
@@ -120,6 +121,10 @@ def test_defaults_and_normalised_prefix() -> None:
          "watch.frontends: must be a list"),
         (with_watch({"type": "http", "address": "192.0.2.1", "port": 80, "path": "health"}), "must start with '/'"),
         (with_watch({"type": "http", "address": "192.0.2.1", "port": 80, "expect": True}), "watch.expect"),
+        (with_watch({"type": "haproxy", "pidfile": "/p", "stats_socket": "/s", "events": "health -w;show stat"}),
+         "watch.events: must be the name of an HAProxy ring"),
+        (with_watch({"type": "haproxy", "pidfile": "/p", "stats_socket": "/s", "reconcile_ms": 0}),
+         "watch.reconcile_ms: must be an integer"),
     ],
 )
 def test_config_errors_name_the_key(data: object, message: str) -> None:
@@ -372,3 +377,145 @@ def test_slow_stats_answers_stretch_the_poll_and_the_timeout_not_the_verdict(tmp
     assert slower[:2] == (True, "haproxy serves")      # 150 ms > the watch's 100 ms: still an answer, not a withdrawal
     assert slower[2] >= 1.5
     assert 0.1 <= fast_again[2] < 0.3                   # back to the watch's interval (a busy test host: < 30 ms answers)
+
+
+# ------------------------------------------------------------------ HAProxy's ring of changes
+
+# Real lines of HAProxy 2.6.12's `show events <ring> -w` (ring `format timed`, `log ring@… notice`).
+EVENT_DOWN = ('<1>2026-12-02T08:11:22.564061+00:00 Server b1/s1 is DOWN, reason: Layer4 connection problem, '
+              'info: "Connection refused", check duration: 0ms. 0 active and 0 backup servers left. '
+              '0 sessions active, 0 requeued, 0 remaining in queue.')
+EVENT_NONE = "<0>2026-12-02T08:11:22.564072+00:00 backend b1 has no server available!"
+EVENT_STOPPED = "<4>2026-12-02T08:11:24.610760+00:00 Proxy f1 stopped (cumulated conns: FE: 0, BE: 0)."
+
+
+def test_parse_event_reads_the_time_and_the_message() -> None:
+    from datetime import datetime, timezone
+
+    when, message = parse_event(EVENT_NONE + "\n")
+    assert when == datetime(2026, 12, 2, 8, 11, 22, 564072, tzinfo=timezone.utc).timestamp()
+    assert message == "backend b1 has no server available!"
+    assert parse_event(EVENT_DOWN)[1].startswith("Server b1/s1 is DOWN")
+    assert parse_event("No such event sink") is None      # HAProxy's answer for a ring it does not have
+    assert parse_event("<1>yesterday Server b1/s1 is DOWN") is None
+
+
+def _ring_server(tmp_path, answer):
+    """A real Unix socket whose every connection gets ``answer(conn, command)`` in a thread."""
+    import socket
+    import threading
+
+    path = str(tmp_path / "ring.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            answer(conn, conn.recv(4096).decode())
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, path
+
+
+def test_the_event_stream_wakes_on_new_changes_only(tmp_path) -> None:
+    """The ring's history (sent first on every opening) is not a change; a line logged after the
+    opening is; a stream the worker ends (a reload) wakes the reader too."""
+    import asyncio
+    import socket
+    import threading
+    import time
+    from datetime import datetime, timezone
+
+    from anycastlb import healthd_main as hm
+
+    commands: list[str] = []
+    send_new = threading.Event()
+    held: list[socket.socket] = []
+
+    def answer(conn: socket.socket, command: str) -> None:
+        commands.append(command)
+        conn.sendall((EVENT_DOWN + "\n" + EVENT_NONE + "\n").encode())   # history: 2026-12-02 08:11
+        if len(commands) == 1:
+            send_new.wait(5)
+            now = datetime.now(timezone.utc).isoformat()
+            conn.sendall(f"<5>{now} Server b1/s1 is UP, reason: Layer4 check passed\n".encode())
+            held.append(conn)
+        else:
+            conn.close()   # the second opening: the worker leaves
+
+    server, path = _ring_server(tmp_path, answer)
+
+    async def run() -> tuple:
+        stream = hm.EventStream(path, "anycastlb-health")
+        stream.open()
+        history_only = await stream.wait(time.monotonic() + 0.3)
+        send_new.set()
+        woke = await stream.wait(time.monotonic() + 5)
+        stream.open()
+        ended = await stream.wait(time.monotonic() + 5)
+        following = stream.following
+        stream.close()
+        return history_only, woke, ended, following
+
+    try:
+        history_only, woke, ended, following = asyncio.run(run())
+    finally:
+        server.close()
+        for c in held:
+            c.close()
+    assert commands == ["show events anycastlb-health -w\n"] * 2
+    assert history_only is False and woke is True and ended is True
+    assert following is False   # closed: the next opening comes before the next stats read
+
+
+def test_without_the_ring_healthd_reads_the_stats_every_interval(tmp_path, caplog) -> None:
+    """A HAProxy without the ring (one not yet reloaded with anycastlb's config) answers so and
+    closes: the stream says so once, stops following and asks again only after a while."""
+    import asyncio
+    import socket
+    import time
+
+    from anycastlb import healthd_main as hm
+
+    opened: list[str] = []
+
+    def answer(conn: socket.socket, command: str) -> None:
+        opened.append(command)
+        conn.sendall(b"No such event sink\n")
+        conn.close()
+
+    server, path = _ring_server(tmp_path, answer)
+
+    async def run() -> tuple:
+        stream = hm.EventStream(path, "anycastlb-health")
+        stream.open()
+        refused = await stream.wait(time.monotonic() + 5)
+        stream.open()   # within RING_RETRY_S: not asked again
+        return refused, stream.following, stream.missing
+
+    try:
+        with caplog.at_level("WARNING", logger="anycastlb.healthd"):
+            refused, following, missing = asyncio.run(run())
+    finally:
+        server.close()
+    assert refused is None and following is False and missing == "No such event sink"
+    assert len(opened) == 1
+    assert "has no ring anycastlb-health (No such event sink): its stats are read every interval" in caplog.text
+
+
+def test_following_the_ring_the_stats_are_read_every_reconcile_period(tmp_path) -> None:
+    """The period between stats reads is the reconcile period while the ring is followed, the
+    interval otherwise; slow answers stretch both (at most STATS_DUTY of the time asking)."""
+    watcher, server, _path = _stats_watcher(tmp_path, lambda conn: conn.close())
+    try:
+        assert watcher.period() == pytest.approx(0.1) and watcher.period(following=True) == pytest.approx(1.0)
+        watcher._took = 0.3
+        assert watcher.period() == pytest.approx(3.0) and watcher.period(following=True) == pytest.approx(3.0)
+    finally:
+        watcher.pid.close()
+        server.close()

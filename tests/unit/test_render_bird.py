@@ -175,7 +175,8 @@ def test_healthd_config_for_an_lb(fleet: dict[str, Any]) -> None:
     assert www["service"] == "www"
     assert www["watch"] == {"type": "haproxy", "pidfile": "/run/haproxy/haproxy.pid",
                             "stats_socket": "/run/haproxy/admin.sock", "frontends": ["www-443", "www-80"],
-                            "backends": ["www-8080"], "interval_ms": 100}
+                            "backends": ["www-8080"], "interval_ms": 100,
+                            "events": "anycastlb-health", "reconcile_ms": 1000}
     parse_config(doc)  # healthd's own parser accepts it
 
 

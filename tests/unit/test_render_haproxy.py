@@ -8,7 +8,9 @@ and the real ``haproxy -c`` as the checker.
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from anycastlb.compiler import compile_catalog
 from anycastlb import minion
 from anycastlb.render import RenderError, daemon
 from anycastlb.render.haproxy import CONFIG, cert_path, render
+from anycastlb.render.healthd import render as render_healthd
 from anycastlb.render_cli import throwaway_certificates
 
 needs_haproxy = pytest.mark.skipif(not shutil.which("haproxy"), reason="haproxy is not installed")
@@ -54,6 +57,17 @@ def section(cfg: str, header: str) -> list[str]:
             break
         out.append(line.strip())
     return out
+
+
+def test_healthd_follows_the_ring_the_config_fills(fleet: dict[str, Any], lb1_cfg: str) -> None:
+    """The ring healthd asks for exists in lb1's haproxy.cfg, and every defaults section logs its
+    state changes there, at level notice or more urgent (not the traffic logs, at info)."""
+    ring = json.loads(render_healthd(fleet["lb1"], {}, "/")[0].content)["announcements"][0]["watch"]["events"]
+    sections = re.split(r"\n(?=\S)", lb1_cfg)
+    assert [s.split("\n")[0] for s in sections if s.startswith("ring ")] == [f"ring {ring}"]
+    defaults = [s for s in sections if s.startswith("defaults")]
+    assert len(defaults) == 2   # the http backends' named one and the last, for every other proxy
+    assert all(f"\n    log ring@{ring} local0 notice\n" in d for d in defaults)
 
 
 def test_header_and_master_worker(lb1_cfg: str) -> None:
