@@ -4,8 +4,10 @@ Everything with side effects lives here; decisions come from
 :mod:`anycastlb.healthd`. One asyncio loop runs all watchers:
 
 - HAProxy watches are grouped by stats socket: one ``show stat`` query per
-  group and interval, whatever the number of VIPs. The HAProxy master's
-  pidfd is registered with the loop, so its death withdraws at once.
+  group, whatever the number of VIPs, when HAProxy's ring of state changes
+  tells of one (at most every interval) and every reconcile period (every
+  interval without the ring). The HAProxy master's pidfd is registered with
+  the loop, so its death withdraws at once.
 - tcp/http watches are asyncio probes with rise/fall.
 - Every health change wakes the reconciler, which runs one ``ip -batch``
   and re-reads the table (the kernel is the truth for "announced").

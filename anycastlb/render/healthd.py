@@ -1,7 +1,9 @@
 """anycastlb-healthd: ``/etc/anycastlb/healthd.json`` from ``model["health"]``.
 
 One entry per announced prefix (the contract of :mod:`anycastlb.healthd`):
-an HAProxy-served VIP watches the HAProxy master (pidfd) and its stats socket;
+an HAProxy-served VIP watches the HAProxy master (pidfd) and its stats socket, read when
+the ring of state changes our haproxy.cfg fills tells of one (``events``) and every
+``reconcile_ms``;
 an anycast VIP watches its own tcp/http check. The kernel table and route
 protocol are the ones the BIRD config learns (:mod:`anycastlb.render.bird`).
 Checked with healthd's own config parser.
