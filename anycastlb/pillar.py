@@ -14,6 +14,8 @@ gets no anycastlb data and keeps working.
 
 from __future__ import annotations
 
+import gc
+import marshal
 import os
 import pickle
 import re
@@ -49,6 +51,10 @@ def files_key(catalog: str, secrets: str | None = None) -> FileKey:
     return tuple(out)
 
 
+#: a model serialised, with the function that builds a copy from it
+Frozen = tuple[Callable[[bytes], Any], bytes]
+
+
 @dataclass
 class Compiled:
     """One compilation: the fleet and the secrets store, or the refusal."""
@@ -61,21 +67,52 @@ class Compiled:
     nodes: frozenset[str] = frozenset()
     #: a refusal was reported once for the minions it does not concern
     reported: bool = field(default=False, compare=False)
-    #: each node's model pickled once: a slice is then one ``pickle.loads`` (a private copy
-    #: Salt may change), about 7 times cheaper than ``copy.deepcopy`` at 1,000 services
-    pickled: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    #: each node's model serialised once (:func:`_freeze`): a slice is then one load of it, a
+    #: private copy Salt may change (:func:`_private_copy`)
+    frozen: dict[str, Frozen] = field(default_factory=dict, compare=False, repr=False)
 
     def model_copy(self, node: str) -> dict[str, Any] | None:
         """A private copy of ``node``'s model, or None when the fleet has no such node."""
         assert self.fleet is not None
-        blob = self.pickled.get(node)
-        if blob is None:
+        frozen = self.frozen.get(node)
+        if frozen is None:
             model = self.fleet.nodes.get(node)
             if model is None:
                 return None
-            blob = self.pickled[node] = pickle.dumps(model, pickle.HIGHEST_PROTOCOL)
-        copied: dict[str, Any] = pickle.loads(blob)  # noqa: S301 (bytes this process pickled itself)
-        return copied
+            frozen = self.frozen[node] = _freeze(model)
+        return _private_copy(frozen)
+
+
+def _freeze(model: Any) -> Frozen:
+    """``model`` serialised by :mod:`marshal` (plain dicts, lists and scalars, as the compiler
+    builds them), else by :mod:`pickle` (a subclass or another type marshal refuses)."""
+    try:
+        return marshal.loads, marshal.dumps(model)
+    except ValueError:
+        return pickle.loads, pickle.dumps(model, pickle.HIGHEST_PROTOCOL)
+
+
+def _private_copy(frozen: Frozen) -> dict[str, Any]:
+    """A new object tree from a :func:`_freeze` result; objects the model shares stay shared.
+
+    marshal builds it faster than pickle (no opcode machine, no memo entry per object).
+    The cyclic garbage collector is paused meanwhile: at 1,000 services a slice is some
+    30,000 new containers, alive while they are built, so with the collector on they went
+    through the younger generations into the oldest, and every few slices a full
+    collection walked every tracked object of the process (the compiled fleet among
+    them): the slice's mean was two to three times its best, and grew faster than the
+    catalog. A fresh tree of dicts and lists has no cycle to collect; the next collection
+    scans it once, as young objects. The collector is left as it was (off if it was off).
+    """
+    load, blob = frozen
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        copied: dict[str, Any] = load(blob)  # bytes this process wrote itself
+    finally:
+        if enabled:
+            gc.enable()
+    return copied
 
 
 _TOP_NODES = re.compile(r"nodes\s*:\s*(#.*)?")
