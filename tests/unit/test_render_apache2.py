@@ -41,6 +41,17 @@ def test_ports_conf_listens_only_on_the_backend_port(fleet):
     assert HEADER in ports.splitlines()[0]
 
 
+def test_the_event_mpm_is_sized_for_a_backend_of_several_lb_nodes(fleet):
+    """Debian's 150 workers and listen queue of 511 overflow under the LB nodes' bursts (SYNs
+    dropped: 1–3 s stalls, measured at 1,000 services); within ServerLimit 16 × ThreadLimit 64."""
+    conf = files(fleet.nodes["web1"])["/etc/apache2/conf-enabled/anycastlb.conf"].content
+    block = conf.split("<IfModule mpm_event_module>\n", 1)[1].split("</IfModule>", 1)[0]
+    settings = dict(line.split() for line in block.splitlines())
+    assert settings == {"StartServers": "2", "ThreadsPerChild": "64", "MinSpareThreads": "128",
+                        "MaxSpareThreads": "512", "MaxRequestWorkers": "1024", "ListenBacklog": "4096"}
+    assert int(settings["MaxRequestWorkers"]) <= 16 * 64 and int(settings["ThreadsPerChild"]) <= 64
+
+
 def test_debian_default_site_is_owned_so_apply_removes_it():
     assert "/etc/apache2/sites-enabled/000-default.conf" in apache2.SPEC.owned
     assert "/etc/apache2/sites-enabled/anycastlb-*.conf" in apache2.SPEC.owned
