@@ -261,22 +261,15 @@ def test_parse_ip_routes_real_json() -> None:
 # ------------------------------------------------------------------ a slow stats socket
 
 
-def _stats_watcher(tmp_path, answer):
-    """A HaproxyWatcher of one VIP on a real Unix stats socket whose every connection is
-    handed to ``answer(conn)`` in a thread; a live process (this one) stands in for the
-    master. Returns ``(watcher, server, socket path)``; close the server when done."""
-    import os
+def _unix_server(path, answer):
+    """A real Unix socket at ``path`` whose every connection gets ``answer(conn, command)`` in a
+    thread (``command``: what the client sent first). Returns ``(server, path)``; close the server."""
     import socket
     import threading
 
-    from anycastlb import healthd_main as hm
-    from anycastlb.healthd import Announcement
-
-    sock_path = str(tmp_path / "admin.sock")
-    pidfile = tmp_path / "haproxy.pid"
-    pidfile.write_text(f"{os.getpid()}\n")
+    path = str(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(sock_path)
+    server.bind(path)
     server.listen(8)
 
     def serve() -> None:
@@ -285,10 +278,24 @@ def _stats_watcher(tmp_path, answer):
                 conn, _ = server.accept()
             except OSError:
                 return
-            conn.recv(4096)
-            answer(conn)
+            answer(conn, conn.recv(4096).decode())
 
     threading.Thread(target=serve, daemon=True).start()
+    return server, path
+
+
+def _stats_watcher(tmp_path, answer):
+    """A HaproxyWatcher of one VIP on a real Unix stats socket whose every connection is
+    handed to ``answer(conn)`` in a thread; a live process (this one) stands in for the
+    master. Returns ``(watcher, server, socket path)``; close the server when done."""
+    import os
+
+    from anycastlb import healthd_main as hm
+    from anycastlb.healthd import Announcement
+
+    pidfile = tmp_path / "haproxy.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    server, sock_path = _unix_server(tmp_path / "admin.sock", lambda conn, _command: answer(conn))
     watch = HaproxyWatch(pidfile=str(pidfile), stats_socket=sock_path, frontends=("www-80",),
                          backends=("www-8080",), interval_ms=100, timeout_ms=100)
     return hm.HaproxyWatcher([Announcement("192.0.2.10/32", "www", watch)]), server, sock_path
@@ -400,28 +407,6 @@ def test_parse_event_reads_the_time_and_the_message() -> None:
     assert parse_event("<1>yesterday Server b1/s1 is DOWN") is None
 
 
-def _ring_server(tmp_path, answer):
-    """A real Unix socket whose every connection gets ``answer(conn, command)`` in a thread."""
-    import socket
-    import threading
-
-    path = str(tmp_path / "ring.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(8)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            answer(conn, conn.recv(4096).decode())
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server, path
-
-
 def test_the_event_stream_wakes_on_new_changes_only(tmp_path) -> None:
     """The ring's history (sent first on every opening) is not a change; a line logged after the
     opening is; a stream the worker ends (a reload) wakes the reader too."""
@@ -448,7 +433,7 @@ def test_the_event_stream_wakes_on_new_changes_only(tmp_path) -> None:
         else:
             conn.close()   # the second opening: the worker leaves
 
-    server, path = _ring_server(tmp_path, answer)
+    server, path = _unix_server(tmp_path / "ring.sock", answer)
 
     async def run() -> tuple:
         stream = hm.EventStream(path, "anycastlb-health")
@@ -489,7 +474,7 @@ def test_without_the_ring_healthd_reads_the_stats_every_interval(tmp_path, caplo
         conn.sendall(b"No such event sink\n")
         conn.close()
 
-    server, path = _ring_server(tmp_path, answer)
+    server, path = _unix_server(tmp_path / "ring.sock", answer)
 
     async def run() -> tuple:
         stream = hm.EventStream(path, "anycastlb-health")
