@@ -510,7 +510,8 @@ class EventStream:
             for raw in lines:
                 line = raw.decode("utf-8", "replace")
                 if (event := parse_event(line)) is None:
-                    answer.append(line.strip())
+                    if line.strip():  # the CLI ends an answer with an empty line
+                        answer.append(line.strip())
                 elif event[0] >= self.since:
                     log.debug("haproxy %s: %s", self.ring, event[1])
                     new = True

@@ -431,7 +431,8 @@ def test_the_event_stream_wakes_on_new_changes_only(tmp_path) -> None:
             conn.sendall(f"<5>{now} Server b1/s1 is UP, reason: Layer4 check passed\n".encode())
             held.append(conn)
         else:
-            conn.close()   # the second opening: the worker leaves
+            conn.sendall(b"\n")
+            conn.close()   # the second opening: the worker leaves (an empty line is no refusal)
 
     server, path = _unix_server(tmp_path / "ring.sock", answer)
 
@@ -471,7 +472,7 @@ def test_without_the_ring_healthd_reads_the_stats_every_interval(tmp_path, caplo
 
     def answer(conn: socket.socket, command: str) -> None:
         opened.append(command)
-        conn.sendall(b"No such event sink\n")
+        conn.sendall(b"No such event sink\n\n")
         conn.close()
 
     server, path = _unix_server(tmp_path / "ring.sock", answer)
