@@ -615,19 +615,10 @@ class HaproxyWatcher:
                 if stream:
                     stream.open()  # before the read: what changes after it is in the stream
                 report(await self.probe())
-                while True:
-                    following = stream is not None and stream.following
-                    end = start + self.period(following)
-                    if not following:
-                        await asyncio.sleep(max(0.0, end - time.monotonic()))
-                        break
-                    assert stream is not None
-                    woke = await stream.wait(end)
-                    if woke is None:
-                        continue  # HAProxy has no such ring (yet): back to the interval
-                    if woke:  # a change: read now, but not more often than the interval
-                        await asyncio.sleep(max(0.0, start + self.period() - time.monotonic()))
-                    break
+                if stream and stream.following:  # until a change, or the reconcile period
+                    await stream.wait(start + self.period(following=True))
+                # a change (or no ring: HAProxy refused it) reads again after the interval, no sooner
+                await asyncio.sleep(max(0.0, start + self.period() - time.monotonic()))
         finally:
             if stream:
                 stream.close()
